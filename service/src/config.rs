@@ -1,0 +1,571 @@
+//! Node configuration: built-in defaults, then an optional YAML file, then `KV_*`
+//! environment variables, in that order of precedence (last wins).
+//!
+//! The section and key names follow the seed README (`server`, `storage`, `database`,
+//! `raft`, `logging`); the environment variables keep the seed's names
+//! (`KV_DB_HOST`, `KV_LOG_LEVEL`, ...) and every other setting has a `KV_` override
+//! listed in [`ENV_OVERRIDES`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Every environment variable the node reads, and the setting it overrides.
+///
+/// An explicit table rather than a naming rule: the seed's names (`KV_DB_NAME` for
+/// `database.database`, `KV_LOG_LEVEL` for `logging.level`) do not follow one, and the
+/// README's reference table is generated from the same facts.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("KV_SERVER_HOST", "server.host"),
+    ("KV_SERVER_PORT", "server.port"),
+    ("KV_SERVER_SHUTDOWN_TIMEOUT", "server.shutdown_timeout"),
+    ("KV_SERVER_REQUEST_TIMEOUT", "server.request_timeout"),
+    ("KV_SERVER_MAX_KEY_BYTES", "server.max_key_bytes"),
+    ("KV_SERVER_MAX_VALUE_BYTES", "server.max_value_bytes"),
+    ("KV_STORAGE_TYPE", "storage.type"),
+    ("KV_STORAGE_DATA_DIR", "storage.data_dir"),
+    ("KV_STORAGE_SYNC_WRITES", "storage.sync_writes"),
+    ("KV_DB_HOST", "database.host"),
+    ("KV_DB_PORT", "database.port"),
+    ("KV_DB_NAME", "database.database"),
+    ("KV_DB_USER", "database.username"),
+    ("KV_DB_PASSWORD", "database.password"),
+    ("KV_DB_MAX_CONNS", "database.max_conns"),
+    ("KV_DB_MIN_CONNS", "database.min_conns"),
+    ("KV_DB_SSL_MODE", "database.ssl_mode"),
+    ("KV_RAFT_NODE_ID", "raft.node_id"),
+    ("KV_RAFT_ELECTION_TIMEOUT", "raft.election_timeout"),
+    ("KV_RAFT_HEARTBEAT_TIMEOUT", "raft.heartbeat_timeout"),
+    ("KV_RAFT_SNAPSHOT_INTERVAL", "raft.snapshot_interval"),
+    (
+        "KV_RAFT_SNAPSHOT_LOGS_TO_KEEP",
+        "raft.snapshot_logs_to_keep",
+    ),
+    ("KV_LOG_LEVEL", "logging.level"),
+    ("KV_LOG_FORMAT", "logging.format"),
+    ("KV_LOG_FILE", "logging.file"),
+];
+
+/// A configuration problem, always naming the setting at fault so an operator can fix
+/// it without reading the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub database: DatabaseSettings,
+    pub raft: RaftSettings,
+    pub logging: LoggingSettings,
+}
+
+/// The client-facing HTTP listener and request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    /// 0 lets the OS pick a free port (used by tests); the bound port is logged.
+    pub port: u16,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before the node stops.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Upper bound for one client request, including a Raft commit or read barrier.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+/// Which backend keeps the Raft log and the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageType {
+    /// The embedded redb file under `storage.data_dir`.
+    File,
+    /// PostgreSQL, configured by the `database` section.
+    Database,
+}
+
+impl StorageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageType::File => "file",
+            StorageType::Database => "database",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    #[serde(rename = "type")]
+    pub kind: StorageType,
+    pub data_dir: PathBuf,
+    /// fsync every Raft log append and vote before acknowledging it. Turning it off trades
+    /// durability across crashes for write throughput.
+    pub sync_writes: bool,
+}
+
+/// The seed's PostgreSQL section. Read and validated now; used by the `database`
+/// storage type.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub username: String,
+    pub password: String,
+    pub max_conns: u32,
+    pub min_conns: u32,
+    pub ssl_mode: String,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    // Hand-written so that the password can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("max_conns", &self.max_conns)
+            .field("min_conns", &self.min_conns)
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSettings {
+    /// This node's id in the cluster; stable across restarts.
+    pub node_id: u64,
+    /// Minimum election timeout; the maximum is twice this.
+    #[serde(deserialize_with = "duration")]
+    pub election_timeout: Duration,
+    /// Interval between leader heartbeats (the seed's name for it).
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_timeout: Duration,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_interval: u64,
+    /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the
+    /// log instead of a full snapshot.
+    pub snapshot_logs_to_keep: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    /// A tracing filter: `debug`, `info`, `warn`, `error`, or directives like
+    /// `info,openraft=warn`.
+    pub level: String,
+    pub format: LogFormat,
+    /// When set, logs are appended to this file instead of stdout.
+    pub file: Option<PathBuf>,
+}
+
+/// The defaults, as YAML: what a node runs with when no file and no variable says
+/// otherwise. `config/server.yaml` spells out the same values.
+const DEFAULTS: &str = r#"
+server:
+  host: "0.0.0.0"
+  port: 8080
+  shutdown_timeout: "30s"
+  request_timeout: "10s"
+  max_key_bytes: 1024
+  max_value_bytes: 1048576
+storage:
+  type: "file"
+  data_dir: "./data"
+  sync_writes: true
+database:
+  host: "localhost"
+  port: 5432
+  database: "kvstore"
+  username: "postgres"
+  password: ""
+  max_conns: 10
+  min_conns: 2
+  ssl_mode: "prefer"
+raft:
+  node_id: 1
+  election_timeout: "1s"
+  heartbeat_timeout: "100ms"
+  snapshot_interval: 10000
+  snapshot_logs_to_keep: 1000
+logging:
+  level: "info"
+  format: "json"
+  file: null
+"#;
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the `KV_*` variables from the process
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Settings::load`], reading variables through `env` (tests pass a map).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: "no such file".into(),
+                });
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Yaml)
+                    .required(true),
+            );
+        }
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                builder = builder
+                    .set_override(*key, value)
+                    .map_err(|e| ConfigError::Parse(format!("{var}: {e}")))?;
+            }
+        }
+        let mut settings: Settings = builder
+            .build()
+            .map_err(|e| match e {
+                config::ConfigError::FileParse { uri, cause } => ConfigError::File {
+                    path: uri.unwrap_or_default().into(),
+                    reason: cause.to_string(),
+                },
+                other => ConfigError::Parse(other.to_string()),
+            })?
+            .try_deserialize()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        // An empty `logging.file` (e.g. `KV_LOG_FILE=`) means stdout.
+        settings.logging.file = settings
+            .logging
+            .file
+            .take()
+            .filter(|p| !p.as_os_str().is_empty());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the rules serde cannot express. Checks that need the file system (a
+    /// writable data dir) happen when the store opens.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.host.trim().is_empty() {
+            return Err(ConfigError::invalid("server.host", "must not be empty"));
+        }
+        self.listen_addr()?;
+        if self.server.max_key_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_key_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_value_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_value_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.server.request_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.request_timeout",
+                "must be positive",
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "storage.data_dir",
+                "must not be empty",
+            ));
+        }
+        if self.raft.node_id == 0 {
+            return Err(ConfigError::invalid("raft.node_id", "must be at least 1"));
+        }
+        if self.raft.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "raft.heartbeat_timeout",
+                "must be positive",
+            ));
+        }
+        if self.raft.election_timeout <= self.raft.heartbeat_timeout {
+            return Err(ConfigError::invalid(
+                "raft.election_timeout",
+                format!(
+                    "must be longer than raft.heartbeat_timeout ({})",
+                    humantime::format_duration(self.raft.heartbeat_timeout)
+                ),
+            ));
+        }
+        if self.raft.snapshot_interval == 0 {
+            return Err(ConfigError::invalid(
+                "raft.snapshot_interval",
+                "must be at least 1",
+            ));
+        }
+        if self.database.min_conns > self.database.max_conns {
+            return Err(ConfigError::invalid(
+                "database.min_conns",
+                "must not exceed database.max_conns",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| {
+            ConfigError::invalid(
+                "logging.level",
+                format!("{e} (use debug, info, warn or error)"),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The socket address the client API listens on.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let host = self.server.host.trim();
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let text = format!("{host}:{}", self.server.port);
+        std::net::ToSocketAddrs::to_socket_addrs(&text)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "server.host",
+                    format!("cannot resolve `{}`", self.server.host),
+                )
+            })
+    }
+}
+
+/// Reads a duration written as `500ms`, `1s`, `2m`, or a bare number of milliseconds.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(text) => {
+            let text = text.trim();
+            if let Ok(ms) = text.parse::<u64>() {
+                return Ok(Duration::from_millis(ms));
+            }
+            humantime::parse_duration(text).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{text}`: {e} (write e.g. 500ms, 1s, 2m)"
+                ))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use super::*;
+
+    fn load(yaml: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let file = yaml.map(|text| {
+            let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+            file.write_all(text.as_bytes()).unwrap();
+            file
+        });
+        Settings::load_from(file.as_ref().map(|f| f.path()), |k| env.get(k).cloned())
+    }
+
+    fn error_text(yaml: Option<&str>, env: &[(&str, &str)]) -> String {
+        load(yaml, env)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_serve_on_8080_with_redb_under_data() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.listen_addr().unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(s.storage.kind, StorageType::File);
+        assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
+        assert!(s.storage.sync_writes);
+        assert_eq!(s.server.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.max_key_bytes, 1024);
+        assert_eq!(s.server.max_value_bytes, 1024 * 1024);
+        assert_eq!(s.logging.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn file_values_replace_defaults() {
+        let s = load(
+            Some("server:\n  port: 9090\nstorage:\n  data_dir: /tmp/x\nraft:\n  election_timeout: 2s\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 9090);
+        assert_eq!(s.storage.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.raft.election_timeout, Duration::from_secs(2));
+        assert_eq!(s.server.host, "0.0.0.0", "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let s = load(
+            Some("server:\n  port: 9090\nlogging:\n  level: debug\n"),
+            &[
+                ("KV_SERVER_PORT", "9191"),
+                ("KV_LOG_LEVEL", "warn"),
+                ("KV_STORAGE_TYPE", "database"),
+                ("KV_DB_HOST", "db.internal"),
+                ("KV_DB_PORT", "6543"),
+                ("KV_DB_NAME", "kv"),
+                ("KV_DB_USER", "kvuser"),
+                ("KV_DB_PASSWORD", "s3cret"),
+                ("KV_RAFT_HEARTBEAT_TIMEOUT", "50ms"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 9191);
+        assert_eq!(s.logging.level, "warn");
+        assert_eq!(s.storage.kind, StorageType::Database);
+        assert_eq!(s.database.host, "db.internal");
+        assert_eq!(s.database.port, 6543);
+        assert_eq!(s.database.database, "kv");
+        assert_eq!(s.database.username, "kvuser");
+        assert_eq!(s.database.password, "s3cret");
+        assert_eq!(s.raft.heartbeat_timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn every_env_override_names_a_real_setting() {
+        let defaults: serde_json::Value = {
+            let c = config::Config::builder()
+                .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+                .build()
+                .unwrap();
+            c.try_deserialize().unwrap()
+        };
+        for (var, key) in ENV_OVERRIDES {
+            let mut node = &defaults;
+            for part in key.split('.') {
+                node = node
+                    .get(part)
+                    .unwrap_or_else(|| panic!("{var} maps to unknown {key}"));
+            }
+        }
+    }
+
+    #[test]
+    fn bare_numbers_are_milliseconds() {
+        let s = load(None, &[("KV_SERVER_REQUEST_TIMEOUT", "250")]).unwrap();
+        assert_eq!(s.server.request_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_storage_type_names_the_setting() {
+        let msg = error_text(Some("storage:\n  type: s3\n"), &[]);
+        assert!(msg.contains("storage.type"), "{msg}");
+        assert!(msg.contains("s3"), "{msg}");
+    }
+
+    #[test]
+    fn bad_port_names_the_setting() {
+        for port in ["http", "70000", "-1"] {
+            let msg = error_text(None, &[("KV_SERVER_PORT", port)]);
+            assert!(msg.contains("server.port"), "{port}: {msg}");
+        }
+    }
+
+    #[test]
+    fn unparsable_duration_names_the_setting() {
+        let msg = error_text(Some("raft:\n  election_timeout: soon\n"), &[]);
+        assert!(msg.contains("raft.election_timeout"), "{msg}");
+        assert!(msg.contains("soon"), "{msg}");
+        let msg = error_text(None, &[("KV_SERVER_SHUTDOWN_TIMEOUT", "5 parsecs")]);
+        assert!(msg.contains("server.shutdown_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn election_timeout_must_exceed_heartbeat() {
+        let msg = error_text(None, &[("KV_RAFT_ELECTION_TIMEOUT", "50ms")]);
+        assert!(msg.contains("raft.election_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let msg = error_text(Some("sever:\n  port: 1\n"), &[]);
+        assert!(msg.contains("sever"), "{msg}");
+        let msg = error_text(Some("server:\n  prot: 1\n"), &[]);
+        assert!(msg.contains("prot"), "{msg}");
+    }
+
+    #[test]
+    fn bad_log_level_names_the_setting() {
+        let msg = error_text(None, &[("KV_LOG_LEVEL", "loud=verbose=yes")]);
+        assert!(msg.contains("logging.level"), "{msg}");
+    }
+
+    #[test]
+    fn zero_node_id_is_rejected() {
+        let msg = error_text(None, &[("KV_RAFT_NODE_ID", "0")]);
+        assert!(msg.contains("raft.node_id"), "{msg}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/no/such/kv.yaml")), |_| None).unwrap_err();
+        assert!(err.to_string().contains("/no/such/kv.yaml"), "{err}");
+    }
+
+    #[test]
+    fn database_password_is_not_in_debug_output() {
+        let s = load(None, &[("KV_DB_PASSWORD", "hunter2")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,213 @@
+//! The embedded backend: Raft log, vote, committed index, purge marker and the state
+//! machine all live in one redb file, `<storage.data_dir>/kvstore.redb`; snapshots are
+//! files under `<storage.data_dir>/snapshots/`.
+//!
+//! Log appends and votes are committed with `Durability::Immediate` (an fsync) when
+//! `storage.sync_writes` is on. State machine applies are committed without an fsync:
+//! redb commits are ordered and every durable commit also persists the ones before it,
+//! so after a crash the state machine is at a consistent earlier point and openraft
+//! re-applies the rest from the log.
+
+mod log_store;
+mod state_machine;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use log_store::RedbLogStore;
+pub use state_machine::RedbStateMachine;
+
+use super::io_err;
+
+/// Raft log entries by index, JSON-encoded.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Log-store metadata: the vote, the committed log id and the last purged log id.
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The key-value data of the state machine.
+const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+/// State-machine metadata: last applied log id, membership, current snapshot.
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+/// Name of the database file inside `storage.data_dir`.
+pub const DB_FILE: &str = "kvstore.redb";
+
+/// Why the redb store could not be opened, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid setting `storage.data_dir`: {path} is not writable: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("cannot open database file {path}: {reason}")]
+    Database { path: PathBuf, reason: String },
+}
+
+/// An opened redb store: the three views openraft and the API need.
+pub struct RedbStore {
+    pub log_store: RedbLogStore,
+    pub state_machine: RedbStateMachine,
+    pub handle: StoreHandle,
+}
+
+/// Opens (creating if needed) the store under `data_dir`.
+pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> {
+    check_writable(data_dir).map_err(|e| OpenError::DataDir {
+        path: data_dir.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let path = data_dir.join(DB_FILE);
+    let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let db = Database::create(&path).map_err(|e| db_err(&e))?;
+    create_tables(&db).map_err(|e| db_err(&e))?;
+    let db = Arc::new(db);
+    let state_machine =
+        RedbStateMachine::new(db.clone(), data_dir.join("snapshots")).map_err(|e| db_err(&e))?;
+    Ok(RedbStore {
+        log_store: RedbLogStore::new(db.clone(), sync_writes),
+        state_machine,
+        handle: StoreHandle { db },
+    })
+}
+
+/// Creates the data dir if needed and proves a file can be written in it, so a
+/// read-only or foreign-owned directory fails at start, not at the first write.
+fn check_writable(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(LOG_META)?;
+    txn.open_table(KV)?;
+    txn.open_table(SM_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The API's direct view of the store. Reads see the state machine as applied so far;
+/// linearizability is the caller's job (a read barrier through Raft before reading).
+#[derive(Clone)]
+pub struct StoreHandle {
+    db: Arc<Database>,
+}
+
+impl StoreHandle {
+    pub fn get(&self, key: &str) -> io::Result<Option<String>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        let value = table.get(key).map_err(io_err)?;
+        Ok(value.map(|v| v.value().to_string()))
+    }
+
+    /// Number of keys currently stored.
+    pub fn len(&self) -> io::Result<u64> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        table.len().map_err(io_err)
+    }
+
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Makes every earlier commit durable (state machine applies are committed without
+    /// an fsync); called once at shutdown.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut txn = self.db.begin_write().map_err(io_err)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(io_err)?;
+        txn.commit().map_err(io_err)
+    }
+}
+
+/// Encodes a metadata value.
+fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(io_err)
+}
+
+/// Decodes a metadata value stored by [`encode`].
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+}
+
+/// Reads one metadata record from `table`.
+fn read_meta<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
+    match table.get(key).map_err(io_err)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs blocking redb work off the async runtime's worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    use super::*;
+    use crate::raft::TypeConfig;
+
+    /// Each suite case gets a fresh, empty store in its own temp dir; the dir lives as
+    /// long as the case (the guard `G`).
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, RedbLogStore, RedbStateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, RedbLogStore, RedbStateMachine), StorageError<TypeConfig>>
+        {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = open(dir.path(), true).expect("open store");
+            Ok((dir, store.log_store, store.state_machine))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite() {
+        Suite::test_all(Builder).await.expect("storage suite");
+    }
+
+    #[test]
+    fn unwritable_data_dir_names_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = open(&file.join("sub"), true).err().expect("must fail");
+        assert!(err.to_string().contains("storage.data_dir"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_database_file_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let garbage = vec![0xA5u8; 8192];
+        std::fs::write(&path, &garbage).unwrap();
+        let err = open(dir.path(), true).err().expect("must fail");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            garbage,
+            "file must be untouched"
+        );
+    }
+}

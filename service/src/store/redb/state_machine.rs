@@ -1,0 +1,256 @@
+//! The replicated state machine on redb: applies committed commands to the `kv` table and
+//! builds and installs snapshots.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableDatabase};
+
+use super::{blocking, encode, read_meta, KV, SM_META};
+use crate::raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::raft::TypeConfig;
+use crate::store::snapshot::{snapshot_path, SnapshotReader, SnapshotWriter};
+use crate::store::{io_err, Command, CommandResult, SnapshotFile};
+
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+const SNAPSHOT: &str = "snapshot";
+
+/// The current snapshot as recorded in `sm_meta`: what it contains and which file holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    file_id: String,
+}
+
+/// The state machine: data and its metadata in the shared redb file, snapshots as files.
+#[derive(Clone)]
+pub struct RedbStateMachine {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+}
+
+impl RedbStateMachine {
+    pub(super) fn new(db: Arc<Database>, snapshot_dir: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        Ok(Self { db, snapshot_dir })
+    }
+
+    fn read_sm_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(SM_META).map_err(io_err)?;
+        read_meta(&table, key)
+    }
+
+    /// Applies one batch of committed entries in one transaction and returns, in order,
+    /// the result of each entry.
+    fn apply_batch(
+        db: &Database,
+        entries: &[openraft::alias::EntryOf<TypeConfig>],
+    ) -> io::Result<Vec<CommandResult>> {
+        let mut txn = db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::None).map_err(io_err)?;
+        let mut results = Vec::with_capacity(entries.len());
+        {
+            let mut kv = txn.open_table(KV).map_err(io_err)?;
+            let mut meta = txn.open_table(SM_META).map_err(io_err)?;
+            for entry in entries {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(Command::Put { key, value }) => {
+                        kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
+                        CommandResult::Stored
+                    }
+                    EntryPayload::Normal(Command::Delete { key }) => {
+                        let existed = kv.remove(key.as_str()).map_err(io_err)?.is_some();
+                        CommandResult::Deleted { existed }
+                    }
+                    EntryPayload::Membership(membership) => {
+                        let stored =
+                            StoredMembership::new(Some(entry.log_id()), membership.clone());
+                        meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())
+                            .map_err(io_err)?;
+                        CommandResult::None
+                    }
+                };
+                results.push(result);
+            }
+            if let Some(last) = entries.last() {
+                meta.insert(LAST_APPLIED, encode(&Some(last.log_id()))?.as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        txn.commit().map_err(io_err)?;
+        Ok(results)
+    }
+
+    /// The snapshot recorded as current, if its file is still there.
+    fn current_snapshot(&self) -> io::Result<Option<Snapshot<SnapshotFile>>> {
+        let Some(record) = self.read_sm_meta::<SnapshotRecord>(SNAPSHOT)? else {
+            return Ok(None);
+        };
+        match std::fs::File::open(snapshot_path(&self.snapshot_dir, &record.file_id)) {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: record.meta,
+                snapshot: file,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record_snapshot(db: &Database, record: &SnapshotRecord) -> io::Result<()> {
+        let mut txn = db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+        {
+            let mut table = txn.open_table(SM_META).map_err(io_err)?;
+            table
+                .insert(SNAPSHOT, encode(record)?.as_slice())
+                .map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        blocking(move || {
+            // One read transaction: the data, last applied id and membership are one
+            // consistent point in time, while applies continue concurrently.
+            let txn = db.begin_read().map_err(io_err)?;
+            let meta_table = txn.open_table(SM_META).map_err(io_err)?;
+            let last_applied: Option<LogId> =
+                read_meta::<Option<LogId>>(&meta_table, LAST_APPLIED)?.flatten();
+            let membership: StoredMembership =
+                read_meta(&meta_table, MEMBERSHIP)?.unwrap_or_default();
+            let file_id = snapshot_file_id(last_applied.as_ref());
+
+            let mut writer = SnapshotWriter::create(&dir, &file_id)?;
+            let kv = txn.open_table(KV).map_err(io_err)?;
+            for item in redb::ReadableTable::iter(&kv).map_err(io_err)? {
+                let (key, value) = item.map_err(io_err)?;
+                writer.write_pair(key.value(), value.value())?;
+            }
+            let file = writer.finish()?;
+            let record = SnapshotRecord {
+                meta: SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                },
+                file_id,
+            };
+            Self::record_snapshot(&db, &record)?;
+            Ok(Snapshot {
+                meta: record.meta,
+                snapshot: file,
+            })
+        })
+        .await
+    }
+}
+
+/// A snapshot file name: the last included log id plus the build time, so two snapshots
+/// at the same log id never share a file.
+fn snapshot_file_id(last_applied: Option<&LogId>) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    match last_applied {
+        Some(id) => format!("{}-{}-{micros}", id.committed_leader_id(), id.index),
+        None => format!("empty-{micros}"),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for RedbStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let last_applied = self.read_sm_meta::<Option<LogId>>(LAST_APPLIED)?.flatten();
+        let membership = self.read_sm_meta(MEMBERSHIP)?.unwrap_or_default();
+        Ok((last_applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let results = blocking(move || Self::apply_batch(&db, &batch)).await?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            // Keep our own copy first: the received file may live elsewhere.
+            let mut snapshot = snapshot;
+            let file_id = snapshot_file_id(meta.last_log_id.as_ref());
+            let mut writer = SnapshotWriter::create(&dir, &file_id)?;
+            writer.copy_from(&mut snapshot)?;
+            let copy = writer.finish()?;
+
+            let mut txn = db.begin_write().map_err(io_err)?;
+            txn.set_durability(Durability::Immediate).map_err(io_err)?;
+            txn.delete_table(KV).map_err(io_err)?;
+            {
+                let mut kv = txn.open_table(KV).map_err(io_err)?;
+                for pair in SnapshotReader::new(copy)? {
+                    let (key, value) = pair?;
+                    kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
+                }
+                let mut sm_meta = txn.open_table(SM_META).map_err(io_err)?;
+                sm_meta
+                    .insert(LAST_APPLIED, encode(&meta.last_log_id)?.as_slice())
+                    .map_err(io_err)?;
+                sm_meta
+                    .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                    .map_err(io_err)?;
+                let record = SnapshotRecord { meta, file_id };
+                sm_meta
+                    .insert(SNAPSHOT, encode(&record)?.as_slice())
+                    .map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
+        self.current_snapshot()
+    }
+}

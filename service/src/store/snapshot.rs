@@ -1,0 +1,155 @@
+//! The on-disk snapshot format shared by the backends: one file per snapshot, one JSON
+//! array `["key","value"]` per line.
+//!
+//! Snapshots are streamed to and from files, never collected in memory, so a node can
+//! snapshot and install data sets larger than its RAM.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// The data of one snapshot: an open file positioned at its start.
+pub type SnapshotFile = File;
+
+const EXTENSION: &str = "snap";
+
+/// Path of the finished snapshot `id` in `dir`.
+pub fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.{EXTENSION}"))
+}
+
+/// Writes a snapshot file; it becomes visible under its final name only once complete
+/// and synced, so a crash mid-way never leaves a truncated snapshot behind.
+pub struct SnapshotWriter {
+    dir: PathBuf,
+    id: String,
+    tmp_path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl SnapshotWriter {
+    pub fn create(dir: &Path, id: &str) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let tmp_path = dir.join(format!("{id}.{EXTENSION}.tmp"));
+        let out = BufWriter::new(File::create(&tmp_path)?);
+        Ok(Self {
+            dir: dir.to_owned(),
+            id: id.to_owned(),
+            tmp_path,
+            out,
+        })
+    }
+
+    pub fn write_pair(&mut self, key: &str, value: &str) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &(key, value))?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Copies every pair from `reader` (an existing snapshot) into this one.
+    pub fn copy_from(&mut self, file: &mut File) -> io::Result<()> {
+        file.rewind()?;
+        io::copy(file, &mut self.out)?;
+        file.rewind()?;
+        Ok(())
+    }
+
+    /// Syncs the file, moves it to its final name and removes every older snapshot.
+    /// Returns the finished snapshot, opened for reading.
+    pub fn finish(self) -> io::Result<File> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let path = snapshot_path(&self.dir, &self.id);
+        fs::rename(&self.tmp_path, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        remove_all_but(&self.dir, &path)?;
+        File::open(&path)
+    }
+}
+
+/// Removes snapshot files (finished or partial) other than `keep`.
+fn remove_all_but(dir: &Path, keep: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_snapshot = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".snap") || n.ends_with(".snap.tmp"));
+        if is_snapshot && path != keep {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the pairs of a snapshot file one at a time.
+pub struct SnapshotReader {
+    lines: io::Lines<BufReader<File>>,
+}
+
+impl SnapshotReader {
+    pub fn new(mut file: File) -> io::Result<Self> {
+        file.rewind()?;
+        Ok(Self {
+            lines: BufReader::new(file).lines(),
+        })
+    }
+}
+
+impl Iterator for SnapshotReader {
+    type Item = io::Result<(String, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let line = match self.lines.next()? {
+            Ok(line) => line,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("corrupt snapshot line: {e}"),
+            )
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip_and_older_snapshots_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), "old").unwrap();
+        w.write_pair("a", "1").unwrap();
+        w.finish().unwrap();
+
+        let mut w = SnapshotWriter::create(dir.path(), "new").unwrap();
+        w.write_pair("a/b", "line\nbreak").unwrap();
+        w.write_pair("ключ", "\"quoted\"").unwrap();
+        let file = w.finish().unwrap();
+
+        let pairs: Vec<_> = SnapshotReader::new(file)
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("a/b".to_string(), "line\nbreak".to_string()),
+                ("ключ".to_string(), "\"quoted\"".to_string())
+            ]
+        );
+        assert!(!snapshot_path(dir.path(), "old").exists());
+        assert!(snapshot_path(dir.path(), "new").exists());
+    }
+
+    #[test]
+    fn corrupt_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.snap");
+        fs::write(&path, "not json\n").unwrap();
+        let mut reader = SnapshotReader::new(File::open(&path).unwrap()).unwrap();
+        assert!(reader.next().unwrap().is_err());
+    }
+}
