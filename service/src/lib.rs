@@ -7,7 +7,9 @@
 //! - [`startup`]: binding the listener and serving until shutdown.
 //! - [`telemetry`]: logging.
 
+pub mod api;
 pub mod config;
 pub mod raft;
+pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,1 +1,53 @@
-fn main() {}
+//! The `kvstore` binary: parse flags, load config, start logging, serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvstore::config::Settings;
+use kvstore::startup::{shutdown_signal, Application};
+
+/// A distributed, strongly consistent key-value store on Raft.
+///
+/// Settings come from built-in defaults, then the YAML file given with --config, then
+/// KV_* environment variables (see README.md for the full list).
+#[derive(Parser)]
+#[command(name = "kvstore", version, about)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("kvstore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = kvstore::telemetry::init(&settings.logging) {
+        eprintln!("kvstore: {e}");
+        return ExitCode::from(2);
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "starting kvstore");
+    let app = match Application::build(&settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            eprintln!("kvstore: cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("stopped with an error: {e:#}");
+            eprintln!("kvstore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -7,7 +7,7 @@ mod node;
 use serde::{Deserialize, Serialize};
 
 pub use network::PeerNetwork;
-pub use node::{start, RaftNode};
+pub use node::{start, Consistency, NodeError, RaftNode};
 
 use crate::store::{Command, CommandResult};
 

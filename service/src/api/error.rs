@@ -1,0 +1,302 @@
+//! The one error type every route returns. Each variant has one HTTP status and one
+//! stable `code`; the body is always JSON: `{"error": text, "code": CODE, ...}`.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{Example, Type};
+use poem_openapi::{ApiResponse, Enum, Object};
+
+use crate::raft::NodeError;
+
+/// Stable, machine-readable error codes. Clients branch on these, never on `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidJson,
+    EmptyBody,
+    EmptyValue,
+    InvalidContentType,
+    InvalidKey,
+    KeyTooLarge,
+    ValueTooLarge,
+    InvalidParameter,
+    KeyNotFound,
+    NotFound,
+    MethodNotAllowed,
+    NoLeader,
+    OutcomeUnknown,
+    Timeout,
+    Unavailable,
+    NotReady,
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct ErrorBody {
+    /// What went wrong, for humans.
+    pub error: String,
+    /// What went wrong, for programs: stable across versions.
+    pub code: ErrorCode,
+    /// The key the request named, when there is one.
+    #[oai(skip_serializing_if_is_none)]
+    pub key: Option<String>,
+    /// The current leader's node id, when the error is about leadership and one is known.
+    #[oai(skip_serializing_if_is_none)]
+    pub leader_id: Option<u64>,
+}
+
+impl Example for ErrorBody {
+    fn example() -> Self {
+        ErrorBody {
+            error: "Key not found".into(),
+            code: ErrorCode::KeyNotFound,
+            key: Some("user:1".into()),
+            leader_id: None,
+        }
+    }
+}
+
+/// Every way a request can fail.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    #[error("request body is empty; send {{\"value\": \"...\"}}")]
+    EmptyBody,
+    #[error("value must not be empty")]
+    EmptyValue,
+    #[error("unsupported content type {0}; send application/json")]
+    InvalidContentType(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("key is {len} bytes; the limit is {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    ValueTooLarge(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error("Key not found")]
+    KeyNotFound(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed for {0}")]
+    MethodNotAllowed(String),
+    #[error("{message}")]
+    NoLeader {
+        message: String,
+        leader: Option<u64>,
+    },
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_)
+            | ApiError::EmptyBody
+            | ApiError::EmptyValue
+            | ApiError::InvalidKey(_)
+            | ApiError::KeyTooLarge { .. }
+            | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ValueTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoLeader { .. }
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::Unavailable(_)
+            | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::InvalidJson(_) => ErrorCode::InvalidJson,
+            ApiError::EmptyBody => ErrorCode::EmptyBody,
+            ApiError::EmptyValue => ErrorCode::EmptyValue,
+            ApiError::InvalidContentType(_) => ErrorCode::InvalidContentType,
+            ApiError::InvalidKey(_) => ErrorCode::InvalidKey,
+            ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
+            ApiError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
+            ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
+            ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::NoLeader { .. } => ErrorCode::NoLeader,
+            ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::NotReady(_) => ErrorCode::NotReady,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+            key: match self {
+                ApiError::KeyNotFound(key) => Some(key.clone()),
+                _ => None,
+            },
+            leader_id: match self {
+                ApiError::NoLeader { leader, .. } => *leader,
+                _ => None,
+            },
+        }
+    }
+
+    /// Turns any error poem or poem-openapi raised before a handler ran (no route, wrong
+    /// method, unparsable parameter, ...) into the JSON shape of every other error.
+    pub fn from_poem(err: &poem::Error, method: &str, path: &str) -> ApiError {
+        if let Some(api) = err.downcast_ref::<ApiError>() {
+            return api.clone();
+        }
+        let target = format!("{method} {path}");
+        match err.status() {
+            StatusCode::NOT_FOUND => ApiError::NotFound(target),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(target),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::ValueTooLarge(err.to_string()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::InvalidContentType(err.to_string()),
+            s if s.is_client_error() => ApiError::InvalidParameter(err.to_string()),
+            _ => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let message = e.to_string();
+        match e {
+            NodeError::NoLeader { leader } => ApiError::NoLeader { message, leader },
+            NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
+            NodeError::Timeout(_) => ApiError::Timeout(message),
+            NodeError::Unavailable(_) => ApiError::Unavailable(message),
+            NodeError::Storage(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        ApiError::status(self)
+    }
+
+    fn as_response(&self) -> Response {
+        self.clone().into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        Json(self.body()).with_status(status).into_response()
+    }
+}
+
+/// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
+const DOCUMENTED: &[(u16, &str)] = &[
+    (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE or INVALID_PARAMETER"),
+    (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route)"),
+    (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
+    (415, "INVALID_CONTENT_TYPE: the body is not application/json"),
+    (500, "INTERNAL: an unexpected failure on this node"),
+    (503, "NO_LEADER, UNAVAILABLE, NOT_READY, or OUTCOME_UNKNOWN (a write that may or may not have been applied)"),
+    (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
+];
+
+impl ApiResponse for ApiError {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: DOCUMENTED
+                .iter()
+                .map(|(status, description)| MetaResponse {
+                    description,
+                    status: Some(*status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: "application/json; charset=utf-8",
+                        schema: ErrorBody::schema_ref(),
+                    }],
+                    headers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ErrorBody::register(registry);
+    }
+}
+
+/// Used by `catch_all_error`: everything the router or an extractor rejects becomes
+/// the same JSON error shape as the handlers' own errors.
+pub fn to_json_response(err: poem::Error, method: &str, path: &str) -> Response {
+    let api = ApiError::from_poem(&err, method, path);
+    let mut response = api.into_response();
+    if let Some(op) = err.data::<poem_openapi::OperationId>() {
+        response.set_data(*op);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+
+    #[test]
+    fn error_codes_serialise_in_screaming_snake_case() {
+        assert_eq!(ErrorCode::KeyNotFound.to_json().unwrap(), "KEY_NOT_FOUND");
+        assert_eq!(
+            ErrorCode::InvalidContentType.to_json().unwrap(),
+            "INVALID_CONTENT_TYPE"
+        );
+    }
+
+    #[test]
+    fn key_not_found_matches_the_seed_shape() {
+        let body = ApiError::KeyNotFound("user:1".into()).body();
+        let json = body.to_json().unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "Key not found", "code": "KEY_NOT_FOUND", "key": "user:1"})
+        );
+    }
+
+    #[test]
+    fn every_variant_keeps_its_code_and_status_through_poem() {
+        let errors = [
+            ApiError::EmptyBody,
+            ApiError::InvalidJson("x".into()),
+            ApiError::KeyTooLarge { len: 2, max: 1 },
+            ApiError::NoLeader {
+                message: "m".into(),
+                leader: Some(3),
+            },
+            ApiError::Timeout("t".into()),
+        ];
+        for e in errors {
+            let (code, status) = (e.code(), e.status());
+            let poem_err = poem::Error::from(e);
+            let back = ApiError::from_poem(&poem_err, "GET", "/");
+            assert_eq!((back.code(), back.status()), (code, status));
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The client-facing HTTP API: routes, the OpenAPI spec and Swagger UI, and the
+//! middleware every request passes through (key paths, access log, JSON errors).
+
+mod body;
+pub mod error;
+mod kv;
+mod system;
+
+use std::time::Instant;
+
+use percent_encoding::percent_decode_str;
+use poem::http::uri::PathAndQuery;
+use poem::http::Uri;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use self::body::BodyLimit;
+use self::error::ApiError;
+use crate::raft::RaftNode;
+
+/// Request size limits, from the `server` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Store, read and delete keys.
+    Kv,
+    /// Liveness, readiness and node status.
+    System,
+}
+
+/// The prefix under which the rest of the path is the key.
+const KV_PREFIX: &str = "/kv/";
+
+/// Builds the OpenAPI service describing every route.
+fn openapi(node: &RaftNode, limits: Limits) -> OpenApiService<(kv::KvApi, system::SystemApi), ()> {
+    OpenApiService::new(
+        (
+            kv::KvApi {
+                node: node.clone(),
+                limits,
+            },
+            system::SystemApi { node: node.clone() },
+        ),
+        "kvstore",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "A distributed, strongly consistent key-value store on Raft. Every write goes \
+         through the Raft log; reads are linearizable unless `consistency=stale` is asked \
+         for. Every error is JSON with a stable `code`.",
+    )
+}
+
+/// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
+/// `/openapi.yaml`.
+pub fn app(node: RaftNode, limits: Limits) -> impl Endpoint<Output = Response> {
+    let service = openapi(&node, limits);
+    let docs = service.swagger_ui();
+    let spec_json = service.spec_endpoint();
+    let spec_yaml = service.spec_endpoint_yaml();
+    Route::new()
+        .nest("/docs", docs)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .nest("/", service)
+        .data(BodyLimit::for_max_value(limits.max_value_bytes))
+        .around(|ep, req| async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            Ok(match ep.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => error::to_json_response(err, &method, &path),
+            })
+        })
+        .around(|ep, req| async move {
+            match route_key_path(req) {
+                Ok(req) => ep.call(req).await,
+                Err(e) => Ok(e.into_response()),
+            }
+        })
+        .around(|ep, req| async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let resp = ep.call(req).await?;
+            let route = resp
+                .data::<poem_openapi::OperationId>()
+                .map_or("-", |op| op.0);
+            tracing::info!(
+                method = %method,
+                path = %path,
+                route,
+                status = resp.status().as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            Ok(resp)
+        })
+}
+
+/// Lets keys contain `/`: the router matches `/kv/{key}` on one path segment, so the
+/// rest of a `/kv/...` path is re-escaped into one segment before routing (poem
+/// percent-decodes it again for the handler). Keys that cannot be decoded to UTF-8, and
+/// the empty key, are refused here with `INVALID_KEY`.
+fn route_key_path(mut req: Request) -> Result<Request, ApiError> {
+    let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX) else {
+        return Ok(req);
+    };
+    if raw_key.is_empty() {
+        return Err(ApiError::InvalidKey("key must not be empty".into()));
+    }
+    if percent_decode_str(raw_key).decode_utf8().is_err() {
+        return Err(ApiError::InvalidKey(
+            "key is not valid UTF-8 after percent-decoding".into(),
+        ));
+    }
+    if !raw_key.contains('/') {
+        return Ok(req);
+    }
+    let mut path = format!("{KV_PREFIX}{}", raw_key.replace('/', "%2F"));
+    if let Some(query) = req.uri().query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(path)
+            .map_err(|e| ApiError::InvalidKey(format!("cannot route key: {e}")))?,
+    );
+    let uri = Uri::from_parts(parts).map_err(|e| ApiError::InvalidKey(e.to_string()))?;
+    *req.uri_mut() = uri;
+    Ok(req)
+}

@@ -1,0 +1,185 @@
+//! `/health`, `/ready` and `/status`: is the process up, can it serve, and what is its
+//! Raft state.
+
+use openraft::ServerState;
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::error::ApiError;
+use super::ApiTags;
+use crate::raft::RaftNode;
+
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct HealthResponse {
+    /// Always true: the process is alive and serving HTTP.
+    pub healthy: bool,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+}
+
+impl Example for HealthResponse {
+    fn example() -> Self {
+        HealthResponse {
+            healthy: true,
+            timestamp: "2026-11-27T10:00:00.000Z".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ReadyResponse {
+    pub ready: bool,
+    pub node_id: u64,
+    /// The leader this node follows (or itself).
+    pub leader_id: u64,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct StatusResponse {
+    pub node_id: u64,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    pub term: u64,
+    /// The current leader's id, if one is known.
+    pub leader_id: Option<u64>,
+    /// Index of the last entry in this node's Raft log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known to be committed.
+    pub committed_index: Option<u64>,
+    /// Index of the last entry applied to the key-value data.
+    pub applied_index: Option<u64>,
+    /// Number of keys in this node's copy of the data.
+    pub key_count: u64,
+    /// `file` (embedded redb) or `database` (PostgreSQL).
+    pub storage_type: String,
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+}
+
+impl Example for StatusResponse {
+    fn example() -> Self {
+        StatusResponse {
+            node_id: 1,
+            role: "leader".into(),
+            term: 1,
+            leader_id: Some(1),
+            last_log_index: Some(42),
+            committed_index: Some(42),
+            applied_index: Some(42),
+            key_count: 17,
+            storage_type: "file".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: 3600.5,
+            timestamp: "2026-11-27T10:00:00.000Z".into(),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum HealthResult {
+    /// The process is alive.
+    #[oai(status = 200)]
+    Ok(Json<HealthResponse>),
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResult {
+    /// A leader is known and everything known to be committed is applied.
+    #[oai(status = 200)]
+    Ok(Json<ReadyResponse>),
+}
+
+#[derive(ApiResponse)]
+pub enum StatusResult {
+    #[oai(status = 200)]
+    Ok(Json<StatusResponse>),
+}
+
+pub struct SystemApi {
+    pub node: RaftNode,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[OpenApi(tag = "ApiTags::System")]
+impl SystemApi {
+    /// Liveness
+    ///
+    /// 200 whenever the process is up and serving HTTP, whatever the cluster's state.
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResult {
+        HealthResult::Ok(Json(HealthResponse {
+            healthy: true,
+            timestamp: now_rfc3339(),
+        }))
+    }
+
+    /// Readiness
+    ///
+    /// 200 only when this node knows a leader and has applied every entry it knows to
+    /// be committed; otherwise 503 `NOT_READY` with the reason.
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self) -> Result<ReadyResult, ApiError> {
+        let m = self.node.metrics();
+        if let Err(e) = &m.running_state {
+            return Err(ApiError::NotReady(format!("raft has stopped: {e}")));
+        }
+        let Some(leader_id) = m.current_leader else {
+            return Err(ApiError::NotReady("no leader is known".into()));
+        };
+        let committed = m.local_committed.as_ref().map(|id| id.index);
+        let applied = m.last_applied.as_ref().map(|id| id.index);
+        if applied < committed {
+            return Err(ApiError::NotReady(format!(
+                "applied index {} is behind committed index {}",
+                applied.map_or("none".into(), |i| i.to_string()),
+                committed.map_or("none".into(), |i| i.to_string()),
+            )));
+        }
+        Ok(ReadyResult::Ok(Json(ReadyResponse {
+            ready: true,
+            node_id: self.node.id(),
+            leader_id,
+        })))
+    }
+
+    /// Node status
+    ///
+    /// This node's Raft role, term, leader and log indexes, with storage and process
+    /// facts.
+    #[oai(path = "/status", method = "get", operation_id = "status")]
+    async fn status(&self) -> Result<StatusResult, ApiError> {
+        let m = self.node.metrics();
+        Ok(StatusResult::Ok(Json(StatusResponse {
+            node_id: self.node.id(),
+            role: role_name(m.state).into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed_index: m.local_committed.as_ref().map(|id| id.index),
+            applied_index: m.last_applied.as_ref().map(|id| id.index),
+            key_count: self.node.key_count()?,
+            storage_type: self.node.storage_type().as_str().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.node.uptime().as_secs_f64(),
+            timestamp: now_rfc3339(),
+        })))
+    }
+}
