@@ -39,6 +39,7 @@ impl Application {
             limits: Limits {
                 max_key_bytes: settings.server.max_key_bytes,
                 max_value_bytes: settings.server.max_value_bytes,
+                request_timeout: settings.server.request_timeout,
             },
             shutdown_timeout: settings.server.shutdown_timeout,
         })

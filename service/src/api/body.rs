@@ -4,6 +4,8 @@
 //! The body size is bounded before reading: a `Content-Length` over the limit is refused
 //! at once, and a chunked body is cut off as soon as it passes the limit.
 
+use std::time::Duration;
+
 use poem::{Request, RequestBody};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
@@ -12,16 +14,23 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The largest request body any route accepts, in bytes. Set once at start-up from
-/// `server.max_value_bytes`.
+/// How request bodies are read; set once at start-up from the `server` settings.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyRules {
+    /// The largest body accepted, in bytes.
+    pub max_bytes: usize,
+    /// How long the client may take to send the whole body.
+    pub read_timeout: Duration,
+}
 
-impl BodyLimit {
+impl BodyRules {
     /// Room for a value of `max_value_bytes` even if every byte needed a six-byte JSON
     /// escape (`\u0000`), plus the object around it.
-    pub fn for_max_value(max_value_bytes: usize) -> Self {
-        BodyLimit(max_value_bytes.saturating_mul(6).saturating_add(4096))
+    pub fn new(max_value_bytes: usize, read_timeout: Duration) -> Self {
+        BodyRules {
+            max_bytes: max_value_bytes.saturating_mul(6).saturating_add(4096),
+            read_timeout,
+        }
     }
 }
 
@@ -56,11 +65,11 @@ where
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let limit = request
-            .data::<BodyLimit>()
+        let rules = request
+            .data::<BodyRules>()
             .copied()
-            .unwrap_or(BodyLimit::for_max_value(1024 * 1024))
-            .0;
+            .ok_or_else(|| ApiError::Internal("body rules are not configured".into()))?;
+        let limit = rules.max_bytes;
         check_content_type(request.content_type())?;
         let declared = request
             .header(poem::http::header::CONTENT_LENGTH)
@@ -68,12 +77,12 @@ where
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(too_large(limit).into());
         }
-        let bytes = body
-            .take()?
-            .into_bytes_limit(limit)
+        let read = tokio::time::timeout(rules.read_timeout, body.take()?.into_bytes_limit(limit));
+        let bytes = read
             .await
+            .map_err(|_| ApiError::BodyTimeout(rules.read_timeout))?
             .map_err(|e| match e {
-                poem::error::ReadBodyError::PayloadTooLarge => ApiError::from(too_large(limit)),
+                poem::error::ReadBodyError::PayloadTooLarge => too_large(limit),
                 other => ApiError::InvalidJson(other.to_string()),
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {

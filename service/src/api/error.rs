@@ -94,6 +94,8 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("{0}")]
     Timeout(String),
+    #[error("request body was not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     Unavailable(String),
     #[error("not ready: {0}")]
@@ -120,6 +122,7 @@ impl ApiError {
             | ApiError::Unavailable(_)
             | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,7 +142,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::NoLeader { .. } => ErrorCode::NoLeader,
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
-            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Timeout(_) | ApiError::BodyTimeout(_) => ErrorCode::Timeout,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::NotReady(_) => ErrorCode::NotReady,
             ApiError::Internal(_) => ErrorCode::Internal,
@@ -214,6 +217,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE or INVALID_PARAMETER"),
     (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route)"),
     (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
+    (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
     (415, "INVALID_CONTENT_TYPE: the body is not application/json"),
     (500, "INTERNAL: an unexpected failure on this node"),
     (503, "NO_LEADER, UNAVAILABLE, NOT_READY, or OUTCOME_UNKNOWN (a write that may or may not have been applied)"),

@@ -6,7 +6,7 @@ pub mod error;
 mod kv;
 mod system;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use percent_encoding::percent_decode_str;
 use poem::http::uri::PathAndQuery;
@@ -14,15 +14,17 @@ use poem::http::Uri;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
-use self::body::BodyLimit;
+use self::body::BodyRules;
 use self::error::ApiError;
 use crate::raft::RaftNode;
 
-/// Request size limits, from the `server` settings.
+/// Request limits, from the `server` settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Bounds reading a request body, like it bounds the Raft work behind a request.
+    pub request_timeout: Duration,
 }
 
 #[derive(Tags)]
@@ -68,7 +70,10 @@ pub fn app(node: RaftNode, limits: Limits) -> impl Endpoint<Output = Response> {
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .nest("/", service)
-        .data(BodyLimit::for_max_value(limits.max_value_bytes))
+        .data(BodyRules::new(
+            limits.max_value_bytes,
+            limits.request_timeout,
+        ))
         .around(|ep, req| async move {
             let method = req.method().to_string();
             let path = req.uri().path().to_string();

@@ -1,0 +1,177 @@
+//! `spawn_app`: a real node on 127.0.0.1:0 with its own temp data dir, and request
+//! helpers. Logs are shown only when `TEST_LOG` is set.
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use kvstore::config::Settings;
+use kvstore::startup::Application;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+static LOGGING: Once = Once::new();
+
+fn init_logging() {
+    LOGGING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Settings for a test node: loopback, port 0, fast Raft timers, no env overrides.
+pub fn test_settings(data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings::load_from(None, |_| None).expect("default settings");
+    s.server.host = "127.0.0.1".into();
+    s.server.port = 0;
+    s.storage.data_dir = data_dir.to_owned();
+    s.raft.heartbeat_timeout = Duration::from_millis(50);
+    s.raft.election_timeout = Duration::from_millis(150);
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logging();
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(data_dir.path());
+    customize(&mut settings);
+    let app = Application::build(&settings).await.expect("build app");
+    let address = format!("http://{}", app.local_addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let test_app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server: Some(server),
+        _data_dir: data_dir,
+    };
+    test_app.wait_ready().await;
+    test_app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Polls `/ready` until it answers 200, failing after 10 s.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not become ready in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn put(&self, key_path: &str, value: &str) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/kv/{key_path}")))
+            .json(&serde_json::json!({ "value": value }))
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub async fn get(&self, key_path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/kv/{key_path}")))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn delete(&self, key_path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/kv/{key_path}")))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// Sends a PUT with a raw body and content type.
+    pub async fn put_raw(
+        &self,
+        key_path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .put(self.url(&format!("/kv/{key_path}")))
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.expect("PUT")
+    }
+
+    /// Stops the server the way SIGTERM does and waits for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("shutdown within 10 s")
+                .expect("server task")
+                .expect("clean shutdown");
+        }
+    }
+}
+
+/// Reads a response as JSON, asserting the status and a JSON content type.
+pub async fn json(resp: reqwest::Response, status: u16) -> Value {
+    let actual = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.expect("body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type:?}, body {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts a JSON error with `code` and `status`, and returns its body.
+pub async fn error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    let body = json(resp, status).await;
+    assert_eq!(body["code"], code, "body: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "body: {body}"
+    );
+    body
+}

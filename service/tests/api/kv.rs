@@ -1,0 +1,120 @@
+use serde_json::json;
+
+use crate::helpers::{error, json, spawn_app};
+
+#[tokio::test]
+async fn seed_examples_return_the_seed_json() {
+    let app = spawn_app().await;
+
+    let body = json(app.put("user:1", "John Doe").await, 201).await;
+    assert_eq!(body["key"], "user:1");
+    assert_eq!(body["value"], "John Doe");
+    assert_eq!(body["message"], "Key-value pair stored successfully");
+
+    let body = json(app.get("user:1").await, 200).await;
+    assert_eq!(body["key"], "user:1");
+    assert_eq!(body["value"], "John Doe");
+
+    let body = json(app.delete("user:1").await, 200).await;
+    assert_eq!(body["key"], "user:1");
+    assert_eq!(body["message"], "Key deleted successfully");
+
+    let body = error(app.get("user:1").await, 404, "KEY_NOT_FOUND").await;
+    assert_eq!(
+        body,
+        json!({"error": "Key not found", "code": "KEY_NOT_FOUND", "key": "user:1"})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn responses_name_the_serving_node() {
+    let app = spawn_app().await;
+    let body = json(app.put("k", "v").await, 201).await;
+    assert_eq!(body["node_id"], 1);
+    let body = json(app.get("k").await, 200).await;
+    assert_eq!(body["node_id"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn put_overwrites() {
+    let app = spawn_app().await;
+    json(app.put("k", "one").await, 201).await;
+    json(app.put("k", "two").await, 201).await;
+    assert_eq!(json(app.get("k").await, 200).await["value"], "two");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delete_of_missing_key_is_404_with_the_key() {
+    let app = spawn_app().await;
+    let body = error(app.delete("ghost").await, 404, "KEY_NOT_FOUND").await;
+    assert_eq!(body["key"], "ghost");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keys_may_contain_slashes() {
+    let app = spawn_app().await;
+    let body = json(app.put("app/db/host", "db1").await, 201).await;
+    assert_eq!(body["key"], "app/db/host");
+    // The same key, escaped, is the same key.
+    let body = json(app.get("app%2Fdb%2Fhost").await, 200).await;
+    assert_eq!(body["key"], "app/db/host");
+    assert_eq!(body["value"], "db1");
+    // A trailing slash is part of the key.
+    json(app.put("dir/", "d").await, 201).await;
+    assert_eq!(json(app.get("dir/").await, 200).await["value"], "d");
+    error(app.get("dir").await, 404, "KEY_NOT_FOUND").await;
+    json(app.delete("app/db/host").await, 200).await;
+    error(app.get("app/db/host").await, 404, "KEY_NOT_FOUND").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn percent_escapes_are_decoded() {
+    let app = spawn_app().await;
+    let body = json(app.put("hello%20world", "v").await, 201).await;
+    assert_eq!(body["key"], "hello world");
+    let body = json(app.put("100%25", "pct").await, 201).await;
+    assert_eq!(body["key"], "100%");
+    assert_eq!(json(app.get("100%25").await, 200).await["value"], "pct");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn non_ascii_keys_and_values_round_trip() {
+    let app = spawn_app().await;
+    // reqwest percent-encodes the non-ASCII path as UTF-8.
+    let body = json(app.put("ключ/日本", "значение ✓").await, 201).await;
+    assert_eq!(body["key"], "ключ/日本");
+    let body = json(
+        app.get("%D0%BA%D0%BB%D1%8E%D1%87/%E6%97%A5%E6%9C%AC").await,
+        200,
+    )
+    .await;
+    assert_eq!(body["value"], "значение ✓");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn stale_reads_serve_the_local_copy() {
+    let app = spawn_app().await;
+    json(app.put("k", "v").await, 201).await;
+    let resp = app
+        .client
+        .get(app.url("/kv/k?consistency=stale"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(resp, 200).await["value"], "v");
+    let resp = app
+        .client
+        .get(app.url("/kv/k?consistency=linearizable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(resp, 200).await["value"], "v");
+    app.stop().await;
+}

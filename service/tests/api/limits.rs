@@ -1,0 +1,91 @@
+//! Exact size limits and one byte over them.
+
+use futures::stream;
+
+use crate::helpers::{error, json, spawn_app, spawn_app_with};
+
+const MAX_KEY: usize = 1024;
+const MAX_VALUE: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
+    let app = spawn_app().await;
+    let key = "k".repeat(MAX_KEY);
+    let body = json(app.put(&key, "v").await, 201).await;
+    assert_eq!(body["key"].as_str().unwrap().len(), MAX_KEY);
+    assert_eq!(json(app.get(&key).await, 200).await["value"], "v");
+
+    let too_long = "k".repeat(MAX_KEY + 1);
+    error(app.put(&too_long, "v").await, 400, "KEY_TOO_LARGE").await;
+    error(app.get(&too_long).await, 400, "KEY_TOO_LARGE").await;
+    error(app.delete(&too_long).await, 400, "KEY_TOO_LARGE").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn key_limit_counts_utf8_bytes() {
+    let app = spawn_app().await;
+    // "é" is 2 bytes: 512 of them is exactly 1024 bytes.
+    let key = "é".repeat(MAX_KEY / 2);
+    json(app.put(&key, "v").await, 201).await;
+    let over = format!("{key}a");
+    error(app.put(&over, "v").await, 400, "KEY_TOO_LARGE").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
+    let app = spawn_app().await;
+    let value = "v".repeat(MAX_VALUE);
+    json(app.put("big", &value).await, 201).await;
+    let body = json(app.get("big").await, 200).await;
+    assert_eq!(body["value"].as_str().unwrap().len(), MAX_VALUE);
+
+    let over = "v".repeat(MAX_VALUE + 1);
+    error(app.put("big2", &over).await, 413, "VALUE_TOO_LARGE").await;
+    error(app.get("big2").await, 404, "KEY_NOT_FOUND").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_are_configurable() {
+    let app = spawn_app_with(|s| {
+        s.server.max_key_bytes = 4;
+        s.server.max_value_bytes = 8;
+    })
+    .await;
+    json(app.put("abcd", "12345678").await, 201).await;
+    error(app.put("abcde", "v").await, 400, "KEY_TOO_LARGE").await;
+    error(app.put("k", "123456789").await, 413, "VALUE_TOO_LARGE").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_by_its_declared_length() {
+    let app = spawn_app_with(|s| s.server.max_value_bytes = 8).await;
+    // Limit for an 8-byte value is 8 * 6 + 4096 bytes of body.
+    let body = format!("{{\"value\": \"{}\"}}", "x".repeat(8 * 6 + 4096));
+    error(
+        app.put_raw("k", Some("application/json"), body).await,
+        413,
+        "VALUE_TOO_LARGE",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_is_cut_off() {
+    let app = spawn_app_with(|s| s.server.max_value_bytes = 8).await;
+    // No Content-Length: the server must stop reading once the limit is passed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|_| Ok(vec![b' '; 1024])).collect();
+    let body = reqwest::Body::wrap_stream(stream::iter(chunks));
+    error(
+        app.put_raw("k", Some("application/json"), body).await,
+        413,
+        "VALUE_TOO_LARGE",
+    )
+    .await;
+    app.stop().await;
+}
