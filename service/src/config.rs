@@ -102,12 +102,26 @@ pub struct ServerSettings {
 
 /// Which backend keeps the Raft log and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum StorageType {
     /// The embedded redb file under `storage.data_dir`.
     File,
     /// PostgreSQL, configured by the `database` section.
     Database,
+}
+
+impl TryFrom<String> for StorageType {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "file" => Ok(StorageType::File),
+            "database" => Ok(StorageType::Database),
+            other => Err(format!(
+                "unknown storage type `{other}` (use `file` or `database`)"
+            )),
+        }
+    }
 }
 
 impl StorageType {
@@ -180,10 +194,24 @@ pub struct RaftSettings {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     Json,
     Text,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            other => Err(format!(
+                "unknown log format `{other}` (use `json` or `text`)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -104,7 +104,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         let table = txn.open_table(LOG).map_err(io_err)?;
         let last = match table.last().map_err(io_err)? {
             Some((_, bytes)) => Some(decode::<Entry>(bytes.value())?.log_id()),
-            None => last_purged.clone(),
+            None => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,

@@ -1,0 +1,424 @@
+//! Tests of the real `kvstore` binary: crash safety under SIGKILL, clean SIGTERM
+//! shutdown, configuration errors, logs, and the command line.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kvstore");
+
+/// A running `kvstore` process and everything it has logged so far.
+struct Node {
+    child: Child,
+    addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("KV_SERVER_HOST", "127.0.0.1")
+        .env("KV_SERVER_PORT", "0")
+        .env("KV_STORAGE_DATA_DIR", data_dir)
+        .env("KV_LOG_FORMAT", "json")
+        .env("KV_LOG_LEVEL", "info")
+        .env("KV_RAFT_HEARTBEAT_TIMEOUT", "50ms")
+        .env("KV_RAFT_ELECTION_TIMEOUT", "150ms");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Node {
+    /// Starts the binary and waits (up to 20 s) for the log line carrying its address.
+    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Node {
+        let mut child = command(data_dir, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kvstore");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "serving the client API" {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("kvstore did not start serving within 20 s");
+        Node { child, addr, logs }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = client.get(self.url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "not ready within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (up to 20 s), for configurations that must fail.
+fn run_to_exit(
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (ExitStatus, String, String) {
+    let mut child = command(data_dir, env)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvstore");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kvstore {args:?} {env:?} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    (
+        status,
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let node = Node::start(dir.path(), &[]);
+    node.wait_ready(&client).await;
+
+    // Eight writers put unique keys until the process dies under them; every 201 is
+    // recorded as acknowledged.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, acked, url) = (client.clone(), acked.clone(), node.url("/kv/"));
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("w{w}-{i}");
+                let resp = client
+                    .put(format!("{url}{key}"))
+                    .json(&serde_json::json!({ "value": format!("value of {key}") }))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == 201 => acked.lock().unwrap().push(key),
+                    Ok(r) => panic!("unexpected status {} before the kill", r.status()),
+                    Err(_) => return, // the process is gone
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 300 writes acknowledged in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut node = node;
+    node.child.kill().expect("SIGKILL");
+    node.wait_exit(Duration::from_secs(10));
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    drop(node);
+    let acked = acked.lock().unwrap().clone();
+
+    let node = Node::start(dir.path(), &[]);
+    node.wait_ready(&client).await;
+    let rejoined = node
+        .log_lines()
+        .iter()
+        .any(|l| l["message"] == "raft state found on disk; rejoining the cluster");
+    assert!(
+        rejoined,
+        "the restarted node must not initialise a new cluster"
+    );
+    let mut missing = Vec::new();
+    for key in &acked {
+        let resp = client
+            .get(node.url(&format!("/kv/{key}")))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            missing.push(key.clone());
+            continue;
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["value"], format!("value of {key}"));
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut node = Node::start(dir.path(), &[]);
+    node.wait_ready(&client).await;
+    let resp = client
+        .put(node.url("/kv/durable"))
+        .json(&serde_json::json!({"value": "yes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    node.signal("TERM");
+    let status = node.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+    let messages: Vec<String> = node
+        .log_lines()
+        .iter()
+        .filter_map(|l| l["message"].as_str().map(String::from))
+        .collect();
+    assert!(
+        messages.iter().any(|m| m == "SIGTERM received"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "shutdown complete"),
+        "{messages:?}"
+    );
+    drop(node);
+
+    let node = Node::start(dir.path(), &[]);
+    node.wait_ready(&client).await;
+    let resp = client.get(node.url("/kv/durable")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["value"], "yes");
+}
+
+#[tokio::test]
+async fn every_request_is_logged_as_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]);
+    node.wait_ready(&client).await;
+    client
+        .put(node.url("/kv/logged"))
+        .json(&serde_json::json!({"value": "v"}))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = node
+            .log_lines()
+            .into_iter()
+            .find(|l| l["message"] == "request" && l["method"] == "PUT" && l["route"] == "put_key");
+        if let Some(line) = line {
+            assert_eq!(line["status"], 201);
+            assert_eq!(line["path"], "/kv/logged");
+            assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+            assert!(
+                line["timestamp"].is_string() && line["level"] == "INFO",
+                "{line}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no request log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn logging_file_receives_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("kv.log");
+    let data = dir.path().join("data");
+    let mut child = command(&data, &[("KV_LOG_FILE", log_file.to_str().unwrap())])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if text.lines().any(|l| l.contains("serving the client API")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log file never got the start-up line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn invalid_config_exits_non_zero_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let bad_data_dir = not_a_dir.join("data");
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("KV_STORAGE_TYPE", "s3")], "storage.type"),
+        (vec![("KV_SERVER_PORT", "http")], "server.port"),
+        (vec![("KV_SERVER_PORT", "99999")], "server.port"),
+        (
+            vec![("KV_RAFT_ELECTION_TIMEOUT", "soon")],
+            "raft.election_timeout",
+        ),
+        (
+            vec![("KV_SERVER_SHUTDOWN_TIMEOUT", "3 fortnights")],
+            "server.shutdown_timeout",
+        ),
+        (vec![("KV_LOG_LEVEL", "very=loud=please")], "logging.level"),
+        (
+            vec![("KV_STORAGE_DATA_DIR", bad_data_dir.to_str().unwrap())],
+            "storage.data_dir",
+        ),
+    ];
+    for (env, setting) in cases {
+        let (status, _, stderr) = run_to_exit(&dir.path().join("d"), &env, &[]);
+        assert!(!status.success(), "{env:?} should fail");
+        assert!(
+            stderr.contains(setting),
+            "{env:?}: stderr does not name {setting}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_exits_non_zero_naming_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (status, _, stderr) = run_to_exit(dir.path(), &[("KV_SERVER_PORT", &port)], &[]);
+    assert!(!status.success());
+    assert!(stderr.contains("server.port"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _, stderr) = run_to_exit(dir.path(), &[], &["--config", "/no/such.yaml"]);
+    assert!(!status.success());
+    assert!(stderr.contains("/no/such.yaml"), "{stderr}");
+}
+
+#[test]
+fn help_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stdout, _) = run_to_exit(dir.path(), &[], &["--help"]);
+    assert!(status.success());
+    assert!(stdout.contains("--config"), "{stdout}");
+    let (status, stdout, _) = run_to_exit(dir.path(), &[], &["--version"]);
+    assert!(status.success());
+    assert_eq!(
+        stdout.trim(),
+        format!("kvstore {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn shipped_config_files_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let settings =
+        kvstore::config::Settings::load_from(Some(&root.join("config/server.yaml")), |_| None)
+            .expect("config/server.yaml");
+    assert_eq!(settings.server.port, 8080);
+    assert_eq!(settings.storage.kind, kvstore::config::StorageType::File);
+}
+
+#[test]
+fn readme_documents_every_environment_variable() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    for (var, setting) in kvstore::config::ENV_OVERRIDES {
+        assert!(
+            readme.contains(&format!("`{var}`")),
+            "README does not document {var}"
+        );
+        assert!(
+            readme.contains(&format!("`{setting}`")),
+            "README does not document {setting}"
+        );
+    }
+}
