@@ -422,3 +422,57 @@ fn readme_documents_every_environment_variable() {
         );
     }
 }
+
+/// SIGTERM while a request is in flight: the request still completes, then the
+/// process exits 0.
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut node = Node::start(dir.path(), &[("KV_LOG_LEVEL", "info,kvstore::api=debug")]);
+    node.wait_ready(&client).await;
+
+    let body = b"{\"value\": \"in flight\"}";
+    let mut stream = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+    let head = format!(
+        "PUT /kv/inflight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..5]).await.unwrap();
+    // Wait until the server is reading this request's body before signalling.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node
+        .log_lines()
+        .iter()
+        .any(|l| l["message"] == "reading request body")
+    {
+        assert!(Instant::now() < deadline, "the server never read the body");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node
+        .log_lines()
+        .iter()
+        .any(|l| l["message"] == "SIGTERM received")
+    {
+        assert!(Instant::now() < deadline, "SIGTERM not logged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stream.write_all(&body[5..]).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("response within 10 s")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let status = node.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}

@@ -77,6 +77,7 @@ where
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(too_large(limit).into());
         }
+        tracing::debug!(declared_length = declared, "reading request body");
         let read = tokio::time::timeout(rules.read_timeout, body.take()?.into_bytes_limit(limit));
         let bytes = read
             .await

@@ -51,6 +51,11 @@ pub struct StatusResponse {
     pub committed_index: Option<u64>,
     /// Index of the last entry applied to the key-value data.
     pub applied_index: Option<u64>,
+    /// Last log index included in this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Entries up to this index have been removed from the log (they live in the
+    /// snapshot).
+    pub purged_index: Option<u64>,
     /// Number of keys in this node's copy of the data.
     pub key_count: u64,
     /// `file` (embedded redb) or `database` (PostgreSQL).
@@ -71,6 +76,8 @@ impl Example for StatusResponse {
             last_log_index: Some(42),
             committed_index: Some(42),
             applied_index: Some(42),
+            snapshot_index: Some(40),
+            purged_index: Some(30),
             key_count: 17,
             storage_type: "file".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -175,6 +182,8 @@ impl SystemApi {
             last_log_index: m.last_log_index,
             committed_index: m.local_committed.as_ref().map(|id| id.index),
             applied_index: m.last_applied.as_ref().map(|id| id.index),
+            snapshot_index: m.snapshot.as_ref().map(|id| id.index),
+            purged_index: m.purged.as_ref().map(|id| id.index),
             key_count: self.node.key_count()?,
             storage_type: self.node.storage_type().as_str().into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -28,7 +28,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    _data_dir: tempfile::TempDir,
+    /// The data dir, when the app owns it (removed on drop).
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 /// Settings for a test node: loopback, port 0, fast Raft timers, no env overrides.
@@ -47,9 +48,19 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
-    init_logging();
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = test_settings(data_dir.path());
+    let mut app = spawn_app_in(data_dir.path(), customize).await;
+    app._data_dir = Some(data_dir);
+    app
+}
+
+/// Starts a node on an existing data dir that outlives it (for restart tests).
+pub async fn spawn_app_in(
+    data_dir: &std::path::Path,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    init_logging();
+    let mut settings = test_settings(data_dir);
     customize(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
@@ -62,7 +73,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         client: reqwest::Client::new(),
         shutdown: Some(tx),
         server: Some(server),
-        _data_dir: data_dir,
+        _data_dir: None,
     };
     test_app.wait_ready().await;
     test_app

@@ -47,3 +47,61 @@ async fn status_reports_raft_and_node_facts() {
     chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).unwrap();
     app.stop().await;
 }
+
+/// With a small snapshot interval the node snapshots and purges its log as configured,
+/// and a restart on the same data dir serves every key from snapshot plus log.
+#[tokio::test]
+async fn snapshots_and_purging_follow_the_configured_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |s: &mut kvstore::config::Settings| {
+        s.raft.snapshot_interval = 10;
+        s.raft.snapshot_logs_to_keep = 5;
+    };
+    let app = crate::helpers::spawn_app_in(dir.path(), configure).await;
+    for i in 0..60 {
+        json(app.put(&format!("k{i}"), &format!("v{i}")).await, 201).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = json(
+            app.client.get(app.url("/status")).send().await.unwrap(),
+            200,
+        )
+        .await;
+        let snapshot = status["snapshot_index"].as_u64().unwrap_or(0);
+        let purged = status["purged_index"].as_u64().unwrap_or(0);
+        if snapshot >= 50 && purged > 0 {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot/purge: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let snapshot = status["snapshot_index"].as_u64().unwrap();
+    let purged = status["purged_index"].as_u64().unwrap();
+    assert!(
+        purged <= snapshot.saturating_sub(5),
+        "kept fewer than 5 entries: {status}"
+    );
+    let snap_files = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "snap")
+        })
+        .count();
+    assert_eq!(snap_files, 1, "exactly the current snapshot is kept");
+    app.stop().await;
+
+    let app = crate::helpers::spawn_app_in(dir.path(), configure).await;
+    for i in 0..60 {
+        let body = json(app.get(&format!("k{i}")).await, 200).await;
+        assert_eq!(body["value"], format!("v{i}"));
+    }
+    app.stop().await;
+}
