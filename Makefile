@@ -4,13 +4,34 @@ CARGO  ?= cargo
 VENV   := .venv
 PYTHON ?= python3
 
-.PHONY: help run build test lint fmt clean
+.PHONY: help run build test lint fmt clean cluster cluster-stop
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 run: ## Run one node on the embedded redb store at http://localhost:8080 (Swagger UI at /docs)
 	$(CARGO) run -p kvstore -- --config config/server.yaml
+
+cluster: ## Start a 3-node cluster on loopback (API :8081-8083, Raft :9001-9003), data and logs in data/cluster/
+	$(CARGO) build -p kvstore
+	@mkdir -p data/cluster
+	@for i in 1 2 3; do \
+	  if [ -f data/cluster/node$$i.pid ] && kill -0 $$(cat data/cluster/node$$i.pid) 2>/dev/null; then \
+	    echo "node$$i already running (pid $$(cat data/cluster/node$$i.pid))"; continue; fi; \
+	  nohup target/debug/kvstore --config config/cluster/node$$i.yaml >data/cluster/node$$i.out 2>&1 & \
+	  echo $$! > data/cluster/node$$i.pid; \
+	done
+	@for i in 1 2 3; do \
+	  for t in $$(seq 100); do curl -sf http://127.0.0.1:808$$i/ready >/dev/null && break; sleep 0.1; done; \
+	  curl -sf http://127.0.0.1:808$$i/ready >/dev/null || { echo "node$$i is not ready; see data/cluster/node$$i.log"; exit 1; }; \
+	done
+	@echo "cluster ready: http://127.0.0.1:8081 http://127.0.0.1:8082 http://127.0.0.1:8083"
+
+cluster-stop: ## Stop the local cluster started by make cluster (data is kept)
+	@for i in 1 2 3; do \
+	  if [ -f data/cluster/node$$i.pid ]; then kill -TERM $$(cat data/cluster/node$$i.pid) 2>/dev/null || true; rm -f data/cluster/node$$i.pid; fi; \
+	done
+	@echo "cluster stopped"
 
 build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore

@@ -43,6 +43,12 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "KV_RAFT_SNAPSHOT_LOGS_TO_KEEP",
         "raft.snapshot_logs_to_keep",
     ),
+    ("KV_CLUSTER_RAFT_HOST", "cluster.raft_host"),
+    ("KV_CLUSTER_RAFT_PORT", "cluster.raft_port"),
+    ("KV_CLUSTER_ADVERTISE_API", "cluster.advertise_api"),
+    ("KV_CLUSTER_ADVERTISE_RAFT", "cluster.advertise_raft"),
+    ("KV_CLUSTER_INITIAL_MEMBERS", "cluster.initial_members"),
+    ("KV_CLUSTER_SECRET", "cluster.secret"),
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
     ("KV_LOG_FILE", "logging.file"),
@@ -80,6 +86,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub database: DatabaseSettings,
     pub raft: RaftSettings,
+    pub cluster: ClusterSettings,
     pub logging: LoggingSettings,
 }
 
@@ -193,6 +200,89 @@ pub struct RaftSettings {
     pub snapshot_logs_to_keep: u64,
 }
 
+/// How this node meets its peers.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Address the Raft RPC listener binds (node-to-node traffic).
+    pub raft_host: String,
+    /// Port of the Raft RPC listener; 0 picks a free port.
+    pub raft_port: u16,
+    /// Base URL of this node's client API as others reach it. Empty: derived from the
+    /// bound address (a wildcard address is advertised as loopback).
+    pub advertise_api: String,
+    /// Base URL of this node's Raft listener as peers reach it. Empty: derived likewise.
+    pub advertise_raft: String,
+    /// The voters of a brand-new cluster, read on the very first start only. Empty: this
+    /// node alone. Every node of a new cluster lists the same members.
+    #[serde(deserialize_with = "members")]
+    pub initial_members: Vec<Member>,
+    /// Shared secret for Raft RPC and the membership routes. Empty: no check.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    // Hand-written so that the secret can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("raft_host", &self.raft_host)
+            .field("raft_port", &self.raft_port)
+            .field("advertise_api", &self.advertise_api)
+            .field("advertise_raft", &self.advertise_raft)
+            .field("initial_members", &self.initial_members)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+/// One member of a cluster: its id and where its two listeners are reached.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+}
+
+/// Reads `initial_members` as a YAML list of `{id, api_addr, raft_addr}`, or, for
+/// environment variables, as text: `1=http://h1:8081|http://h1:9001,2=...`.
+fn members<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Member>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<Member>),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::List(list) => Ok(list),
+        Raw::Text(text) => parse_members(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse_members(text: &str) -> Result<Vec<Member>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let bad = || format!("cannot read member `{item}`: write ID=API_URL|RAFT_URL");
+            let (id, addrs) = item.split_once('=').ok_or_else(bad)?;
+            let (api, raft) = addrs.split_once('|').ok_or_else(bad)?;
+            Ok(Member {
+                id: id.trim().parse().map_err(|_| bad())?,
+                api_addr: api.trim().to_string(),
+                raft_addr: raft.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum LogFormat {
@@ -254,6 +344,13 @@ raft:
   heartbeat_timeout: "100ms"
   snapshot_interval: 10000
   snapshot_logs_to_keep: 1000
+cluster:
+  raft_host: "0.0.0.0"
+  raft_port: 9001
+  advertise_api: ""
+  advertise_raft: ""
+  initial_members: []
+  secret: ""
 logging:
   level: "info"
   format: "json"
@@ -370,6 +467,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_cluster()?;
         if self.database.min_conns > self.database.max_conns {
             return Err(ConfigError::invalid(
                 "database.min_conns",
@@ -385,24 +483,85 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        for (setting, url) in [
+            ("cluster.advertise_api", &c.advertise_api),
+            ("cluster.advertise_raft", &c.advertise_raft),
+        ] {
+            if !url.is_empty() {
+                check_url(setting, url)?;
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for m in &c.initial_members {
+            if m.id == 0 || !ids.insert(m.id) {
+                return Err(ConfigError::invalid(
+                    "cluster.initial_members",
+                    format!("member ids must be unique and at least 1 (got {})", m.id),
+                ));
+            }
+            check_url("cluster.initial_members", &m.api_addr)?;
+            check_url("cluster.initial_members", &m.raft_addr)?;
+        }
+        if !c.initial_members.is_empty() && !ids.contains(&self.raft.node_id) {
+            return Err(ConfigError::invalid(
+                "cluster.initial_members",
+                format!(
+                    "must include this node (raft.node_id = {})",
+                    self.raft.node_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The socket address the Raft RPC listener binds.
+    pub fn raft_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        resolve(&self.cluster.raft_host, self.cluster.raft_port).ok_or_else(|| {
+            ConfigError::invalid(
+                "cluster.raft_host",
+                format!("cannot resolve `{}`", self.cluster.raft_host),
+            )
+        })
+    }
+
     /// The socket address the client API listens on.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let host = self.server.host.trim();
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        let text = format!("{host}:{}", self.server.port);
-        std::net::ToSocketAddrs::to_socket_addrs(&text)
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "server.host",
-                    format!("cannot resolve `{}`", self.server.host),
-                )
-            })
+        resolve(&self.server.host, self.server.port).ok_or_else(|| {
+            ConfigError::invalid(
+                "server.host",
+                format!("cannot resolve `{}`", self.server.host),
+            )
+        })
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    let host = host.trim();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&format!("{host}:{port}"))
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+}
+
+/// Node addresses are base URLs: `http://host:port`, without a path.
+fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(hostport) if !hostport.is_empty() && !hostport.trim_end_matches('/').contains('/') => {
+            Ok(())
+        }
+        _ => Err(ConfigError::invalid(
+            setting,
+            format!("`{url}` is not a base URL like http://10.0.0.1:9001"),
+        )),
     }
 }
 
@@ -583,6 +742,55 @@ mod tests {
     fn zero_node_id_is_rejected() {
         let msg = error_text(None, &[("KV_RAFT_NODE_ID", "0")]);
         assert!(msg.contains("raft.node_id"), "{msg}");
+    }
+
+    #[test]
+    fn initial_members_from_yaml_and_from_env() {
+        let yaml = "raft:\n  node_id: 2\ncluster:\n  initial_members:\n    - {id: 1, api_addr: \"http://a:8081\", raft_addr: \"http://a:9001\"}\n    - {id: 2, api_addr: \"http://b:8082\", raft_addr: \"http://b:9002\"}\n";
+        let s = load(Some(yaml), &[]).unwrap();
+        assert_eq!(s.cluster.initial_members.len(), 2);
+        assert_eq!(s.cluster.initial_members[1].raft_addr, "http://b:9002");
+
+        let s = load(
+            None,
+            &[(
+                "KV_CLUSTER_INITIAL_MEMBERS",
+                "1=http://a:8081|http://a:9001, 2=http://b:8082|http://b:9002",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            s.cluster.initial_members[1],
+            Member {
+                id: 2,
+                api_addr: "http://b:8082".into(),
+                raft_addr: "http://b:9002".into()
+            }
+        );
+    }
+
+    #[test]
+    fn initial_members_must_include_this_node_and_be_well_formed() {
+        let msg = error_text(
+            None,
+            &[("KV_CLUSTER_INITIAL_MEMBERS", "2=http://b:1|http://b:2")],
+        );
+        assert!(msg.contains("cluster.initial_members"), "{msg}");
+        let msg = error_text(None, &[("KV_CLUSTER_INITIAL_MEMBERS", "1=nonsense")]);
+        assert!(msg.contains("cluster.initial_members"), "{msg}");
+        let msg = error_text(
+            None,
+            &[("KV_CLUSTER_INITIAL_MEMBERS", "1=ftp://x|http://y")],
+        );
+        assert!(msg.contains("cluster.initial_members"), "{msg}");
+        let msg = error_text(None, &[("KV_CLUSTER_ADVERTISE_API", "localhost:8080")]);
+        assert!(msg.contains("cluster.advertise_api"), "{msg}");
+    }
+
+    #[test]
+    fn cluster_secret_is_not_in_debug_output() {
+        let s = load(None, &[("KV_CLUSTER_SECRET", "topsecret")]).unwrap();
+        assert!(!format!("{s:?}").contains("topsecret"));
     }
 
     #[test]

@@ -1,40 +1,53 @@
-//! Bringing a node up: bind the listener, start Raft and storage, serve until told to
-//! stop, then shut down in order (stop accepting, drain requests, stop Raft, flush).
+//! Bringing a node up: bind both listeners (client API and Raft RPC), start Raft and
+//! storage, serve until told to stop, then shut down in order: stop accepting clients,
+//! drain their requests, stop Raft, flush storage, and last stop the Raft listener
+//! (draining client writes may still need the peers).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, TcpAcceptor};
+use poem::listener::TcpAcceptor;
 use poem::Server;
 
 use crate::api::{self, Limits};
 use crate::config::Settings;
-use crate::raft::{self, RaftNode};
+use crate::raft::{self, NodeAddr, RaftNode};
 
 /// A node that is bound and started but not yet serving.
 pub struct Application {
-    acceptor: TcpAcceptor,
-    local_addr: SocketAddr,
+    api: TcpAcceptor,
+    api_addr: SocketAddr,
+    raft: TcpAcceptor,
+    raft_addr: SocketAddr,
     node: RaftNode,
     limits: Limits,
     shutdown_timeout: Duration,
+    secret: String,
 }
 
 impl Application {
-    /// Binds `server.host:server.port` (port 0 picks a free port), opens storage and
-    /// starts Raft.
+    /// Binds `server.host:server.port` and `cluster.raft_host:cluster.raft_port` (port 0
+    /// picks a free port), opens storage and starts Raft.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let addr = settings.listen_addr()?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("invalid setting `server.port`: cannot listen on {addr}: {e}")
-        })?;
-        let local_addr = listener.local_addr()?;
-        let acceptor = TcpAcceptor::from_tokio(listener)?;
-        let node = raft::start(settings, advertised_url(local_addr)).await?;
+        let (api, api_addr) = bind(settings.listen_addr()?, "server.port").await?;
+        let (raft, raft_addr) = bind(settings.raft_listen_addr()?, "cluster.raft_port").await?;
+        let advertised = NodeAddr {
+            api_addr: advertised_url(&settings.cluster.advertise_api, api_addr),
+            raft_addr: advertised_url(&settings.cluster.advertise_raft, raft_addr),
+        };
+        if settings.cluster.secret.is_empty() {
+            tracing::warn!(
+                "cluster.secret is not set: the Raft listener and the membership routes \
+                 accept requests from anyone who can reach them"
+            );
+        }
+        let node = raft::start(settings, advertised).await?;
         Ok(Self {
-            acceptor,
-            local_addr,
+            api,
+            api_addr,
+            raft,
+            raft_addr,
             node,
             limits: Limits {
                 max_key_bytes: settings.server.max_key_bytes,
@@ -42,11 +55,18 @@ impl Application {
                 request_timeout: settings.server.request_timeout,
             },
             shutdown_timeout: settings.server.shutdown_timeout,
+            secret: settings.cluster.secret.clone(),
         })
     }
 
+    /// The address the client API is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.api_addr
+    }
+
+    /// The address the Raft listener is bound to.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
     }
 
     pub fn node(&self) -> &RaftNode {
@@ -56,28 +76,59 @@ impl Application {
     /// Serves until `shutdown` completes, then gives in-flight requests up to
     /// `server.shutdown_timeout` to finish, stops Raft and flushes storage.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        debug_assert!(self.acceptor.local_addr().len() == 1);
-        tracing::info!(addr = %self.local_addr, node_id = self.node.id(), "serving the client API");
-        let app = api::app(self.node.clone(), self.limits);
-        Server::new_with_acceptor(self.acceptor)
+        let (stop_raft, raft_stopped) = tokio::sync::oneshot::channel::<()>();
+        let rpc = raft::rpc_app(
+            self.node.clone(),
+            self.secret.clone(),
+            self.node.incoming_snapshot_dir(),
+        );
+        let raft_server = tokio::spawn(
+            Server::new_with_acceptor(self.raft).run_with_graceful_shutdown(
+                rpc,
+                async {
+                    let _ = raft_stopped.await;
+                },
+                Some(Duration::from_secs(1)),
+            ),
+        );
+        tracing::info!(addr = %self.api_addr, raft_addr = %self.raft_addr, node_id = self.node.id(), "serving the client API");
+
+        let app = api::app(self.node.clone(), self.limits, self.secret.clone());
+        let served = Server::new_with_acceptor(self.api)
             .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
-            .await?;
+            .await;
         tracing::info!("HTTP server stopped; shutting down raft and storage");
-        self.node.shutdown().await?;
+        let stopped = self.node.shutdown().await;
+        let _ = stop_raft.send(());
+        let raft_served = raft_server.await;
+        served?;
+        stopped?;
+        raft_served??;
         tracing::info!("shutdown complete");
         Ok(())
     }
 }
 
-/// The URL this node's API is reachable at, as recorded in the cluster membership. A
-/// wildcard bind address is advertised as loopback.
-fn advertised_url(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<(TcpAcceptor, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("invalid setting `{setting}`: cannot listen on {addr}: {e}")
+    })?;
+    let local = listener.local_addr()?;
+    Ok((TcpAcceptor::from_tokio(listener)?, local))
+}
+
+/// The URL a listener is reached at: the configured one, or else the bound address,
+/// with a wildcard address advertised as loopback.
+fn advertised_url(configured: &str, bound: SocketAddr) -> String {
+    if !configured.is_empty() {
+        return configured.trim_end_matches('/').to_string();
+    }
+    let ip = match bound.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".parse().expect("literal"),
         ip if ip.is_unspecified() => "::1".parse().expect("literal"),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    format!("http://{}", SocketAddr::new(ip, bound.port()))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -23,6 +23,8 @@ fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
     cmd.env_clear()
         .env("KV_SERVER_HOST", "127.0.0.1")
         .env("KV_SERVER_PORT", "0")
+        .env("KV_CLUSTER_RAFT_HOST", "127.0.0.1")
+        .env("KV_CLUSTER_RAFT_PORT", "0")
         .env("KV_STORAGE_DATA_DIR", data_dir)
         .env("KV_LOG_FORMAT", "json")
         .env("KV_LOG_LEVEL", "info")

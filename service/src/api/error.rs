@@ -23,6 +23,8 @@ pub enum ErrorCode {
     ValueTooLarge,
     InvalidParameter,
     KeyNotFound,
+    InvalidMembership,
+    Unauthorized,
     NotFound,
     MethodNotAllowed,
     NoLeader,
@@ -81,6 +83,10 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("Key not found")]
     KeyNotFound(String),
+    #[error("invalid membership change: {0}")]
+    InvalidMembership(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed for {0}")]
@@ -112,7 +118,9 @@ impl ApiError {
             | ApiError::EmptyValue
             | ApiError::InvalidKey(_)
             | ApiError::KeyTooLarge { .. }
+            | ApiError::InvalidMembership(_)
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::InvalidContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ValueTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -138,6 +146,8 @@ impl ApiError {
             ApiError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
             ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            ApiError::InvalidMembership(_) => ErrorCode::InvalidMembership,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::NoLeader { .. } => ErrorCode::NoLeader,
@@ -187,6 +197,11 @@ impl From<NodeError> for ApiError {
         let message = e.to_string();
         match e {
             NodeError::NoLeader { leader } => ApiError::NoLeader { message, leader },
+            NodeError::LeaderUnreachable { leader } => ApiError::NoLeader {
+                message,
+                leader: Some(leader),
+            },
+            NodeError::InvalidMembership(_) => ApiError::InvalidMembership(message),
             NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             NodeError::Timeout(_) => ApiError::Timeout(message),
             NodeError::Unavailable(_) => ApiError::Unavailable(message),
@@ -214,7 +229,8 @@ impl IntoResponse for ApiError {
 
 /// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
 const DOCUMENTED: &[(u16, &str)] = &[
-    (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE or INVALID_PARAMETER"),
+    (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
+    (401, "UNAUTHORIZED: a cluster route without the right `x-kvstore-secret` header"),
     (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route)"),
     (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),

@@ -2,6 +2,7 @@
 //! middleware every request passes through (key paths, access log, JSON errors).
 
 mod body;
+mod cluster;
 pub mod error;
 mod kv;
 mod system;
@@ -33,13 +34,19 @@ enum ApiTags {
     Kv,
     /// Liveness, readiness and node status.
     System,
+    /// Cluster membership: list, add, promote, remove, transfer leadership.
+    Cluster,
 }
 
 /// The prefix under which the rest of the path is the key.
 const KV_PREFIX: &str = "/kv/";
 
 /// Builds the OpenAPI service describing every route.
-fn openapi(node: &RaftNode, limits: Limits) -> OpenApiService<(kv::KvApi, system::SystemApi), ()> {
+fn openapi(
+    node: &RaftNode,
+    limits: Limits,
+    secret: String,
+) -> OpenApiService<(kv::KvApi, system::SystemApi, cluster::ClusterApi), ()> {
     OpenApiService::new(
         (
             kv::KvApi {
@@ -47,6 +54,10 @@ fn openapi(node: &RaftNode, limits: Limits) -> OpenApiService<(kv::KvApi, system
                 limits,
             },
             system::SystemApi { node: node.clone() },
+            cluster::ClusterApi {
+                node: node.clone(),
+                secret,
+            },
         ),
         "kvstore",
         env!("CARGO_PKG_VERSION"),
@@ -60,8 +71,8 @@ fn openapi(node: &RaftNode, limits: Limits) -> OpenApiService<(kv::KvApi, system
 
 /// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
 /// `/openapi.yaml`.
-pub fn app(node: RaftNode, limits: Limits) -> impl Endpoint<Output = Response> {
-    let service = openapi(&node, limits);
+pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Output = Response> {
+    let service = openapi(&node, limits, secret);
     let docs = service.swagger_ui();
     let spec_json = service.spec_endpoint();
     let spec_yaml = service.spec_endpoint_yaml();
@@ -140,4 +151,31 @@ fn route_key_path(mut req: Request) -> Result<Request, ApiError> {
     let uri = Uri::from_parts(parts).map_err(|e| ApiError::InvalidKey(e.to_string()))?;
     *req.uri_mut() = uri;
     Ok(req)
+}
+
+/// Compares a presented secret with the configured one in time independent of where
+/// they differ, so the secret cannot be guessed byte by byte from response times.
+pub fn secret_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_matches;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(secret_matches("s3cret", "s3cret"));
+        assert!(!secret_matches("s3cres", "s3cret"));
+        assert!(!secret_matches("s3cre", "s3cret"));
+        assert!(!secret_matches("s3cret+", "s3cret"));
+        assert!(!secret_matches("", "s3cret"));
+    }
 }

@@ -37,6 +37,22 @@ pub struct ReadyResponse {
 }
 
 #[derive(Debug, Clone, Object)]
+pub struct LeaderView {
+    pub id: u64,
+    /// Base URL of the leader's client API.
+    pub api_addr: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct FollowerView {
+    pub id: u64,
+    /// The last log index known to be replicated to this follower.
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's last log index.
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Object)]
 #[oai(example)]
 pub struct StatusResponse {
     pub node_id: u64,
@@ -45,6 +61,12 @@ pub struct StatusResponse {
     pub term: u64,
     /// The current leader's id, if one is known.
     pub leader_id: Option<u64>,
+    /// The current leader's id and API address, if one is known.
+    pub leader: Option<LeaderView>,
+    /// Every cluster member with its role.
+    pub members: Vec<super::cluster::MemberView>,
+    /// On the leader only: each follower's replication progress.
+    pub followers: Option<Vec<FollowerView>>,
     /// Index of the last entry in this node's Raft log.
     pub last_log_index: Option<u64>,
     /// Index of the last entry known to be committed.
@@ -73,6 +95,17 @@ impl Example for StatusResponse {
             role: "leader".into(),
             term: 1,
             leader_id: Some(1),
+            leader: Some(LeaderView {
+                id: 1,
+                api_addr: "http://127.0.0.1:8081".into(),
+            }),
+            members: vec![super::cluster::MemberView {
+                id: 1,
+                role: "voter".into(),
+                api_addr: "http://127.0.0.1:8081".into(),
+                raft_addr: "http://127.0.0.1:9001".into(),
+            }],
+            followers: Some(vec![]),
             last_log_index: Some(42),
             committed_index: Some(42),
             applied_index: Some(42),
@@ -174,11 +207,33 @@ impl SystemApi {
     #[oai(path = "/status", method = "get", operation_id = "status")]
     async fn status(&self) -> Result<StatusResult, ApiError> {
         let m = self.node.metrics();
+        let members = self.node.members();
+        let leader = m.current_leader.and_then(|id| {
+            members
+                .iter()
+                .find(|mem| mem.id == id)
+                .map(|mem| LeaderView {
+                    id,
+                    api_addr: mem.addr.api_addr.clone(),
+                })
+        });
+        let followers = self.node.followers().map(|list| {
+            list.into_iter()
+                .map(|f| FollowerView {
+                    id: f.id,
+                    matched_index: f.matched_index,
+                    lag: f.lag,
+                })
+                .collect()
+        });
         Ok(StatusResult::Ok(Json(StatusResponse {
             node_id: self.node.id(),
             role: role_name(m.state).into(),
             term: m.current_term,
             leader_id: m.current_leader,
+            leader,
+            members: members.into_iter().map(Into::into).collect(),
+            followers,
             last_log_index: m.last_log_index,
             committed_index: m.local_committed.as_ref().map(|id| id.index),
             applied_index: m.last_applied.as_ref().map(|id| id.index),

@@ -3,11 +3,14 @@
 
 mod network;
 mod node;
+pub mod rpc;
+mod rpc_server;
 
 use serde::{Deserialize, Serialize};
 
 pub use network::PeerNetwork;
-pub use node::{start, Consistency, NodeError, RaftNode};
+pub use node::{start, Consistency, FollowerProgress, MemberInfo, NodeError, RaftNode};
+pub use rpc_server::rpc_app;
 
 use crate::store::{Command, CommandResult};
 
@@ -17,11 +20,13 @@ use crate::store::{Command, CommandResult};
 pub struct NodeAddr {
     /// Base URL of the client API, e.g. `http://127.0.0.1:8081`.
     pub api_addr: String,
+    /// Base URL of the Raft RPC listener, e.g. `http://127.0.0.1:9001`.
+    pub raft_addr: String,
 }
 
 impl std::fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.api_addr)
+        write!(f, "api {} raft {}", self.api_addr, self.raft_addr)
     }
 }
 

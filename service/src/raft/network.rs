@@ -1,38 +1,109 @@
-//! The client side of Raft RPC.
+//! The client side of node-to-node traffic: Raft RPC to peers, and forwarding of client
+//! requests to the leader. One pooled HTTP client with keep-alive serves every peer.
 //!
-//! A single-node cluster never sends an RPC: its one voter is itself. Until the HTTP
-//! transport between nodes lands, every peer is reported `Unreachable`, which makes
-//! openraft back off instead of spinning, and the message says why.
+//! A peer that cannot be connected to is reported `Unreachable`, so openraft backs off
+//! instead of retrying in a tight loop.
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use futures::{stream, StreamExt};
+use openraft::error::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use super::rpc::{self, SnapshotHeader};
 use super::typ::{Snapshot, Vote};
 use super::{NodeAddr, TypeConfig};
 use crate::store::SnapshotFile;
 
-/// Creates one [`PeerClient`] per peer openraft replicates to.
-#[derive(Clone, Default)]
-pub struct PeerNetwork;
-
-/// The connection to one peer.
-pub struct PeerClient {
-    target: u64,
-    addr: NodeAddr,
+/// Why a call to a peer produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connection could not be opened: the request was never delivered.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The request may have been delivered, but no usable answer came back.
+    #[error("no answer from peer: {0}")]
+    NoAnswer(String),
 }
 
-impl PeerClient {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "peer {} at {}: this build has no node-to-node transport; run a single node",
-            self.target, self.addr
-        ))
+/// The shared HTTP client for all peers. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    http: reqwest::Client,
+    secret: Option<Arc<str>>,
+}
+
+impl PeerNetwork {
+    /// `secret` is sent on every request when not empty. `local_ip`, when given, is the
+    /// source address of outgoing connections (the address the Raft listener binds).
+    pub fn new(secret: &str, local_ip: Option<IpAddr>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(16)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .local_address(local_ip)
+            .build()?;
+        Ok(Self {
+            http,
+            secret: (!secret.is_empty()).then(|| Arc::from(secret)),
+        })
+    }
+
+    fn post(&self, url: String, timeout: Duration) -> reqwest::RequestBuilder {
+        let req = self.http.post(url).timeout(timeout);
+        match &self.secret {
+            Some(secret) => req.header(rpc::SECRET_HEADER, secret.as_ref()),
+            None => req,
+        }
+    }
+
+    /// POSTs `body` as JSON to `base_url + path` and decodes the JSON answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base_url: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let resp = self
+            .post(format!("{base_url}{path}"), timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        decode(resp).await
+    }
+}
+
+async fn decode<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp, CallError> {
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(CallError::NoAnswer(format!("HTTP {status}: {text}")));
+    }
+    resp.json()
+        .await
+        .map_err(|e| CallError::NoAnswer(e.to_string()))
+}
+
+fn classify(e: reqwest::Error) -> CallError {
+    if e.is_connect() {
+        CallError::Unreachable(e.to_string())
+    } else {
+        CallError::NoAnswer(e.to_string())
     }
 }
 
@@ -41,8 +112,46 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> Self::Network {
         PeerClient {
+            net: self.clone(),
             target,
-            addr: node.clone(),
+            raft_url: node.raft_addr.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Raft RPC to one peer.
+pub struct PeerClient {
+    net: PeerNetwork,
+    target: u64,
+    raft_url: String,
+}
+
+impl PeerClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let answer: Result<Resp, RaftError<TypeConfig>> = self
+            .net
+            .call(&self.raft_url, path, req, option.hard_ttl())
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        // The only error a peer returns here is that its Raft has stopped: back off.
+        answer.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.to_string())))
+    }
+
+    fn rpc_error(&self, e: CallError) -> RPCError<TypeConfig> {
+        match e {
+            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {}: {e}",
+                self.target
+            ))),
+            CallError::NoAnswer(_) => RPCError::Network(NetworkError::from_string(format!(
+                "node {}: {e}",
+                self.target
+            ))),
         }
     }
 }
@@ -52,27 +161,79 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.rpc(rpc::APPEND, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        self.rpc(rpc::VOTE, &rpc, &option).await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(rpc::PRE_VOTE, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(rpc::TRANSFER_LEADER, &req, &option).await
+    }
+
+    /// Streams the snapshot file after a one-line JSON header; the file is never read
+    /// into memory whole.
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: Snapshot<SnapshotFile>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let header = SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        };
+        let mut line = serde_json::to_vec(&header)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        line.push(b'\n');
+        let file = tokio::fs::File::from_std(snapshot.snapshot);
+        let body = stream::once(async move { Ok(bytes::Bytes::from(line)) })
+            .chain(tokio_util::io::ReaderStream::new(file));
+        let send = async {
+            let resp = self
+                .net
+                .post(
+                    format!("{}{}", self.raft_url, rpc::SNAPSHOT),
+                    option.hard_ttl(),
+                )
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .map_err(classify)?;
+            decode::<Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>>>(resp).await
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            answer = send => match answer {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(e.to_string()))),
+                Err(e) => Err(match self.rpc_error(e) {
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Network(n) => StreamingError::Network(n),
+                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+                }),
+            },
+        }
     }
 }

@@ -1,14 +1,24 @@
-//! A running kvstore node: its Raft instance, its store, and the key-value operations
-//! the API calls, each bounded by `server.request_timeout`.
+//! A running kvstore node: its Raft instance, its store, and the operations the APIs
+//! call. Every operation is bounded by `server.request_timeout`.
+//!
+//! Any node accepts any request. Writes and membership changes run on the leader: a
+//! follower forwards them over the Raft listener, one hop, and the leader never forwards
+//! again. Linearizable reads run on the node that received them: a follower asks the
+//! leader for a read index (ReadIndex) and waits until it has applied that far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ReadPolicy, SnapshotPolicy};
+use openraft::raft::linearizable_read::{Linearizer, LinearizerOption, ReadLogId};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 
+use super::network::CallError;
+use super::rpc::{self, AdminOp, ForwardWrite};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
@@ -17,26 +27,33 @@ use crate::store::{Command, CommandResult};
 
 type Raft = openraft::Raft<TypeConfig, RedbStateMachine>;
 
+/// How long a retry waits for news (a leader change) before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
-    /// Confirm leadership with a quorum (ReadIndex) and wait until the state machine has
-    /// applied up to that point, then read: the answer reflects every write acknowledged
-    /// before the read began.
+    /// Confirm the leader's leadership with a quorum (ReadIndex) and wait until this node
+    /// has applied up to that point, then read: the answer reflects every write
+    /// acknowledged before the read began.
     #[default]
     Linearizable,
     /// Read the local copy as applied so far; it may lag behind the leader.
     Stale,
 }
 
-/// Why a key-value operation did not complete.
-#[derive(Debug, thiserror::Error)]
+/// Why an operation did not complete. Serializable: a leader reports it to the
+/// follower that forwarded the request.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum NodeError {
-    /// This node is not the leader, or no leader is known right now.
+    /// No leader is known, or the node asked is not the leader.
     #[error("no leader is available to serve this request{}", leader_hint(.leader))]
     NoLeader { leader: Option<u64> },
-    /// The write was proposed but leadership changed before it was known to commit; it
-    /// may or may not take effect.
+    /// The leader is known but could not be reached; the request was not delivered.
+    #[error("the leader (node {leader}) is unreachable")]
+    LeaderUnreachable { leader: u64 },
+    /// The write was proposed but its fate is unknown: leadership changed, or the
+    /// leader stopped answering, before it was known to commit.
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
     /// The operation did not finish within `server.request_timeout`. For a write, the
@@ -46,16 +63,47 @@ pub enum NodeError {
     /// The quorum could not be confirmed, or Raft has stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
+    /// A membership change that cannot be made (unknown node, reused id, ...).
+    #[error("{0}")]
+    InvalidMembership(String),
     /// The local store failed.
     #[error("storage error: {0}")]
     Storage(String),
 }
 
+impl NodeError {
+    /// Errors after which the request provably did not take effect, so trying again
+    /// (possibly at a new leader) is safe.
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            NodeError::NoLeader { .. } | NodeError::LeaderUnreachable { .. }
+        )
+    }
+}
+
 fn leader_hint(leader: &Option<u64>) -> String {
     match leader {
-        Some(id) => format!(" (leader is node {id})"),
+        Some(id) => format!(" (last known leader: node {id})"),
         None => String::new(),
     }
+}
+
+/// One cluster member as `/status` and `/cluster/members` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub addr: NodeAddr,
+    pub voter: bool,
+}
+
+/// Replication progress of one follower, as seen by the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerProgress {
+    pub id: u64,
+    pub matched_index: Option<u64>,
+    /// Entries the follower is behind the leader's last log index.
+    pub lag: u64,
 }
 
 /// A started node. Cheap to clone; all clones share one Raft instance.
@@ -68,17 +116,24 @@ struct Inner {
     id: u64,
     raft: Raft,
     store: StoreHandle,
+    network: PeerNetwork,
     storage_type: StorageType,
     request_timeout: Duration,
     started_at: Instant,
+    incoming_snapshots: PathBuf,
 }
 
-/// Opens storage, starts Raft, and on the very first start initialises a one-voter
-/// cluster of this node. A node whose storage already holds Raft state (a vote or log)
-/// is never initialised again.
-///
-/// `api_addr` is the URL peers and clients should use to reach this node's API.
-pub async fn start(settings: &Settings, api_addr: String) -> anyhow::Result<RaftNode> {
+/// Where a request must run.
+enum Target {
+    Here,
+    Leader { id: u64, raft_url: String },
+}
+
+/// Opens storage and starts Raft. On the very first start (no vote or log on disk) the
+/// node initialises the cluster: with `cluster.initial_members`, or alone. Every member
+/// of a new cluster initialises with the same membership, which openraft accepts. A node
+/// whose storage holds Raft state is never initialised again.
+pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<RaftNode> {
     if settings.storage.kind == StorageType::Database {
         anyhow::bail!(
             "invalid setting `storage.type`: the `database` (PostgreSQL) backend is not \
@@ -86,22 +141,32 @@ pub async fn start(settings: &Settings, api_addr: String) -> anyhow::Result<Raft
         );
     }
     let store = redb::open(&settings.storage.data_dir, settings.storage.sync_writes)?;
+    let election = millis(settings.raft.election_timeout);
     let config = openraft::Config {
         cluster_name: "kvstore".into(),
         heartbeat_interval: millis(settings.raft.heartbeat_timeout),
-        election_timeout_min: millis(settings.raft.election_timeout),
-        election_timeout_max: millis(settings.raft.election_timeout) * 2,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        // Snapshots are sent whole, in one request; give them time.
+        install_snapshot_timeout: 60_000,
+        max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.raft.snapshot_interval),
         max_in_snapshot_log_to_keep: settings.raft.snapshot_logs_to_keep,
         ..Default::default()
     }
     .validate()?;
 
+    let local_ip = settings
+        .raft_listen_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let network = PeerNetwork::new(&settings.cluster.secret, local_ip)?;
     let id = settings.raft.node_id;
     let raft = Raft::new(
         id,
         Arc::new(config),
-        PeerNetwork,
+        network.clone(),
         store.log_store,
         store.state_machine,
     )
@@ -113,9 +178,25 @@ pub async fn start(settings: &Settings, api_addr: String) -> anyhow::Result<Raft
             "raft state found on disk; rejoining the cluster"
         );
     } else {
-        let members = BTreeMap::from([(id, NodeAddr { api_addr })]);
+        let members: BTreeMap<u64, NodeAddr> = if settings.cluster.initial_members.is_empty() {
+            BTreeMap::from([(id, advertised)])
+        } else {
+            settings
+                .cluster
+                .initial_members
+                .iter()
+                .map(|m| {
+                    let addr = NodeAddr {
+                        api_addr: m.api_addr.trim_end_matches('/').to_string(),
+                        raft_addr: m.raft_addr.trim_end_matches('/').to_string(),
+                    };
+                    (m.id, addr)
+                })
+                .collect()
+        };
+        let ids: Vec<u64> = members.keys().copied().collect();
         raft.initialize(members).await?;
-        tracing::info!(node_id = id, "initialised a new single-voter cluster");
+        tracing::info!(node_id = id, voters = ?ids, "initialised a new cluster");
     }
 
     Ok(RaftNode {
@@ -123,15 +204,21 @@ pub async fn start(settings: &Settings, api_addr: String) -> anyhow::Result<Raft
             id,
             raft,
             store: store.handle,
+            network,
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
             started_at: Instant::now(),
+            incoming_snapshots: settings.storage.data_dir.join("snapshots").join("incoming"),
         }),
     })
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 impl RaftNode {
@@ -147,6 +234,15 @@ impl RaftNode {
         self.inner.started_at.elapsed()
     }
 
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Where the Raft listener spools snapshots it receives.
+    pub(crate) fn incoming_snapshot_dir(&self) -> PathBuf {
+        self.inner.incoming_snapshots.clone()
+    }
+
     /// The latest Raft metrics (role, term, leader, indexes).
     pub fn metrics(&self) -> RaftMetrics {
         self.inner.raft.metrics().borrow_watched().clone()
@@ -155,6 +251,45 @@ impl RaftNode {
     /// Number of keys in the local state machine.
     pub fn key_count(&self) -> Result<u64, NodeError> {
         self.inner.store.len().map_err(storage)
+    }
+
+    /// The members of the cluster as this node knows them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, addr)| MemberInfo {
+                id: *id,
+                addr: addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// On the leader, every follower's replication progress; elsewhere, `None`.
+    pub fn followers(&self) -> Option<Vec<FollowerProgress>> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.as_ref()?;
+        Some(
+            replication
+                .iter()
+                .filter(|(id, _)| **id != self.inner.id)
+                .map(|(id, matched)| {
+                    let matched_index = matched.as_ref().map(|l| l.index);
+                    FollowerProgress {
+                        id: *id,
+                        matched_index,
+                        lag: last.saturating_sub(matched_index.unwrap_or(0)),
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Stores `value` under `key` through the Raft log.
@@ -179,50 +314,277 @@ impl RaftNode {
         consistency: Consistency,
     ) -> Result<Option<String>, NodeError> {
         if consistency == Consistency::Linearizable {
-            self.read_barrier().await?;
+            let deadline = Instant::now() + self.inner.request_timeout;
+            self.with_leader(deadline, |target| self.read_barrier(target, deadline))
+                .await?;
         }
         self.inner.store.get(key).map_err(storage)
     }
 
+    /// Applies a membership change on the leader.
+    pub async fn admin(&self, op: AdminOp) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.inner.request_timeout;
+        self.with_leader(deadline, |target| {
+            let op = op.clone();
+            async move {
+                match target {
+                    Target::Here => self.admin_until(op, deadline).await,
+                    Target::Leader { id, raft_url } => {
+                        self.forward(id, &raft_url, rpc::FORWARD_ADMIN, &op, deadline)
+                            .await
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
-        let timeout = self.inner.request_timeout;
-        let result = tokio::time::timeout(timeout, self.inner.raft.client_write(command))
-            .await
-            .map_err(|_| NodeError::Timeout(timeout))?;
-        match result {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(NodeError::NoLeader {
-                    leader: f.leader_id,
-                })
+        let deadline = Instant::now() + self.inner.request_timeout;
+        self.with_leader(deadline, |target| {
+            let command = command.clone();
+            async move {
+                match target {
+                    Target::Here => self.write_until(command, deadline).await,
+                    Target::Leader { id, raft_url } => {
+                        let req = ForwardWrite { command };
+                        self.forward(id, &raft_url, rpc::FORWARD_WRITE, &req, deadline)
+                            .await
+                    }
+                }
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(NodeError::OutcomeUnknown(f.to_string()))
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader, and again whenever it fails in a way
+    /// that provably had no effect (no leader yet, leader unreachable), until `deadline`.
+    async fn with_leader<T, F, Fut>(&self, deadline: Instant, attempt: F) -> Result<T, NodeError>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, NodeError>>,
+    {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let target = {
+                let m = metrics.borrow_watched();
+                match m.current_leader {
+                    Some(leader) if leader == self.inner.id => Some(Target::Here),
+                    Some(leader) => {
+                        m.membership_config
+                            .membership()
+                            .get_node(&leader)
+                            .map(|node| Target::Leader {
+                                id: leader,
+                                raft_url: node.raft_addr.clone(),
+                            })
+                    }
+                    None => None,
+                }
+            };
+            let result = match target {
+                Some(target) => attempt(target).await,
+                None => Err(NodeError::NoLeader { leader: None }),
+            };
+            match result {
+                Err(e) if e.is_retryable() && !remaining(deadline).is_zero() => {
+                    let pause = remaining(deadline).min(RETRY_PAUSE);
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                }
+                other => return other,
             }
-            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),
         }
     }
 
-    /// Waits until a read of the local state machine is linearizable.
-    async fn read_barrier(&self) -> Result<(), NodeError> {
+    /// Sends a request to the leader's Raft listener and returns its verdict.
+    async fn forward<Req: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        raft_url: &str,
+        path: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<T, NodeError> {
+        match self
+            .inner
+            .network
+            .call::<Req, Result<T, NodeError>>(raft_url, path, req, remaining(deadline))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::Unreachable(_)) => Err(NodeError::LeaderUnreachable { leader }),
+            Err(CallError::NoAnswer(e)) => Err(NodeError::OutcomeUnknown(format!(
+                "forwarded to leader {leader}, no answer: {e}"
+            ))),
+        }
+    }
+
+    /// The leader's end of a (possibly forwarded) write. Never forwards again.
+    pub(crate) async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
+        self.write_until(command, Instant::now() + self.inner.request_timeout)
+            .await
+    }
+
+    async fn write_until(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResult, NodeError> {
+        let budget = remaining(deadline);
+        let result = tokio::time::timeout(budget, self.inner.raft.client_write(command))
+            .await
+            .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
+        match result {
+            Ok(response) => Ok(response.data),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// Blocks until a read of the local state machine is linearizable.
+    async fn read_barrier(&self, target: Target, deadline: Instant) -> Result<(), NodeError> {
+        match target {
+            Target::Here => {
+                let option = LinearizerOption::from(ReadPolicy::ReadIndex)
+                    .with_wait_timeout(remaining(deadline));
+                let result = tokio::time::timeout(
+                    remaining(deadline),
+                    self.inner.raft.ensure_linearizable(option),
+                )
+                .await
+                .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
+                result.map(|_| ()).map_err(read_error)
+            }
+            Target::Leader { id, raft_url } => {
+                let read_log_id: ReadLogId<TypeConfig> = match self
+                    .inner
+                    .network
+                    .call::<(), Result<ReadLogId<TypeConfig>, NodeError>>(
+                        &raft_url,
+                        rpc::READ_INDEX,
+                        &(),
+                        remaining(deadline),
+                    )
+                    .await
+                {
+                    Ok(answer) => answer?,
+                    // A read has no side effects: any failure to reach the leader is
+                    // worth another try while time remains.
+                    Err(_) => return Err(NodeError::LeaderUnreachable { leader: id }),
+                };
+                let applied = self.metrics().last_applied;
+                let ready = Linearizer::new(id, read_log_id, applied)
+                    .try_await_ready(&self.inner.raft, Some(remaining(deadline)))
+                    .await
+                    .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+                ready
+                    .map(|_| ())
+                    .map_err(|_| NodeError::Timeout(self.inner.request_timeout))
+            }
+        }
+    }
+
+    /// The leader's end of a follower's linearizable read: the log id the follower must
+    /// apply before reading, after leadership is confirmed by a quorum.
+    pub(crate) async fn read_index_here(&self) -> Result<ReadLogId<TypeConfig>, NodeError> {
         let timeout = self.inner.request_timeout;
+        let option = LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(timeout);
+        let result = tokio::time::timeout(timeout, self.inner.raft.get_read_log_id(option))
+            .await
+            .map_err(|_| NodeError::Timeout(timeout))?;
+        result
+            .map(|(read_log_id, _)| read_log_id)
+            .map_err(read_error)
+    }
+
+    /// The leader's end of a (possibly forwarded) membership change.
+    pub(crate) async fn admin_here(&self, op: AdminOp) -> Result<(), NodeError> {
+        self.admin_until(op, Instant::now() + self.inner.request_timeout)
+            .await
+    }
+
+    async fn admin_until(&self, op: AdminOp, deadline: Instant) -> Result<(), NodeError> {
+        let members = self.members();
+        let voters: BTreeSet<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let learners: BTreeSet<u64> = members.iter().filter(|m| !m.voter).map(|m| m.id).collect();
+        let raft = &self.inner.raft;
+        match op {
+            AdminOp::AddLearner { id, node } => {
+                if self
+                    .inner
+                    .store
+                    .retired_ids()
+                    .map_err(storage)?
+                    .contains(&id)
+                {
+                    return Err(NodeError::InvalidMembership(format!(
+                        "node id {id} belonged to a removed node; ids are never reused"
+                    )));
+                }
+                if voters.contains(&id) {
+                    return Err(NodeError::InvalidMembership(format!(
+                        "node {id} is already a voter"
+                    )));
+                }
+                let added =
+                    tokio::time::timeout(remaining(deadline), raft.add_learner(id, node, true))
+                        .await
+                        .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
+                added.map(|_| ()).map_err(write_error)
+            }
+            AdminOp::Promote { ids } => {
+                if let Some(bad) = ids.iter().find(|id| !learners.contains(id)) {
+                    return Err(unknown(*bad, "a learner"));
+                }
+                self.change(ChangeMembers::AddVoterIds(ids), deadline).await
+            }
+            AdminOp::Remove { ids } => {
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|id| !voters.contains(id) && !learners.contains(id))
+                {
+                    return Err(unknown(*bad, "a member"));
+                }
+                let gone_voters: BTreeSet<u64> = ids.intersection(&voters).copied().collect();
+                if gone_voters.len() == voters.len() {
+                    return Err(NodeError::InvalidMembership(
+                        "cannot remove every voter".into(),
+                    ));
+                }
+                if !gone_voters.is_empty() {
+                    self.change(ChangeMembers::RemoveVoters(gone_voters), deadline)
+                        .await?;
+                }
+                let gone_learners: BTreeSet<u64> = ids.intersection(&learners).copied().collect();
+                if !gone_learners.is_empty() {
+                    self.change(ChangeMembers::RemoveNodes(gone_learners), deadline)
+                        .await?;
+                }
+                Ok(())
+            }
+            AdminOp::TransferLeader { to } => {
+                if !voters.contains(&to) {
+                    return Err(unknown(to, "a voter"));
+                }
+                raft.trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|e| NodeError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, NodeAddr>,
+        deadline: Instant,
+    ) -> Result<(), NodeError> {
         let result = tokio::time::timeout(
-            timeout,
-            self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            remaining(deadline),
+            self.inner.raft.change_membership(change, false),
         )
         .await
-        .map_err(|_| NodeError::Timeout(timeout))?;
-        match result {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(NodeError::NoLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),
-        }
+        .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
+        result.map(|_| ()).map_err(write_error)
     }
 
     /// Stops Raft and makes everything applied durable. In-flight requests must be
@@ -235,6 +597,36 @@ impl RaftNode {
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
         self.inner.store.flush()?;
         Ok(())
+    }
+}
+
+fn unknown(id: u64, what: &str) -> NodeError {
+    NodeError::InvalidMembership(format!("node {id} is not {what} of this cluster"))
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NoLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            NodeError::OutcomeUnknown(f.to_string())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::InvalidMembership(e.to_string())
+        }
+        RaftError::APIError(e) => NodeError::Unavailable(e.to_string()),
+        RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
+    }
+}
+
+fn read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> NodeError {
+    match e {
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => NodeError::NoLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(e) => NodeError::Unavailable(e.to_string()),
+        RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
     }
 }
 

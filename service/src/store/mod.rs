@@ -10,7 +10,7 @@ mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
-pub use snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter};
+pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
 
 /// A change to the key-value data, replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,11 @@
-//! The on-disk snapshot format shared by the backends: one file per snapshot, one JSON
-//! array `["key","value"]` per line.
+//! The on-disk snapshot format shared by the backends: one file per snapshot; a first
+//! line with the [`Preamble`] (state that is not key-value data), then one JSON array
+//! `["key","value"]` per line.
 //!
 //! Snapshots are streamed to and from files, never collected in memory, so a node can
 //! snapshot and install data sets larger than its RAM.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,13 @@ use std::path::{Path, PathBuf};
 pub type SnapshotFile = File;
 
 const EXTENSION: &str = "snap";
+
+/// State machine state kept in a snapshot besides the key-value pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Preamble {
+    /// Ids of nodes removed from the cluster; they are never accepted again.
+    pub retired_node_ids: BTreeSet<u64>,
+}
 
 /// Path of the finished snapshot `id` in `dir`.
 pub fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
@@ -28,10 +37,16 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    pub fn create(dir: &Path, id: &str) -> io::Result<Self> {
+    /// Starts snapshot `id` in `dir`. `preamble` is `None` when the whole content,
+    /// preamble included, will be copied from another snapshot.
+    pub fn create(dir: &Path, id: &str, preamble: Option<&Preamble>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let tmp_path = dir.join(format!("{id}.{EXTENSION}.tmp"));
-        let out = BufWriter::new(File::create(&tmp_path)?);
+        let mut out = BufWriter::new(File::create(&tmp_path)?);
+        if let Some(preamble) = preamble {
+            serde_json::to_writer(&mut out, preamble)?;
+            out.write_all(b"\n")?;
+        }
         Ok(Self {
             dir: dir.to_owned(),
             id: id.to_owned(),
@@ -45,7 +60,7 @@ impl SnapshotWriter {
         self.out.write_all(b"\n")
     }
 
-    /// Copies every pair from `reader` (an existing snapshot) into this one.
+    /// Copies an existing snapshot, preamble and pairs, into this one.
     pub fn copy_from(&mut self, file: &mut File) -> io::Result<()> {
         file.rewind()?;
         io::copy(file, &mut self.out)?;
@@ -88,12 +103,21 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
-    pub fn new(mut file: File) -> io::Result<Self> {
+    /// Opens a snapshot: returns its preamble and a reader of its pairs.
+    pub fn new(mut file: File) -> io::Result<(Preamble, Self)> {
         file.rewind()?;
-        Ok(Self {
-            lines: BufReader::new(file).lines(),
-        })
+        let mut lines = BufReader::new(file).lines();
+        let first = lines
+            .next()
+            .ok_or_else(|| corrupt("empty snapshot file".into()))??;
+        let preamble = serde_json::from_str(&first)
+            .map_err(|e| corrupt(format!("bad snapshot preamble: {e}")))?;
+        Ok((preamble, Self { lines }))
     }
+}
+
+fn corrupt(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 impl Iterator for SnapshotReader {
@@ -120,19 +144,21 @@ mod tests {
     #[test]
     fn pairs_round_trip_and_older_snapshots_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SnapshotWriter::create(dir.path(), "old").unwrap();
+        let mut w = SnapshotWriter::create(dir.path(), "old", Some(&Preamble::default())).unwrap();
         w.write_pair("a", "1").unwrap();
         w.finish().unwrap();
 
-        let mut w = SnapshotWriter::create(dir.path(), "new").unwrap();
+        let preamble = Preamble {
+            retired_node_ids: BTreeSet::from([2, 5]),
+        };
+        let mut w = SnapshotWriter::create(dir.path(), "new", Some(&preamble)).unwrap();
         w.write_pair("a/b", "line\nbreak").unwrap();
         w.write_pair("ключ", "\"quoted\"").unwrap();
         let file = w.finish().unwrap();
 
-        let pairs: Vec<_> = SnapshotReader::new(file)
-            .unwrap()
-            .collect::<io::Result<_>>()
-            .unwrap();
+        let (read_preamble, reader) = SnapshotReader::new(file).unwrap();
+        assert_eq!(read_preamble, preamble);
+        let pairs: Vec<_> = reader.collect::<io::Result<_>>().unwrap();
         assert_eq!(
             pairs,
             vec![
@@ -148,8 +174,10 @@ mod tests {
     fn corrupt_line_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.snap");
-        fs::write(&path, "not json\n").unwrap();
-        let mut reader = SnapshotReader::new(File::open(&path).unwrap()).unwrap();
+        fs::write(&path, "{\"retired_node_ids\":[]}\nnot json\n").unwrap();
+        let (_, mut reader) = SnapshotReader::new(File::open(&path).unwrap()).unwrap();
         assert!(reader.next().unwrap().is_err());
+        fs::write(&path, "").unwrap();
+        assert!(SnapshotReader::new(File::open(&path).unwrap()).is_err());
     }
 }

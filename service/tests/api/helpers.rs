@@ -37,6 +37,8 @@ pub fn test_settings(data_dir: &std::path::Path) -> Settings {
     let mut s = Settings::load_from(None, |_| None).expect("default settings");
     s.server.host = "127.0.0.1".into();
     s.server.port = 0;
+    s.cluster.raft_host = "127.0.0.1".into();
+    s.cluster.raft_port = 0;
     s.storage.data_dir = data_dir.to_owned();
     s.raft.heartbeat_timeout = Duration::from_millis(50);
     s.raft.election_timeout = Duration::from_millis(150);

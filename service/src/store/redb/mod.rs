@@ -118,6 +118,13 @@ impl StoreHandle {
         Ok(self.len()? == 0)
     }
 
+    /// Ids of nodes that were removed from the cluster and may never rejoin.
+    pub fn retired_ids(&self) -> io::Result<std::collections::BTreeSet<u64>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(SM_META).map_err(io_err)?;
+        Ok(read_meta(&table, state_machine::RETIRED)?.unwrap_or_default())
+    }
+
     /// Makes every earlier commit durable (state machine applies are committed without
     /// an fsync); called once at shutdown.
     pub fn flush(&self) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! The replicated state machine on redb: applies committed commands to the `kv` table and
 //! builds and installs snapshots.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use super::{blocking, encode, read_meta, KV, SM_META};
 use crate::raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
 use crate::store::snapshot::{snapshot_path, SnapshotReader, SnapshotWriter};
-use crate::store::{io_err, Command, CommandResult, SnapshotFile};
+use crate::store::{io_err, Command, CommandResult, Preamble, SnapshotFile};
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
+pub(super) const RETIRED: &str = "retired_node_ids";
 const SNAPSHOT: &str = "snapshot";
 
 /// The current snapshot as recorded in `sm_meta`: what it contains and which file holds it.
@@ -71,6 +73,24 @@ impl RedbStateMachine {
                         CommandResult::Deleted { existed }
                     }
                     EntryPayload::Membership(membership) => {
+                        // Nodes that leave the membership are retired for good.
+                        let previous: Option<StoredMembership> = read_meta(&meta, MEMBERSHIP)?;
+                        if let Some(previous) = previous {
+                            let mut retired: BTreeSet<u64> =
+                                read_meta(&meta, RETIRED)?.unwrap_or_default();
+                            let before = retired.len();
+                            retired.extend(
+                                previous
+                                    .membership()
+                                    .nodes()
+                                    .map(|(id, _)| *id)
+                                    .filter(|id| membership.get_node(id).is_none()),
+                            );
+                            if retired.len() != before {
+                                meta.insert(RETIRED, encode(&retired)?.as_slice())
+                                    .map_err(io_err)?;
+                            }
+                        }
                         let stored =
                             StoredMembership::new(Some(entry.log_id()), membership.clone());
                         meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())
@@ -134,7 +154,10 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 read_meta(&meta_table, MEMBERSHIP)?.unwrap_or_default();
             let file_id = snapshot_file_id(last_applied.as_ref());
 
-            let mut writer = SnapshotWriter::create(&dir, &file_id)?;
+            let preamble = Preamble {
+                retired_node_ids: read_meta(&meta_table, RETIRED)?.unwrap_or_default(),
+            };
+            let mut writer = SnapshotWriter::create(&dir, &file_id, Some(&preamble))?;
             let kv = txn.open_table(KV).map_err(io_err)?;
             for item in redb::ReadableTable::iter(&kv).map_err(io_err)? {
                 let (key, value) = item.map_err(io_err)?;
@@ -220,7 +243,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             // Keep our own copy first: the received file may live elsewhere.
             let mut snapshot = snapshot;
             let file_id = snapshot_file_id(meta.last_log_id.as_ref());
-            let mut writer = SnapshotWriter::create(&dir, &file_id)?;
+            let mut writer = SnapshotWriter::create(&dir, &file_id, None)?;
             writer.copy_from(&mut snapshot)?;
             let copy = writer.finish()?;
 
@@ -229,7 +252,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             txn.delete_table(KV).map_err(io_err)?;
             {
                 let mut kv = txn.open_table(KV).map_err(io_err)?;
-                for pair in SnapshotReader::new(copy)? {
+                let (preamble, pairs) = SnapshotReader::new(copy)?;
+                for pair in pairs {
                     let (key, value) = pair?;
                     kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
                 }
@@ -239,6 +263,9 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                     .map_err(io_err)?;
                 sm_meta
                     .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                    .map_err(io_err)?;
+                sm_meta
+                    .insert(RETIRED, encode(&preamble.retired_node_ids)?.as_slice())
                     .map_err(io_err)?;
                 let record = SnapshotRecord { meta, file_id };
                 sm_meta

@@ -1,0 +1,251 @@
+//! `/cluster/...`: membership administration. Any node accepts these; changes run on
+//! the leader. With `cluster.secret` set, every route needs it in `x-kvstore-secret`.
+
+use std::collections::BTreeSet;
+
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::{secret_matches, ApiTags};
+use crate::raft::rpc::AdminOp;
+use crate::raft::{MemberInfo, NodeAddr, RaftNode};
+
+#[derive(Debug, Clone, Object)]
+pub struct MemberView {
+    pub id: u64,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Base URL of the member's client API.
+    pub api_addr: String,
+    /// Base URL of the member's Raft listener.
+    pub raft_addr: String,
+}
+
+impl From<MemberInfo> for MemberView {
+    fn from(m: MemberInfo) -> Self {
+        MemberView {
+            id: m.id,
+            role: if m.voter { "voter" } else { "learner" }.into(),
+            api_addr: m.addr.api_addr,
+            raft_addr: m.addr.raft_addr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct MembersResponse {
+    /// The leader this node knows of.
+    pub leader_id: Option<u64>,
+    /// The members as this node knows them; right after a change made through a
+    /// follower, the follower's view may trail the leader's for a moment.
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(example)]
+pub struct AddLearnerRequest {
+    /// A new node id: never used before in this cluster.
+    pub id: u64,
+    /// Base URL of the new node's client API.
+    pub api_addr: String,
+    /// Base URL of the new node's Raft listener.
+    pub raft_addr: String,
+}
+
+impl Example for AddLearnerRequest {
+    fn example() -> Self {
+        AddLearnerRequest {
+            id: 4,
+            api_addr: "http://127.0.0.1:8084".into(),
+            raft_addr: "http://127.0.0.1:9004".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct PromoteRequest {
+    /// Learners to make voters.
+    pub ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct TransferLeaderRequest {
+    /// The voter that should lead.
+    pub id: u64,
+}
+
+#[derive(ApiResponse)]
+pub enum MembersResult {
+    /// The membership after the operation, as this node sees it.
+    #[oai(status = 200)]
+    Ok(Json<MembersResponse>),
+}
+
+pub struct ClusterApi {
+    pub node: RaftNode,
+    pub secret: String,
+}
+
+impl ClusterApi {
+    fn authorize(&self, given: &Header<Option<String>>) -> Result<(), ApiError> {
+        if self.secret.is_empty() {
+            return Ok(());
+        }
+        match given.0.as_deref() {
+            Some(given) if secret_matches(given, &self.secret) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized("wrong cluster secret".into())),
+            None => Err(ApiError::Unauthorized(
+                "this route needs the cluster secret in the x-kvstore-secret header".into(),
+            )),
+        }
+    }
+
+    fn members(&self) -> MembersResult {
+        MembersResult::Ok(Json(MembersResponse {
+            leader_id: self.node.metrics().current_leader,
+            members: self.node.members().into_iter().map(Into::into).collect(),
+        }))
+    }
+}
+
+fn check_base_url(field: &str, url: &str) -> Result<String, ApiError> {
+    let url = url.trim().trim_end_matches('/');
+    let ok = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    if ok {
+        Ok(url.to_string())
+    } else {
+        Err(ApiError::InvalidMembership(format!(
+            "`{field}` must be a base URL like http://10.0.0.4:9004, got `{url}`"
+        )))
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Cluster")]
+impl ClusterApi {
+    /// List members
+    ///
+    /// Every member with its role and addresses, and the leader this node knows of.
+    #[oai(
+        path = "/cluster/members",
+        method = "get",
+        operation_id = "list_members"
+    )]
+    async fn list(
+        &self,
+        /// The cluster secret, when `cluster.secret` is set.
+        #[oai(name = "x-kvstore-secret")]
+        secret: Header<Option<String>>,
+    ) -> Result<MembersResult, ApiError> {
+        self.authorize(&secret)?;
+        Ok(self.members())
+    }
+
+    /// Add a learner
+    ///
+    /// Adds a running, empty node as a non-voting member and returns once it has
+    /// caught up with the leader's log (or the request timeout passes). Ids of removed
+    /// nodes are never accepted again.
+    #[oai(
+        path = "/cluster/learners",
+        method = "post",
+        operation_id = "add_learner"
+    )]
+    async fn add_learner(
+        &self,
+        /// The cluster secret, when `cluster.secret` is set.
+        #[oai(name = "x-kvstore-secret")]
+        secret: Header<Option<String>>,
+        body: JsonBody<AddLearnerRequest>,
+    ) -> Result<MembersResult, ApiError> {
+        self.authorize(&secret)?;
+        let req = body.0;
+        if req.id == 0 {
+            return Err(ApiError::InvalidMembership("node ids start at 1".into()));
+        }
+        let node = NodeAddr {
+            api_addr: check_base_url("api_addr", &req.api_addr)?,
+            raft_addr: check_base_url("raft_addr", &req.raft_addr)?,
+        };
+        self.node
+            .admin(AdminOp::AddLearner { id: req.id, node })
+            .await?;
+        Ok(self.members())
+    }
+
+    /// Promote learners to voters
+    #[oai(
+        path = "/cluster/voters",
+        method = "post",
+        operation_id = "promote_voters"
+    )]
+    async fn promote(
+        &self,
+        /// The cluster secret, when `cluster.secret` is set.
+        #[oai(name = "x-kvstore-secret")]
+        secret: Header<Option<String>>,
+        body: JsonBody<PromoteRequest>,
+    ) -> Result<MembersResult, ApiError> {
+        self.authorize(&secret)?;
+        let ids: BTreeSet<u64> = body.0.ids.into_iter().collect();
+        if ids.is_empty() {
+            return Err(ApiError::InvalidMembership(
+                "`ids` must name at least one learner".into(),
+            ));
+        }
+        self.node.admin(AdminOp::Promote { ids }).await?;
+        Ok(self.members())
+    }
+
+    /// Remove a member
+    ///
+    /// Removes a voter or learner. Its id is retired and cannot be added again.
+    #[oai(
+        path = "/cluster/members/:id",
+        method = "delete",
+        operation_id = "remove_member"
+    )]
+    async fn remove(
+        &self,
+        /// The cluster secret, when `cluster.secret` is set.
+        #[oai(name = "x-kvstore-secret")]
+        secret: Header<Option<String>>,
+        /// The member's node id.
+        id: Path<u64>,
+    ) -> Result<MembersResult, ApiError> {
+        self.authorize(&secret)?;
+        let ids = BTreeSet::from([id.0]);
+        self.node.admin(AdminOp::Remove { ids }).await?;
+        Ok(self.members())
+    }
+
+    /// Transfer leadership
+    ///
+    /// Asks the leader to hand leadership to another voter. Returns once the request
+    /// is made; watch `/status` for the new leader.
+    #[oai(
+        path = "/cluster/leader",
+        method = "post",
+        operation_id = "transfer_leader"
+    )]
+    async fn transfer(
+        &self,
+        /// The cluster secret, when `cluster.secret` is set.
+        #[oai(name = "x-kvstore-secret")]
+        secret: Header<Option<String>>,
+        body: JsonBody<TransferLeaderRequest>,
+    ) -> Result<MembersResult, ApiError> {
+        self.authorize(&secret)?;
+        self.node
+            .admin(AdminOp::TransferLeader { to: body.0.id })
+            .await?;
+        Ok(self.members())
+    }
+}

@@ -1,0 +1,64 @@
+//! The node-to-node protocol: the paths of the Raft RPC listener and the messages that
+//! travel on them. The client (`network.rs`) and the server (`rpc_server.rs`) both use
+//! these definitions, so the two sides cannot drift apart.
+//!
+//! Bodies are JSON, except a snapshot: one JSON line ([`SnapshotHeader`]) followed by
+//! the snapshot file's bytes, streamed.
+
+use std::collections::BTreeSet;
+
+use openraft::raft::linearizable_read::ReadLogId;
+use serde::{Deserialize, Serialize};
+
+use super::typ::{SnapshotMeta, Vote};
+use super::{NodeAddr, NodeError, TypeConfig};
+use crate::store::{Command, CommandResult};
+
+pub const APPEND: &str = "/raft/append";
+pub const VOTE: &str = "/raft/vote";
+pub const PRE_VOTE: &str = "/raft/pre-vote";
+pub const SNAPSHOT: &str = "/raft/snapshot";
+pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
+/// A follower hands a client write to the leader.
+pub const FORWARD_WRITE: &str = "/raft/forward/write";
+/// A follower asks the leader for the log id a linearizable read must wait for.
+pub const READ_INDEX: &str = "/raft/forward/read-index";
+/// A follower hands a membership change to the leader.
+pub const FORWARD_ADMIN: &str = "/raft/forward/admin";
+
+/// Header carrying `cluster.secret` on every node-to-node request.
+pub const SECRET_HEADER: &str = "x-kvstore-secret";
+
+/// Precedes the bytes of a streamed snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+}
+
+/// The result of a forwarded operation, as the leader reports it.
+pub type Forwarded<T> = Result<T, NodeError>;
+
+/// A forwarded client write.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardWrite {
+    pub command: Command,
+}
+
+pub type ForwardWriteResult = Forwarded<CommandResult>;
+pub type ReadIndexResult = Forwarded<ReadLogId<TypeConfig>>;
+
+/// A membership change, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Add a non-voting member and wait until it has caught up.
+    AddLearner { id: u64, node: NodeAddr },
+    /// Make learners voters.
+    Promote { ids: BTreeSet<u64> },
+    /// Remove members (voters or learners) from the cluster.
+    Remove { ids: BTreeSet<u64> },
+    /// Hand leadership to another voter.
+    TransferLeader { to: u64 },
+}
+
+pub type AdminResult = Forwarded<()>;

@@ -1,0 +1,184 @@
+//! The server side of node-to-node traffic, on its own listener: Raft RPC, snapshot
+//! streaming, and the leader's end of forwarded client requests. Mirrors `network.rs`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::error::RaftError;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use poem::web::{Data, Json};
+use poem::{handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use super::rpc::{
+    self, AdminOp, AdminResult, ForwardWrite, ForwardWriteResult, ReadIndexResult, SnapshotHeader,
+};
+use super::typ::Snapshot;
+use super::{RaftNode, TypeConfig};
+use crate::api::error::ApiError;
+use crate::api::secret_matches;
+
+type RpcResult<T> = Result<T, RaftError<TypeConfig>>;
+
+/// The longest snapshot header line accepted (vote plus membership).
+const MAX_SNAPSHOT_HEADER: u64 = 1024 * 1024;
+
+/// The Raft RPC application. With a non-empty `secret`, every request must carry it in
+/// the `x-kvstore-secret` header, or is refused with 401.
+pub fn rpc_app(
+    node: RaftNode,
+    secret: String,
+    incoming_dir: PathBuf,
+) -> impl Endpoint<Output = Response> {
+    Route::new()
+        .at(rpc::APPEND, post(append))
+        .at(rpc::VOTE, post(vote))
+        .at(rpc::PRE_VOTE, post(pre_vote))
+        .at(rpc::SNAPSHOT, post(snapshot))
+        .at(rpc::TRANSFER_LEADER, post(transfer_leader))
+        .at(rpc::FORWARD_WRITE, post(forward_write))
+        .at(rpc::READ_INDEX, post(read_index))
+        .at(rpc::FORWARD_ADMIN, post(forward_admin))
+        .data(node)
+        .data(IncomingDir(incoming_dir))
+        .around(move |ep, req| {
+            let allowed = secret.is_empty()
+                || req
+                    .header(rpc::SECRET_HEADER)
+                    .is_some_and(|given| secret_matches(given, &secret));
+            async move {
+                if !allowed {
+                    return Ok(
+                        ApiError::Unauthorized("missing or wrong cluster secret".into())
+                            .into_response(),
+                    );
+                }
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                Ok(match ep.call(req).await {
+                    Ok(resp) => resp.into_response(),
+                    Err(err) => crate::api::error::to_json_response(err, &method, &path),
+                })
+            }
+        })
+}
+
+/// Where received snapshots are spooled before they are installed.
+#[derive(Clone)]
+struct IncomingDir(PathBuf);
+
+#[handler]
+async fn append(
+    node: Data<&RaftNode>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<RpcResult<AppendEntriesResponse<TypeConfig>>> {
+    Json(node.raft().append_entries(req).await)
+}
+
+#[handler]
+async fn vote(
+    node: Data<&RaftNode>,
+    Json(req): Json<VoteRequest<TypeConfig>>,
+) -> Json<RpcResult<VoteResponse<TypeConfig>>> {
+    Json(node.raft().vote(req).await)
+}
+
+#[handler]
+async fn pre_vote(
+    node: Data<&RaftNode>,
+    Json(req): Json<VoteRequest<TypeConfig>>,
+) -> Json<RpcResult<VoteResponse<TypeConfig>>> {
+    Json(node.raft().pre_vote(req).await)
+}
+
+#[handler]
+async fn transfer_leader(
+    node: Data<&RaftNode>,
+    Json(req): Json<TransferLeaderRequest<TypeConfig>>,
+) -> Json<RpcResult<TransferLeaderResponse<TypeConfig>>> {
+    Json(
+        node.raft()
+            .handle_transfer_leader(req)
+            .await
+            .map_err(RaftError::Fatal),
+    )
+}
+
+/// Receives a streamed snapshot into a file, then installs it.
+#[handler]
+async fn snapshot(
+    node: Data<&RaftNode>,
+    dir: Data<&IncomingDir>,
+    body: Body,
+) -> poem::Result<Json<RpcResult<SnapshotResponse<TypeConfig>>>> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut reader = tokio::io::BufReader::new(body.into_async_read());
+    let mut line = Vec::new();
+    (&mut reader)
+        .take(MAX_SNAPSHOT_HEADER)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(bad_request)?;
+    let header: SnapshotHeader = serde_json::from_slice(&line).map_err(bad_request)?;
+
+    tokio::fs::create_dir_all(&dir.0 .0)
+        .await
+        .map_err(internal)?;
+    let path = dir.0 .0.join(format!(
+        "incoming-{}.snap",
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let received = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        tokio::io::copy(&mut reader, &mut file).await?;
+        file.sync_all().await?;
+        std::fs::File::open(&path)
+    }
+    .await;
+    let file = match received {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(bad_request(e));
+        }
+    };
+    let snapshot = Snapshot {
+        meta: header.meta,
+        snapshot: file,
+    };
+    let result = node
+        .raft()
+        .install_full_snapshot(header.vote, snapshot)
+        .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok(Json(result.map_err(RaftError::Fatal)))
+}
+
+#[handler]
+async fn forward_write(
+    node: Data<&RaftNode>,
+    Json(req): Json<ForwardWrite>,
+) -> Json<ForwardWriteResult> {
+    Json(node.write_here(req.command).await)
+}
+
+#[handler]
+async fn read_index(node: Data<&RaftNode>) -> Json<ReadIndexResult> {
+    Json(node.read_index_here().await)
+}
+
+#[handler]
+async fn forward_admin(node: Data<&RaftNode>, Json(op): Json<AdminOp>) -> Json<AdminResult> {
+    Json(node.admin_here(op).await)
+}
+
+fn bad_request(e: impl std::fmt::Display) -> poem::Error {
+    ApiError::InvalidJson(format!("bad snapshot stream: {e}")).into()
+}
+
+fn internal(e: impl std::fmt::Display) -> poem::Error {
+    ApiError::Internal(e.to_string()).into()
+}
