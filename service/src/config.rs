@@ -48,6 +48,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_CLUSTER_ADVERTISE_API", "cluster.advertise_api"),
     ("KV_CLUSTER_ADVERTISE_RAFT", "cluster.advertise_raft"),
     ("KV_CLUSTER_INITIAL_MEMBERS", "cluster.initial_members"),
+    ("KV_CLUSTER_BOOTSTRAP", "cluster.bootstrap"),
     ("KV_CLUSTER_SECRET", "cluster.secret"),
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
@@ -217,6 +218,9 @@ pub struct ClusterSettings {
     /// node alone. Every node of a new cluster lists the same members.
     #[serde(deserialize_with = "members")]
     pub initial_members: Vec<Member>,
+    /// Whether a node with empty storage initialises a new cluster. `false` for a node
+    /// that will join an existing cluster through `POST /cluster/learners`.
+    pub bootstrap: bool,
     /// Shared secret for Raft RPC and the membership routes. Empty: no check.
     pub secret: String,
 }
@@ -230,6 +234,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("advertise_api", &self.advertise_api)
             .field("advertise_raft", &self.advertise_raft)
             .field("initial_members", &self.initial_members)
+            .field("bootstrap", &self.bootstrap)
             .field(
                 "secret",
                 &if self.secret.is_empty() {
@@ -350,6 +355,7 @@ cluster:
   advertise_api: ""
   advertise_raft: ""
   initial_members: []
+  bootstrap: true
   secret: ""
 logging:
   level: "info"

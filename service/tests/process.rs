@@ -1,124 +1,24 @@
 //! Tests of the real `kvstore` binary: crash safety under SIGKILL, clean SIGTERM
 //! shutdown, configuration errors, logs, and the command line.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kvstore");
+mod support;
 
-/// A running `kvstore` process and everything it has logged so far.
-struct Node {
-    child: Child,
-    addr: String,
-    logs: Arc<Mutex<Vec<String>>>,
-}
+use support::{command, NodeProcess as Node};
 
-fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("KV_SERVER_HOST", "127.0.0.1")
-        .env("KV_SERVER_PORT", "0")
-        .env("KV_CLUSTER_RAFT_HOST", "127.0.0.1")
-        .env("KV_CLUSTER_RAFT_PORT", "0")
-        .env("KV_STORAGE_DATA_DIR", data_dir)
-        .env("KV_LOG_FORMAT", "json")
-        .env("KV_LOG_LEVEL", "info")
-        .env("KV_RAFT_HEARTBEAT_TIMEOUT", "50ms")
-        .env("KV_RAFT_ELECTION_TIMEOUT", "150ms");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-impl Node {
-    /// Starts the binary and waits (up to 20 s) for the log line carrying its address.
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Node {
-        let mut child = command(data_dir, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kvstore");
-        let stdout = child.stdout.take().expect("stdout");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["message"] == "serving the client API" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("kvstore did not start serving within 20 s");
-        Node { child, addr, logs }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(r) = client.get(self.url("/ready")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "not ready within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_lines(&self) -> Vec<Value> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Polls `/ready` until it answers 200, failing after 10 s.
+async fn wait_ready(node: &Node, client: &reqwest::Client) {
+    support::eventually(Duration::from_secs(10), "the node to be ready", || async {
+        let resp = client.get(node.url("/ready")).send().await.ok()?;
+        (resp.status() == 200).then_some(())
+    })
+    .await
 }
 
 /// Runs the binary to completion (up to 20 s), for configurations that must fail.
@@ -160,7 +60,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         .build()
         .unwrap();
     let node = Node::start(dir.path(), &[]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
 
     // Eight writers put unique keys until the process dies under them; every 201 is
     // recorded as acknowledged.
@@ -202,7 +102,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let acked = acked.lock().unwrap().clone();
 
     let node = Node::start(dir.path(), &[]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
     let rejoined = node
         .log_lines()
         .iter()
@@ -239,7 +139,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut node = Node::start(dir.path(), &[]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
     let resp = client
         .put(node.url("/kv/durable"))
         .json(&serde_json::json!({"value": "yes"}))
@@ -267,7 +167,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
     drop(node);
 
     let node = Node::start(dir.path(), &[]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
     let resp = client.get(node.url("/kv/durable")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
@@ -279,7 +179,7 @@ async fn every_request_is_logged_as_one_json_line() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let node = Node::start(dir.path(), &[]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
     client
         .put(node.url("/kv/logged"))
         .json(&serde_json::json!({"value": "v"}))
@@ -434,7 +334,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut node = Node::start(dir.path(), &[("KV_LOG_LEVEL", "info,kvstore::api=debug")]);
-    node.wait_ready(&client).await;
+    wait_ready(&node, &client).await;
 
     let body = b"{\"value\": \"in flight\"}";
     let mut stream = tokio::net::TcpStream::connect(&node.addr).await.unwrap();

@@ -130,9 +130,10 @@ enum Target {
 }
 
 /// Opens storage and starts Raft. On the very first start (no vote or log on disk) the
-/// node initialises the cluster: with `cluster.initial_members`, or alone. Every member
-/// of a new cluster initialises with the same membership, which openraft accepts. A node
-/// whose storage holds Raft state is never initialised again.
+/// node initialises the cluster: with `cluster.initial_members`, or alone; unless
+/// `cluster.bootstrap` is off, when it waits to be added. Every member of a new cluster
+/// initialises with the same membership, which openraft accepts. A node whose storage
+/// holds Raft state is never initialised again.
 pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<RaftNode> {
     if settings.storage.kind == StorageType::Database {
         anyhow::bail!(
@@ -177,6 +178,8 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             node_id = id,
             "raft state found on disk; rejoining the cluster"
         );
+    } else if !settings.cluster.bootstrap {
+        tracing::info!(node_id = id, "empty node waiting to be added to a cluster");
     } else {
         let members: BTreeMap<u64, NodeAddr> = if settings.cluster.initial_members.is_empty() {
             BTreeMap::from([(id, advertised)])

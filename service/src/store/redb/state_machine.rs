@@ -239,6 +239,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let meta = meta.clone();
+        let meta_log_id = meta.last_log_id;
         blocking(move || {
             // Keep our own copy first: the received file may live elsewhere.
             let mut snapshot = snapshot;
@@ -274,7 +275,9 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             }
             txn.commit().map_err(io_err)
         })
-        .await
+        .await?;
+        tracing::info!(last_log_id = ?meta_log_id, "installed snapshot");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {

@@ -1,0 +1,532 @@
+//! Three (and four) real `kvstore` processes on loopback: formation, forwarding,
+//! linearizable reads, leader loss, stalls, snapshots, membership and the secret.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::Cluster;
+use serde_json::json;
+use support::{eventually, get_json, put_json};
+
+fn others(all: &[u64], but: u64) -> Vec<u64> {
+    all.iter().copied().filter(|id| *id != but).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_elects_one_leader_within_3s() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(3))
+        .await;
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    let followers = status["followers"]
+        .as_array()
+        .expect("leader lists followers");
+    assert_eq!(followers.len(), 2);
+    for id in others(&[1, 2, 3], leader) {
+        let s = cluster.status(id).await.unwrap();
+        assert_eq!(s["role"], "follower");
+        assert_eq!(s["leader"]["id"], leader);
+        assert_eq!(s["leader"]["api_addr"], cluster.url(leader, ""));
+        assert!(
+            s["followers"].is_null(),
+            "only the leader reports followers"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_on_a_follower_read_everywhere_delete_404_everywhere() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let follower = others(&[1, 2, 3], leader)[0];
+
+    let (code, body) = put_json(
+        &cluster.client,
+        &cluster.url(follower, "/kv/user:1"),
+        "John Doe",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["node_id"], follower);
+    // Linearizable reads on every node see the write at once.
+    for id in [1, 2, 3] {
+        let (code, body) = get_json(&cluster.client, &cluster.url(id, "/kv/user:1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (code, &body["value"]),
+            (200, &json!("John Doe")),
+            "node {id}"
+        );
+        assert_eq!(body["node_id"], id);
+    }
+    let other = others(&[1, 2, 3], leader)[1];
+    let resp = cluster
+        .client
+        .delete(cluster.url(other, "/kv/user:1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for id in [1, 2, 3] {
+        let (code, body) = get_json(&cluster.client, &cluster.url(id, "/kv/user:1"))
+            .await
+            .unwrap();
+        assert_eq!(code, 404, "node {id}: {body}");
+        assert_eq!(body["code"], "KEY_NOT_FOUND");
+    }
+}
+
+/// Writers spread over the given nodes; every 201 is recorded.
+fn start_writers(
+    cluster: &Cluster,
+    targets: Vec<u64>,
+    prefix: &'static str,
+    stop: Arc<Mutex<bool>>,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for (w, target) in targets.into_iter().enumerate() {
+        let url = cluster.url(target, "/kv/");
+        let client = cluster.client.clone();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            for i in 0.. {
+                if *stop.lock().unwrap() {
+                    return;
+                }
+                let key = format!("{prefix}-{w}-{i}");
+                if let Some((201, _)) = put_json(&client, &format!("{url}{key}"), &key).await {
+                    acked.lock().unwrap().push(key);
+                }
+            }
+        }));
+    }
+    (acked, handles)
+}
+
+async fn finish_writers(stop: Arc<Mutex<bool>>, handles: Vec<tokio::task::JoinHandle<()>>) {
+    *stop.lock().unwrap() = true;
+    for h in handles {
+        tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("writers stop")
+            .expect("writer task");
+    }
+}
+
+async fn wait_acked(acked: &Arc<Mutex<Vec<String>>>, at_least: usize, within: Duration) {
+    eventually(
+        within,
+        &format!("{at_least} acknowledged writes"),
+        || async { (acked.lock().unwrap().len() >= at_least).then_some(()) },
+    )
+    .await
+}
+
+/// Every acknowledged key must be readable, linearizably, from each of `nodes`.
+async fn assert_all_readable(cluster: &Cluster, nodes: &[u64], keys: &[String]) {
+    for id in nodes {
+        for key in keys {
+            let (code, body) = get_json(&cluster.client, &cluster.url(*id, &format!("/kv/{key}")))
+                .await
+                .unwrap_or_else(|| panic!("node {id} did not answer"));
+            assert_eq!(code, 200, "node {id} lost acknowledged key {key}: {body}");
+            assert_eq!(body["value"], key.as_str());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let survivors = others(&[1, 2, 3], leader);
+
+    // Writers on the survivors: they keep going through the leader's death.
+    let stop = Arc::new(Mutex::new(false));
+    let (acked, writers) = start_writers(
+        &cluster,
+        vec![survivors[0], survivors[1], survivors[0]],
+        "k",
+        stop.clone(),
+    );
+    wait_acked(&acked, 100, Duration::from_secs(20)).await;
+
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+    let new_leader = cluster
+        .wait_leader(&survivors, Duration::from_secs(5))
+        .await;
+    assert!(survivors.contains(&new_leader));
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "new leader took {:?}",
+        killed_at.elapsed()
+    );
+    let before = acked.lock().unwrap().len();
+    wait_acked(&acked, before + 100, Duration::from_secs(20)).await;
+    finish_writers(stop, writers).await;
+
+    let keys = acked.lock().unwrap().clone();
+    assert_all_readable(&cluster, &survivors, &keys).await;
+
+    // The old leader comes back as a follower and catches up.
+    cluster.restart(leader);
+    let last = keys.last().unwrap().clone();
+    cluster
+        .wait_local_value(leader, &last, &last, Duration::from_secs(20))
+        .await;
+    assert_all_readable(&cluster, &[leader], &keys).await;
+    assert!(
+        !cluster.node(leader).logged("initialised a new cluster"),
+        "a restarted node must not initialise again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_follower_does_not_stop_the_majority_and_converges() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let stalled = others(&[1, 2, 3], leader)[0];
+    let healthy = others(&[1, 2, 3], stalled);
+
+    cluster.pause(stalled);
+    for i in 0..50 {
+        let target = healthy[i % 2];
+        let key = format!("s{i}");
+        let (code, body) = put_json(
+            &cluster.client,
+            &cluster.url(target, &format!("/kv/{key}")),
+            &key,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201, "write {i} via node {target}: {body}");
+    }
+    cluster.resume(stalled);
+    cluster
+        .wait_local_value(stalled, "s49", "s49", Duration::from_secs(10))
+        .await;
+    let keys: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+    assert_all_readable(&cluster, &[stalled], &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_is_replaced_and_acknowledges_nothing_it_cannot_commit() {
+    let cluster = Cluster::start(3, &[]);
+    let old = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let majority = others(&[1, 2, 3], old);
+
+    cluster.pause(old);
+    let new = cluster.wait_leader(&majority, Duration::from_secs(5)).await;
+    assert_ne!(new, old);
+
+    // A write sent to the stalled old leader waits in its socket meanwhile.
+    let client = cluster.client.clone();
+    let stale_url = cluster.url(old, "/kv/to-old-leader");
+    let to_old = tokio::spawn(async move { put_json(&client, &stale_url, "maybe").await });
+
+    for i in 0..20 {
+        let key = format!("m{i}");
+        let (code, _) = put_json(
+            &cluster.client,
+            &cluster.url(majority[i % 2], &format!("/kv/{key}")),
+            &key,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201);
+    }
+    cluster.resume(old);
+    let answer = tokio::time::timeout(Duration::from_secs(15), to_old)
+        .await
+        .expect("the old leader answers after it resumes")
+        .unwrap();
+    // Whatever the old leader answered, a 201 must mean the write is in the majority's
+    // log; anything else must be an honest error, never a success that is not there.
+    let (code, body) = get_json(&cluster.client, &cluster.url(new, "/kv/to-old-leader"))
+        .await
+        .unwrap();
+    match answer {
+        Some((201, _)) => assert_eq!((code, &body["value"]), (200, &json!("maybe"))),
+        Some((status, err)) => {
+            assert!(status >= 500, "unexpected answer {status}: {err}");
+            assert!(err["code"].is_string(), "{err}");
+        }
+        None => panic!("the old leader gave no HTTP answer"),
+    }
+    // The old leader has become a follower of the new one and serves linearizable reads.
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await;
+    assert_ne!(leader, old);
+    let (code, _) = get_json(&cluster.client, &cluster.url(old, "/kv/m19"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            ("KV_RAFT_SNAPSHOT_INTERVAL", "20"),
+            ("KV_RAFT_SNAPSHOT_LOGS_TO_KEEP", "5"),
+        ],
+    );
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let lagging = others(&[1, 2, 3], leader)[0];
+    cluster.stop(lagging);
+
+    for i in 0..120 {
+        let key = format!("p{i}");
+        let (code, _) = put_json(
+            &cluster.client,
+            &cluster.url(leader, &format!("/kv/{key}")),
+            &key,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201);
+    }
+    // The leader's log no longer holds what the lagging node needs.
+    eventually(
+        Duration::from_secs(10),
+        "the leader to purge its log",
+        || async {
+            let status = cluster.status(leader).await?;
+            (status["purged_index"].as_u64()? > 20).then_some(())
+        },
+    )
+    .await;
+
+    cluster.restart(lagging);
+    cluster
+        .wait_local_value(lagging, "p119", "p119", Duration::from_secs(20))
+        .await;
+    assert!(
+        cluster.node(lagging).logged("installed snapshot"),
+        "the lagging node must have caught up by installing a snapshot"
+    );
+    let keys: Vec<String> = (0..120).map(|i| format!("p{i}")).collect();
+    assert_all_readable(&cluster, &[lagging], &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_promote_and_remove_members_while_serving() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let stop = Arc::new(Mutex::new(false));
+    let (acked, writers) = start_writers(&cluster, vec![leader, leader], "w", stop.clone());
+
+    let (api, raft) = cluster.start_joiner(4);
+    let via = others(&[1, 2, 3], leader)[0];
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/learners"))
+        .json(&json!({"id": 4, "api_addr": api, "raft_addr": raft}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/voters"))
+        .json(&json!({"ids": [4]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let removed = others(&[1, 2, 3], leader)[1];
+    let resp = cluster
+        .client
+        .delete(cluster.url(leader, &format!("/cluster/members/{removed}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let before = acked.lock().unwrap().len();
+    wait_acked(&acked, before + 20, Duration::from_secs(20)).await;
+    finish_writers(stop, writers).await;
+
+    let (_, members) = get_json(&cluster.client, &cluster.url(leader, "/cluster/members"))
+        .await
+        .unwrap();
+    let roles: BTreeMap<u64, String> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<u64, String> = others(&[1, 2, 3, 4], removed)
+        .into_iter()
+        .map(|id| (id, "voter".to_string()))
+        .collect();
+    assert_eq!(roles, expected);
+
+    // The new member serves linearizable reads of everything acknowledged.
+    let keys = acked.lock().unwrap().clone();
+    assert_all_readable(&cluster, &[4], &keys).await;
+
+    // A removed id is retired for good.
+    let resp = cluster
+        .client
+        .post(cluster.url(leader, "/cluster/learners"))
+        .json(&json!({"id": removed, "api_addr": "http://127.0.0.1:1", "raft_addr": "http://127.0.0.1:2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_MEMBERSHIP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_naming_unknown_nodes_are_400() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let follower = others(&[1, 2, 3], leader)[0];
+    for id in [leader, follower] {
+        let resp = cluster
+            .client
+            .post(cluster.url(id, "/cluster/voters"))
+            .json(&json!({"ids": [42]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "INVALID_MEMBERSHIP", "{body}");
+
+        let resp = cluster
+            .client
+            .delete(cluster.url(id, "/cluster/members/42"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let resp = cluster
+            .client
+            .post(cluster.url(id, "/cluster/leader"))
+            .json(&json!({"id": 42}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_can_be_transferred() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let to = others(&[1, 2, 3], leader)[1];
+    let resp = cluster
+        .client
+        .post(cluster.url(leader, "/cluster/leader"))
+        .json(&json!({"id": to}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    eventually(Duration::from_secs(10), "leadership to move", || async {
+        let status = cluster.status(to).await?;
+        (status["role"] == "leader").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secret_guards_raft_rpc_and_membership_routes() {
+    let cluster = Cluster::start(3, &[("KV_CLUSTER_SECRET", "correct horse")]);
+    // The nodes themselves use the secret: the cluster forms and replicates.
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let (code, _) = put_json(
+        &cluster.client,
+        &cluster.url(others(&[1, 2, 3], leader)[0], "/kv/x"),
+        "1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201);
+
+    let resp = cluster
+        .client
+        .post(cluster.raft_url(leader, "/raft/vote"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHORIZED");
+
+    let resp = cluster
+        .client
+        .post(cluster.raft_url(leader, "/raft/vote"))
+        .header("x-kvstore-secret", "wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let resp = cluster
+        .client
+        .get(cluster.url(leader, "/cluster/members"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = cluster
+        .client
+        .get(cluster.url(leader, "/cluster/members"))
+        .header("x-kvstore-secret", "correct horse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The key-value API itself is not behind the cluster secret.
+    let (code, _) = get_json(&cluster.client, &cluster.url(leader, "/kv/x"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
