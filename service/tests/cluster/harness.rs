@@ -12,8 +12,8 @@ use crate::support::{eventually, get_json, NodeProcess};
 
 /// Ports picked by binding port 0 and letting go: the nodes must know each other's
 /// addresses before any of them starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind(format!("{ip}:0"))
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
@@ -24,6 +24,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     /// Node id -> (api port, raft port).
     ports: BTreeMap<u64, (u16, u16)>,
+    /// Node id -> the loopback address both of its listeners bind.
+    ips: BTreeMap<u64, String>,
     procs: BTreeMap<u64, NodeProcess>,
     /// Settings every node of this cluster gets.
     env: Vec<(String, String)>,
@@ -31,13 +33,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` voters (ids 1..=n) that form a cluster by themselves.
+    /// Starts `n` voters (ids 1..=n) on 127.0.0.1 that form a cluster by themselves.
     pub fn start(n: u64, extra_env: &[(&str, &str)]) -> Cluster {
-        let ports: BTreeMap<u64, (u16, u16)> =
-            (1..=n).map(|id| (id, (free_port(), free_port()))).collect();
+        let ips = (1..=n).map(|id| (id, "127.0.0.1".to_string())).collect();
+        Self::start_on(ips, extra_env)
+    }
+
+    /// Like [`Cluster::start`], but node `i` binds (and connects from) its own address
+    /// `127.0.0.<first_octet + i>`, so its traffic can be told apart and cut.
+    pub fn start_isolatable(n: u64, first_octet: u8, extra_env: &[(&str, &str)]) -> Cluster {
+        let ips = (1..=n)
+            .map(|id| (id, format!("127.0.0.{}", u64::from(first_octet) + id)))
+            .collect();
+        Self::start_on(ips, extra_env)
+    }
+
+    fn start_on(ips: BTreeMap<u64, String>, extra_env: &[(&str, &str)]) -> Cluster {
+        let ports: BTreeMap<u64, (u16, u16)> = ips
+            .iter()
+            .map(|(id, ip)| (*id, (free_port(ip), free_port(ip))))
+            .collect();
         let initial = ports
             .iter()
-            .map(|(id, (api, raft))| format!("{id}=http://127.0.0.1:{api}|http://127.0.0.1:{raft}"))
+            .map(|(id, (api, raft))| {
+                let ip = &ips[id];
+                format!("{id}=http://{ip}:{api}|http://{ip}:{raft}")
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut env: Vec<(String, String)> = vec![
@@ -57,11 +78,13 @@ impl Cluster {
                 .expect("client"),
             dir: tempfile::tempdir().expect("temp dir"),
             ports,
+            ips,
             procs: BTreeMap::new(),
             env,
             initial,
         };
-        for id in 1..=n {
+        let ids: Vec<u64> = cluster.ips.keys().copied().collect();
+        for id in ids {
             cluster.spawn(id, true);
         }
         cluster
@@ -74,6 +97,7 @@ impl Cluster {
     fn spawn(&mut self, id: u64, bootstrap: bool) {
         let (api, raft) = self.ports[&id];
         let (api, raft, id_text) = (api.to_string(), raft.to_string(), id.to_string());
+        let ip = self.ips[&id].clone();
         let mut env: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -81,6 +105,8 @@ impl Cluster {
             .collect();
         env.extend([
             ("KV_RAFT_NODE_ID", id_text.as_str()),
+            ("KV_SERVER_HOST", ip.as_str()),
+            ("KV_CLUSTER_RAFT_HOST", ip.as_str()),
             ("KV_SERVER_PORT", api.as_str()),
             ("KV_CLUSTER_RAFT_PORT", raft.as_str()),
             (
@@ -97,8 +123,9 @@ impl Cluster {
 
     /// Starts a new, empty node that waits to be added (it does not bootstrap).
     pub fn start_joiner(&mut self, id: u64) -> (String, String) {
-        let ports = (free_port(), free_port());
+        let ports = (free_port("127.0.0.1"), free_port("127.0.0.1"));
         self.ports.insert(id, ports);
+        self.ips.insert(id, "127.0.0.1".into());
         self.spawn(id, false);
         (
             format!("http://127.0.0.1:{}", ports.0),
@@ -111,11 +138,37 @@ impl Cluster {
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.ports[&id].0, path)
+        format!("http://{}:{}{}", self.ips[&id], self.ports[&id].0, path)
     }
 
     pub fn raft_url(&self, id: u64, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.ports[&id].1, path)
+        format!("http://{}:{}{}", self.ips[&id], self.ports[&id].1, path)
+    }
+
+    /// Drops all Raft traffic between node `id` and every other node, both ways, with
+    /// iptables; clients can still reach its API. Healed when the guard drops.
+    pub fn cut_off(&self, id: u64) -> Partition {
+        let mut rules = Vec::new();
+        for other in self.ips.keys().filter(|o| **o != id) {
+            for (from, to) in [(id, *other), (*other, id)] {
+                rules.push(vec![
+                    "-p".to_string(),
+                    "tcp".into(),
+                    "-s".into(),
+                    self.ips[&from].clone(),
+                    "-d".into(),
+                    self.ips[&to].clone(),
+                    "--dport".into(),
+                    self.ports[&to].1.to_string(),
+                    "-j".into(),
+                    "DROP".into(),
+                ]);
+            }
+        }
+        for rule in &rules {
+            iptables("-I", rule);
+        }
+        Partition { rules }
     }
 
     pub fn kill(&mut self, id: u64) {
@@ -181,5 +234,40 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+/// Whether this machine can cut traffic with iptables (root and the binary present).
+pub fn can_partition() -> bool {
+    std::process::Command::new("iptables")
+        .args(["-L", "INPUT", "-n"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn iptables(action: &str, rule: &[String]) {
+    let status = std::process::Command::new("iptables")
+        .arg(action)
+        .arg("INPUT")
+        .args(rule)
+        .status()
+        .expect("run iptables");
+    assert!(status.success(), "iptables {action} {rule:?} failed");
+}
+
+/// iptables rules that isolate a node; removed on drop.
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    pub fn heal(self) {}
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            iptables("-D", rule);
+        }
     }
 }
