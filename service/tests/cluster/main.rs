@@ -672,3 +672,36 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_moves_on() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_quorum_answers_no_leader() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let survivor = others(&[1, 2, 3], leader)[0];
+    cluster.kill(leader);
+    cluster.kill(others(&[1, 2, 3], leader)[1]);
+    // Once the survivor has given up on the dead leader, nothing can be served.
+    eventually(
+        Duration::from_secs(10),
+        "the survivor to lose its leader",
+        || async {
+            let status = cluster.status(survivor).await?;
+            status["leader_id"].is_null().then_some(())
+        },
+    )
+    .await;
+    let (code, body) = put_json(&cluster.client, &cluster.url(survivor, "/kv/k"), "v")
+        .await
+        .unwrap();
+    assert_eq!((code, &body["code"]), (503, &json!("NO_LEADER")), "{body}");
+    let (code, body) = get_json(&cluster.client, &cluster.url(survivor, "/kv/k"))
+        .await
+        .unwrap();
+    assert_eq!((code, &body["code"]), (503, &json!("NO_LEADER")), "{body}");
+    let (code, body) = get_json(&cluster.client, &cluster.url(survivor, "/ready"))
+        .await
+        .unwrap();
+    assert_eq!((code, &body["code"]), (503, &json!("NOT_READY")), "{body}");
+}
