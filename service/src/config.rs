@@ -35,6 +35,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_DB_MAX_CONNS", "database.max_conns"),
     ("KV_DB_MIN_CONNS", "database.min_conns"),
     ("KV_DB_SSL_MODE", "database.ssl_mode"),
+    ("KV_DB_SSL_ROOT_CERT", "database.ssl_root_cert"),
+    ("KV_DB_MAX_CONN_TIME", "database.max_conn_time"),
+    ("KV_DB_MAX_IDLE_TIME", "database.max_idle_time"),
     ("KV_RAFT_NODE_ID", "raft.node_id"),
     ("KV_RAFT_ELECTION_TIMEOUT", "raft.election_timeout"),
     ("KV_RAFT_HEARTBEAT_TIMEOUT", "raft.heartbeat_timeout"),
@@ -164,7 +167,16 @@ pub struct DatabaseSettings {
     pub password: String,
     pub max_conns: u32,
     pub min_conns: u32,
+    /// disable, allow, prefer, require, verify-ca or verify-full.
     pub ssl_mode: String,
+    /// CA certificate (PEM) to verify the server with, for verify-ca and verify-full.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Connections are closed and replaced after this long.
+    #[serde(deserialize_with = "duration")]
+    pub max_conn_time: Duration,
+    /// Idle connections beyond `min_conns` are closed after this long.
+    #[serde(deserialize_with = "duration")]
+    pub max_idle_time: Duration,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -179,6 +191,9 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("max_conns", &self.max_conns)
             .field("min_conns", &self.min_conns)
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("max_conn_time", &self.max_conn_time)
+            .field("max_idle_time", &self.max_idle_time)
             .finish()
     }
 }
@@ -343,6 +358,9 @@ database:
   max_conns: 10
   min_conns: 2
   ssl_mode: "prefer"
+  ssl_root_cert: null
+  max_conn_time: "1h"
+  max_idle_time: "10m"
 raft:
   node_id: 1
   election_timeout: "1s"
@@ -408,6 +426,12 @@ impl Settings {
             })?
             .try_deserialize()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        // An empty path (e.g. `KV_DB_SSL_ROOT_CERT=`) means unset.
+        settings.database.ssl_root_cert = settings
+            .database
+            .ssl_root_cert
+            .take()
+            .filter(|p| !p.as_os_str().is_empty());
         // An empty `logging.file` (e.g. `KV_LOG_FILE=`) means stdout.
         settings.logging.file = settings
             .logging
@@ -474,6 +498,38 @@ impl Settings {
             ));
         }
         self.validate_cluster()?;
+        const SSL_MODES: [&str; 6] = [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ];
+        if !SSL_MODES.contains(&self.database.ssl_mode.as_str()) {
+            return Err(ConfigError::invalid(
+                "database.ssl_mode",
+                format!(
+                    "unknown mode `{}` (use one of {})",
+                    self.database.ssl_mode,
+                    SSL_MODES.join(", ")
+                ),
+            ));
+        }
+        if let Some(cert) = &self.database.ssl_root_cert {
+            if !cert.is_file() {
+                return Err(ConfigError::invalid(
+                    "database.ssl_root_cert",
+                    format!("{} is not a readable file", cert.display()),
+                ));
+            }
+        }
+        if self.database.max_conns == 0 {
+            return Err(ConfigError::invalid(
+                "database.max_conns",
+                "must be at least 1",
+            ));
+        }
         if self.database.min_conns > self.database.max_conns {
             return Err(ConfigError::invalid(
                 "database.min_conns",
@@ -742,6 +798,26 @@ mod tests {
     fn bad_log_level_names_the_setting() {
         let msg = error_text(None, &[("KV_LOG_LEVEL", "loud=verbose=yes")]);
         assert!(msg.contains("logging.level"), "{msg}");
+    }
+
+    #[test]
+    fn database_settings_are_validated() {
+        let msg = error_text(None, &[("KV_DB_SSL_MODE", "sometimes")]);
+        assert!(msg.contains("database.ssl_mode"), "{msg}");
+        let msg = error_text(None, &[("KV_DB_SSL_ROOT_CERT", "/no/such/ca.pem")]);
+        assert!(msg.contains("database.ssl_root_cert"), "{msg}");
+        let msg = error_text(None, &[("KV_DB_MAX_IDLE_TIME", "forever")]);
+        assert!(msg.contains("database.max_idle_time"), "{msg}");
+        let s = load(
+            None,
+            &[
+                ("KV_DB_SSL_MODE", "verify-full"),
+                ("KV_DB_MAX_CONN_TIME", "30m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.database.ssl_mode, "verify-full");
+        assert_eq!(s.database.max_conn_time, Duration::from_secs(1800));
     }
 
     #[test]

@@ -2,136 +2,19 @@
 //! shutdown, configuration errors, logs, and the command line.
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod support;
 
-use support::{command, NodeProcess as Node};
-
-/// Polls `/ready` until it answers 200, failing after 10 s.
-async fn wait_ready(node: &Node, client: &reqwest::Client) {
-    support::eventually(Duration::from_secs(10), "the node to be ready", || async {
-        let resp = client.get(node.url("/ready")).send().await.ok()?;
-        (resp.status() == 200).then_some(())
-    })
-    .await
-}
-
-/// Runs the binary to completion (up to 20 s), for configurations that must fail.
-fn run_to_exit(
-    data_dir: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> (ExitStatus, String, String) {
-    let mut child = command(data_dir, env)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvstore");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kvstore {args:?} {env:?} did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().unwrap();
-    (
-        status,
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use support::{command, run_to_exit, wait_ready, NodeProcess as Node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let node = Node::start(dir.path(), &[]);
-    wait_ready(&node, &client).await;
-
-    // Eight writers put unique keys until the process dies under them; every 201 is
-    // recorded as acknowledged.
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let (client, acked, url) = (client.clone(), acked.clone(), node.url("/kv/"));
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let key = format!("w{w}-{i}");
-                let resp = client
-                    .put(format!("{url}{key}"))
-                    .json(&serde_json::json!({ "value": format!("value of {key}") }))
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status() == 201 => acked.lock().unwrap().push(key),
-                    Ok(r) => panic!("unexpected status {} before the kill", r.status()),
-                    Err(_) => return, // the process is gone
-                }
-            }
-        }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.lock().unwrap().len() < 300 {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than 300 writes acknowledged in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut node = node;
-    node.child.kill().expect("SIGKILL");
-    node.wait_exit(Duration::from_secs(10));
-    for w in writers {
-        w.await.expect("writer task");
-    }
-    drop(node);
-    let acked = acked.lock().unwrap().clone();
-
-    let node = Node::start(dir.path(), &[]);
-    wait_ready(&node, &client).await;
-    let rejoined = node
-        .log_lines()
-        .iter()
-        .any(|l| l["message"] == "raft state found on disk; rejoining the cluster");
-    assert!(
-        rejoined,
-        "the restarted node must not initialise a new cluster"
-    );
-    let mut missing = Vec::new();
-    for key in &acked {
-        let resp = client
-            .get(node.url(&format!("/kv/{key}")))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() != 200 {
-            missing.push(key.clone());
-            continue;
-        }
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["value"], format!("value of {key}"));
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(5)]
-    );
+    support::sigkill_during_writes_loses_nothing(dir.path(), &[]).await;
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     NoLeader,
+    StorageUnavailable,
     OutcomeUnknown,
     Timeout,
     Unavailable,
@@ -97,6 +98,8 @@ pub enum ApiError {
         leader: Option<u64>,
     },
     #[error("{0}")]
+    StorageUnavailable(String),
+    #[error("{0}")]
     OutcomeUnknown(String),
     #[error("{0}")]
     Timeout(String),
@@ -127,6 +130,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoLeader { .. }
             | ApiError::OutcomeUnknown(_)
+            | ApiError::StorageUnavailable(_)
             | ApiError::Unavailable(_)
             | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -152,6 +156,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::NoLeader { .. } => ErrorCode::NoLeader,
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            ApiError::StorageUnavailable(_) => ErrorCode::StorageUnavailable,
             ApiError::Timeout(_) | ApiError::BodyTimeout(_) => ErrorCode::Timeout,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::NotReady(_) => ErrorCode::NotReady,
@@ -205,6 +210,7 @@ impl From<NodeError> for ApiError {
             NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             NodeError::Timeout(_) => ApiError::Timeout(message),
             NodeError::Unavailable(_) => ApiError::Unavailable(message),
+            NodeError::StorageUnavailable(_) => ApiError::StorageUnavailable(message),
             NodeError::Storage(_) => ApiError::Internal(message),
         }
     }
@@ -236,7 +242,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
     (415, "INVALID_CONTENT_TYPE: the body is not application/json"),
     (500, "INTERNAL: an unexpected failure on this node"),
-    (503, "NO_LEADER, UNAVAILABLE, NOT_READY, or OUTCOME_UNKNOWN (a write that may or may not have been applied)"),
+    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, or OUTCOME_UNKNOWN (a write that may or may not have been applied)"),
     (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
 ];
 

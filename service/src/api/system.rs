@@ -181,6 +181,11 @@ impl SystemApi {
         if let Err(e) = &m.running_state {
             return Err(ApiError::NotReady(format!("raft has stopped: {e}")));
         }
+        if !self.node.storage_available() {
+            return Err(ApiError::NotReady(
+                "the storage backend is unreachable".into(),
+            ));
+        }
         let Some(leader_id) = m.current_leader else {
             return Err(ApiError::NotReady("no leader is known".into()));
         };
@@ -239,7 +244,7 @@ impl SystemApi {
             applied_index: m.last_applied.as_ref().map(|id| id.index),
             snapshot_index: m.snapshot.as_ref().map(|id| id.index),
             purged_index: m.purged.as_ref().map(|id| id.index),
-            key_count: self.node.key_count()?,
+            key_count: self.node.key_count().await?,
             storage_type: self.node.storage_type().as_str().into(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.node.uptime().as_secs_f64(),

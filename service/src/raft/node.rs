@@ -22,10 +22,10 @@ use super::rpc::{self, AdminOp, ForwardWrite};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
-use crate::store::redb::{self, RedbStateMachine, StoreHandle};
+use crate::store::{self, StateMachine, StoreHandle};
 use crate::store::{Command, CommandResult};
 
-type Raft = openraft::Raft<TypeConfig, RedbStateMachine>;
+type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// How long a retry waits for news (a leader change) before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -66,6 +66,9 @@ pub enum NodeError {
     /// A membership change that cannot be made (unknown node, reused id, ...).
     #[error("{0}")]
     InvalidMembership(String),
+    /// The storage backend cannot be reached (PostgreSQL down).
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// The local store failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -135,13 +138,7 @@ enum Target {
 /// initialises with the same membership, which openraft accepts. A node whose storage
 /// holds Raft state is never initialised again.
 pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<RaftNode> {
-    if settings.storage.kind == StorageType::Database {
-        anyhow::bail!(
-            "invalid setting `storage.type`: the `database` (PostgreSQL) backend is not \
-             available in this version; use `file`"
-        );
-    }
-    let store = redb::open(&settings.storage.data_dir, settings.storage.sync_writes)?;
+    let store = store::open(settings).await?;
     let election = millis(settings.raft.election_timeout);
     let config = openraft::Config {
         cluster_name: "kvstore".into(),
@@ -252,8 +249,25 @@ impl RaftNode {
     }
 
     /// Number of keys in the local state machine.
-    pub fn key_count(&self) -> Result<u64, NodeError> {
-        self.inner.store.len().map_err(storage)
+    pub async fn key_count(&self) -> Result<u64, NodeError> {
+        self.inner.store.len().await.map_err(storage)
+    }
+
+    /// Whether the storage backend can be reached right now.
+    pub fn storage_available(&self) -> bool {
+        self.inner.store.is_available()
+    }
+
+    /// Fails fast while the storage backend is unreachable, instead of letting the
+    /// request wait for Raft until it times out.
+    fn check_storage(&self) -> Result<(), NodeError> {
+        if self.inner.store.is_available() {
+            Ok(())
+        } else {
+            Err(NodeError::StorageUnavailable(
+                "the storage backend is unreachable".into(),
+            ))
+        }
     }
 
     /// The members of the cluster as this node knows them.
@@ -316,16 +330,18 @@ impl RaftNode {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, NodeError> {
+        self.check_storage()?;
         if consistency == Consistency::Linearizable {
             let deadline = Instant::now() + self.inner.request_timeout;
             self.with_leader(deadline, |target| self.read_barrier(target, deadline))
                 .await?;
         }
-        self.inner.store.get(key).map_err(storage)
+        self.inner.store.get(key).await.map_err(storage)
     }
 
     /// Applies a membership change on the leader.
     pub async fn admin(&self, op: AdminOp) -> Result<(), NodeError> {
+        self.check_storage()?;
         let deadline = Instant::now() + self.inner.request_timeout;
         self.with_leader(deadline, |target| {
             let op = op.clone();
@@ -343,6 +359,7 @@ impl RaftNode {
     }
 
     async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
+        self.check_storage()?;
         let deadline = Instant::now() + self.inner.request_timeout;
         self.with_leader(deadline, |target| {
             let command = command.clone();
@@ -424,6 +441,7 @@ impl RaftNode {
 
     /// The leader's end of a (possibly forwarded) write. Never forwards again.
     pub(crate) async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
+        self.check_storage()?;
         self.write_until(command, Instant::now() + self.inner.request_timeout)
             .await
     }
@@ -516,6 +534,7 @@ impl RaftNode {
                     .inner
                     .store
                     .retired_ids()
+                    .await
                     .map_err(storage)?
                     .contains(&id)
                 {
@@ -598,7 +617,7 @@ impl RaftNode {
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-        self.inner.store.flush()?;
+        self.inner.store.close().await?;
         Ok(())
     }
 }
@@ -634,5 +653,9 @@ fn read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> No
 }
 
 fn storage(e: std::io::Error) -> NodeError {
-    NodeError::Storage(e.to_string())
+    if e.kind() == std::io::ErrorKind::NotConnected {
+        NodeError::StorageUnavailable(e.to_string())
+    } else {
+        NodeError::Storage(e.to_string())
+    }
 }

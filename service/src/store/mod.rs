@@ -1,16 +1,34 @@
 //! The storage contract: what the replicated state machine does with a command, and the
 //! backends that keep the Raft log and the data.
 //!
-//! Every backend provides an openraft `RaftLogStorage` (log, vote, committed index,
-//! purge marker) and a `RaftStateMachine` (key-value data, last applied log id,
-//! membership, snapshots), and must pass openraft's storage suite.
+//! Both backends provide an openraft `RaftLogStorage` (log, vote, committed index, purge
+//! marker) and a `RaftStateMachine` (key-value data, last applied log id, membership,
+//! snapshots), and both pass openraft's storage suite. [`LogStore`], [`StateMachine`]
+//! and [`StoreHandle`] choose between them at start-up, so the rest of the node is
+//! written once.
 
+pub mod postgres;
 pub mod redb;
 mod snapshot;
 
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::Path;
+
+use futures::Stream;
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine,
+};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
+
+use crate::config::{Settings, StorageType};
+use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
+use crate::raft::TypeConfig;
 
 /// A change to the key-value data, replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +62,240 @@ pub enum CommandResult {
     },
 }
 
+/// The three views of one opened store.
+pub struct Store {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub handle: StoreHandle,
+}
+
+/// Opens the backend `storage.type` names.
+pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
+    let data_dir = &settings.storage.data_dir;
+    Ok(match settings.storage.kind {
+        StorageType::File => {
+            let s = redb::open(data_dir, settings.storage.sync_writes)?;
+            Store {
+                log_store: LogStore::Redb(s.log_store),
+                state_machine: StateMachine::Redb(s.state_machine),
+                handle: StoreHandle::Redb(s.handle),
+            }
+        }
+        StorageType::Database => {
+            let s = postgres::open(&settings.database, data_dir).await?;
+            Store {
+                log_store: LogStore::Postgres(s.log_store),
+                state_machine: StateMachine::Postgres(s.state_machine),
+                handle: StoreHandle::Postgres(s.handle),
+            }
+        }
+    })
+}
+
+/// Calls `$body` with the backend inside `$value`, whichever it is.
+macro_rules! dispatch {
+    ($enum:ident, $value:expr, $inner:ident => $body:expr) => {
+        match $value {
+            $enum::Redb($inner) => $body,
+            $enum::Postgres($inner) => $body,
+        }
+    };
+}
+
+/// The Raft log store of either backend.
+#[derive(Clone)]
+pub enum LogStore {
+    Redb(redb::RedbLogStore),
+    Postgres(postgres::PgLogStore),
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        dispatch!(LogStore, self, s => s.try_get_log_entries(range).await)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        dispatch!(LogStore, self, s => s.read_vote().await)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        dispatch!(LogStore, self, s => s.get_log_state().await)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        dispatch!(LogStore, self, s => s.save_vote(vote).await)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        dispatch!(LogStore, self, s => s.save_committed(committed).await)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        dispatch!(LogStore, self, s => s.read_committed().await)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        dispatch!(LogStore, self, s => s.append(entries, callback).await)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        dispatch!(LogStore, self, s => s.truncate_after(last_log_id).await)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        dispatch!(LogStore, self, s => s.purge(log_id).await)
+    }
+}
+
+/// The state machine of either backend.
+#[derive(Clone)]
+pub enum StateMachine {
+    Redb(redb::RedbStateMachine),
+    Postgres(postgres::PgStateMachine),
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
+        dispatch!(StateMachine, self, s => s.build_snapshot().await)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        dispatch!(StateMachine, self, s => s.applied_state().await)
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        dispatch!(StateMachine, self, s => s.apply(entries).await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        dispatch!(StateMachine, self, s => s.install_snapshot(meta, snapshot).await)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
+        dispatch!(StateMachine, self, s => s.get_current_snapshot().await)
+    }
+}
+
+/// The API's direct view of the data, in either backend.
+#[derive(Clone)]
+pub enum StoreHandle {
+    Redb(redb::RedbHandle),
+    Postgres(postgres::PgHandle),
+}
+
+impl StoreHandle {
+    /// The applied value of `key`. Fails with `NotConnected` when the backend is
+    /// unreachable.
+    pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
+        match self {
+            StoreHandle::Redb(h) => h.get(key),
+            StoreHandle::Postgres(h) => h.get(key).await,
+        }
+    }
+
+    /// Number of keys.
+    pub async fn len(&self) -> io::Result<u64> {
+        match self {
+            StoreHandle::Redb(h) => h.len(),
+            StoreHandle::Postgres(h) => h.len().await,
+        }
+    }
+
+    /// Ids of nodes that were removed from the cluster and may never rejoin.
+    pub async fn retired_ids(&self) -> io::Result<BTreeSet<u64>> {
+        match self {
+            StoreHandle::Redb(h) => h.retired_ids(),
+            StoreHandle::Postgres(h) => h.retired_ids().await,
+        }
+    }
+
+    /// Whether the backend can be reached right now (always, for the embedded file).
+    pub fn is_available(&self) -> bool {
+        match self {
+            StoreHandle::Redb(_) => true,
+            StoreHandle::Postgres(h) => h.is_available(),
+        }
+    }
+
+    /// Makes everything applied durable and releases the backend; called at shutdown.
+    pub async fn close(&self) -> io::Result<()> {
+        match self {
+            StoreHandle::Redb(h) => h.flush(),
+            StoreHandle::Postgres(h) => {
+                h.close().await;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Wraps any backend error as the `io::Error` openraft's storage traits use.
-pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Encodes a log entry or metadata value (JSON).
+pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(io_err)
+}
+
+/// Decodes a value stored by [`encode`].
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+}
+
+/// Runs blocking storage work off the async runtime's worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}
+
+/// Creates the data dir if needed and proves a file can be written in it, so a
+/// read-only or foreign-owned directory fails at start, not at the first write.
+pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
 }

@@ -10,6 +10,8 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::raft::typ::{LogId, SnapshotMeta};
+
 /// The data of one snapshot: an open file positioned at its start.
 pub type SnapshotFile = File;
 
@@ -20,6 +22,27 @@ const EXTENSION: &str = "snap";
 pub struct Preamble {
     /// Ids of nodes removed from the cluster; they are never accepted again.
     pub retired_node_ids: BTreeSet<u64>,
+}
+
+/// The current snapshot as a backend records it: what it contains and which file in
+/// the snapshot dir holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRecord {
+    pub meta: SnapshotMeta,
+    pub file_id: String,
+}
+
+/// A snapshot file name: the last included log id plus the build time, so two snapshots
+/// at the same log id never share a file.
+pub fn snapshot_file_id(last_applied: Option<&LogId>) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    match last_applied {
+        Some(id) => format!("{}-{}-{micros}", id.committed_leader_id(), id.index),
+        None => format!("empty-{micros}"),
+    }
 }
 
 /// Path of the finished snapshot `id` in `dir`.

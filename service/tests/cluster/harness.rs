@@ -2,6 +2,8 @@
 //! ports, and the operations the tests need: find the leader, kill, stall (SIGSTOP),
 //! restart, add a node.
 
+#![allow(dead_code)] // shared by the cluster and PostgreSQL test binaries
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub struct Cluster {
     procs: BTreeMap<u64, NodeProcess>,
     /// Settings every node of this cluster gets.
     env: Vec<(String, String)>,
+    /// Settings for one node only (its own database, say).
+    node_env: BTreeMap<u64, Vec<(String, String)>>,
     initial: String,
 }
 
@@ -36,7 +40,17 @@ impl Cluster {
     /// Starts `n` voters (ids 1..=n) on 127.0.0.1 that form a cluster by themselves.
     pub fn start(n: u64, extra_env: &[(&str, &str)]) -> Cluster {
         let ips = (1..=n).map(|id| (id, "127.0.0.1".to_string())).collect();
-        Self::start_on(ips, extra_env)
+        Self::start_on(ips, extra_env, BTreeMap::new())
+    }
+
+    /// Like [`Cluster::start`], with extra settings for each node.
+    pub fn start_with_node_env(
+        n: u64,
+        extra_env: &[(&str, &str)],
+        node_env: BTreeMap<u64, Vec<(String, String)>>,
+    ) -> Cluster {
+        let ips = (1..=n).map(|id| (id, "127.0.0.1".to_string())).collect();
+        Self::start_on(ips, extra_env, node_env)
     }
 
     /// Like [`Cluster::start`], but node `i` binds (and connects from) its own address
@@ -45,10 +59,14 @@ impl Cluster {
         let ips = (1..=n)
             .map(|id| (id, format!("127.0.0.{}", u64::from(first_octet) + id)))
             .collect();
-        Self::start_on(ips, extra_env)
+        Self::start_on(ips, extra_env, BTreeMap::new())
     }
 
-    fn start_on(ips: BTreeMap<u64, String>, extra_env: &[(&str, &str)]) -> Cluster {
+    fn start_on(
+        ips: BTreeMap<u64, String>,
+        extra_env: &[(&str, &str)],
+        node_env: BTreeMap<u64, Vec<(String, String)>>,
+    ) -> Cluster {
         let ports: BTreeMap<u64, (u16, u16)> = ips
             .iter()
             .map(|(id, ip)| (*id, (free_port(ip), free_port(ip))))
@@ -79,6 +97,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             ports,
             ips,
+            node_env,
             procs: BTreeMap::new(),
             env,
             initial,
@@ -101,6 +120,7 @@ impl Cluster {
         let mut env: Vec<(&str, &str)> = self
             .env
             .iter()
+            .chain(self.node_env.get(&id).into_iter().flatten())
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         env.extend([

@@ -10,10 +10,10 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::{blocking, decode, encode, read_meta, LOG, LOG_META};
+use super::{read_meta, LOG, LOG_META};
 use crate::raft::typ::{Entry, LogId, Vote};
 use crate::raft::TypeConfig;
-use crate::store::io_err;
+use crate::store::{blocking, decode, encode, io_err};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";

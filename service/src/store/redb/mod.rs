@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 pub use log_store::RedbLogStore;
 pub use state_machine::RedbStateMachine;
 
-use super::io_err;
+use super::{check_writable, decode, io_err};
 
 /// Raft log entries by index, JSON-encoded.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -47,7 +47,7 @@ pub enum OpenError {
 pub struct RedbStore {
     pub log_store: RedbLogStore,
     pub state_machine: RedbStateMachine,
-    pub handle: StoreHandle,
+    pub handle: RedbHandle,
 }
 
 /// Opens (creating if needed) the store under `data_dir`.
@@ -69,17 +69,8 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     Ok(RedbStore {
         log_store: RedbLogStore::new(db.clone(), sync_writes),
         state_machine,
-        handle: StoreHandle { db },
+        handle: RedbHandle { db },
     })
-}
-
-/// Creates the data dir if needed and proves a file can be written in it, so a
-/// read-only or foreign-owned directory fails at start, not at the first write.
-fn check_writable(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let probe = dir.join(".write-probe");
-    std::fs::write(&probe, b"ok")?;
-    std::fs::remove_file(&probe)
 }
 
 fn create_tables(db: &Database) -> Result<(), redb::Error> {
@@ -95,11 +86,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
 /// The API's direct view of the store. Reads see the state machine as applied so far;
 /// linearizability is the caller's job (a read barrier through Raft before reading).
 #[derive(Clone)]
-pub struct StoreHandle {
+pub struct RedbHandle {
     db: Arc<Database>,
 }
 
-impl StoreHandle {
+impl RedbHandle {
     pub fn get(&self, key: &str) -> io::Result<Option<String>> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(KV).map_err(io_err)?;
@@ -135,17 +126,6 @@ impl StoreHandle {
     }
 }
 
-/// Encodes a metadata value.
-fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(io_err)
-}
-
-/// Decodes a metadata value stored by [`encode`].
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
-}
-
 /// Reads one metadata record from `table`.
 fn read_meta<T: serde::de::DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -155,15 +135,6 @@ fn read_meta<T: serde::de::DeserializeOwned>(
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
     }
-}
-
-/// Runs blocking redb work off the async runtime's worker threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -12,23 +12,18 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, Durability, ReadableDatabase};
 
-use super::{blocking, encode, read_meta, KV, SM_META};
+use super::{read_meta, KV, SM_META};
 use crate::raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
-use crate::store::snapshot::{snapshot_path, SnapshotReader, SnapshotWriter};
-use crate::store::{io_err, Command, CommandResult, Preamble, SnapshotFile};
+use crate::store::snapshot::{
+    snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
+};
+use crate::store::{blocking, encode, io_err, Command, CommandResult, Preamble, SnapshotFile};
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 pub(super) const RETIRED: &str = "retired_node_ids";
 const SNAPSHOT: &str = "snapshot";
-
-/// The current snapshot as recorded in `sm_meta`: what it contains and which file holds it.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotRecord {
-    meta: SnapshotMeta,
-    file_id: String,
-}
 
 /// The state machine: data and its metadata in the shared redb file, snapshots as files.
 #[derive(Clone)]
@@ -178,19 +173,6 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
             })
         })
         .await
-    }
-}
-
-/// A snapshot file name: the last included log id plus the build time, so two snapshots
-/// at the same log id never share a file.
-fn snapshot_file_id(last_applied: Option<&LogId>) -> String {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or_default();
-    match last_applied {
-        Some(id) => format!("{}-{}-{micros}", id.committed_leader_id(), id.index),
-        None => format!("empty-{micros}"),
     }
 }
 

@@ -1,0 +1,194 @@
+//! The Raft log store on PostgreSQL.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+
+use super::{read_meta, to_i64, Db, Meta};
+use crate::raft::typ::{Entry, LogId, Vote};
+use crate::raft::TypeConfig;
+use crate::store::{decode, encode};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// Raft log, vote, committed index and purge marker in the node's database.
+#[derive(Clone)]
+pub struct PgLogStore {
+    db: Db,
+}
+
+impl PgLogStore {
+    pub(super) fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    async fn put_meta(&self, name: &'static str, bytes: Vec<u8>) -> io::Result<()> {
+        self.db
+            .retry(name, || {
+                sqlx::query(Meta::Raft.upsert())
+                    .bind(name)
+                    .bind(bytes.as_slice())
+                    .execute(self.db.pool())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for PgLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => to_i64(*i),
+            Bound::Excluded(i) => to_i64(*i).saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => to_i64(*i).saturating_add(1),
+            Bound::Excluded(i) => to_i64(*i),
+            Bound::Unbounded => i64::MAX,
+        };
+        let rows = self
+            .db
+            .retry("read log", || {
+                sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT entry FROM raft_log WHERE log_index >= $1 AND log_index < $2 \
+                     ORDER BY log_index",
+                )
+                .bind(start)
+                .bind(end)
+                .fetch_all(self.db.pool())
+            })
+            .await?;
+        rows.iter().map(|bytes| decode(bytes)).collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        read_meta(&self.db, Meta::Raft, VOTE).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for PgLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogId> = read_meta(&self.db, Meta::Raft, LAST_PURGED).await?;
+        let last = self
+            .db
+            .retry("read last log entry", || {
+                sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1",
+                )
+                .fetch_optional(self.db.pool())
+            })
+            .await?;
+        let last_log_id = match last {
+            Some(bytes) => Some(decode::<Entry>(&bytes)?.log_id()),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.put_meta(VOTE, encode(vote)?).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.put_meta(COMMITTED, encode(&committed)?).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(read_meta::<Option<LogId>>(&self.db, Meta::Raft, COMMITTED)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut indexes = Vec::new();
+        let mut bodies = Vec::new();
+        for entry in entries {
+            indexes.push(to_i64(entry.index()));
+            bodies.push(encode(&entry)?);
+        }
+        // One statement, so one transaction; an upsert, so a retry is harmless.
+        let result = self
+            .db
+            .retry("append log entries", || {
+                sqlx::query(
+                    "INSERT INTO raft_log (log_index, entry) \
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[]) \
+                     ON CONFLICT (log_index) DO UPDATE SET entry = EXCLUDED.entry",
+                )
+                .bind(&indexes)
+                .bind(&bodies)
+                .execute(self.db.pool())
+            })
+            .await
+            .map(|_| ());
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| to_i64(id.index + 1));
+        self.db
+            .retry("truncate log", || {
+                sqlx::query("DELETE FROM raft_log WHERE log_index >= $1")
+                    .bind(from)
+                    .execute(self.db.pool())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let bytes = encode(&log_id)?;
+        let upto = to_i64(log_id.index);
+        self.db
+            .retry("purge log", || async {
+                let mut txn = self.db.pool().begin().await?;
+                sqlx::query(Meta::Raft.upsert())
+                    .bind(LAST_PURGED)
+                    .bind(bytes.as_slice())
+                    .execute(&mut *txn)
+                    .await?;
+                sqlx::query("DELETE FROM raft_log WHERE log_index <= $1")
+                    .bind(upto)
+                    .execute(&mut *txn)
+                    .await?;
+                txn.commit().await
+            })
+            .await
+    }
+}

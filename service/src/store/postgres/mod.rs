@@ -1,0 +1,339 @@
+//! The PostgreSQL backend: Raft log, vote, committed index, purge marker, key-value
+//! data, last applied id and membership in the tables of `migrations/`, in the node's
+//! own database (`database.database`). Snapshot files live under `storage.data_dir`.
+//!
+//! Every statement is bound, never assembled from data. A log append batch is one
+//! statement; an apply batch, with its last applied id and membership, is one
+//! transaction.
+//!
+//! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
+//! backoff instead of failing (a failed Raft storage call would stop Raft for good).
+//! Every write is an idempotent upsert or delete, and an apply batch skips entries the
+//! database already holds, so a retry after a lost commit acknowledgement is safe.
+//! Meanwhile the store reports itself unavailable, and the API answers 503
+//! `STORAGE_UNAVAILABLE` at once. A probe notices when the database is back.
+
+mod log_store;
+mod state_machine;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::PgPool;
+
+pub use log_store::PgLogStore;
+pub use state_machine::PgStateMachine;
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations (`migrations/` at the repository root).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Longest pause between retries while the database is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why the store could not be opened, phrased for the operator. Never contains the
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid setting `database.ssl_mode`: {0}")]
+    SslMode(String),
+    #[error(
+        "cannot connect to PostgreSQL at `database.host` {host}:{port}, database `{database}`, \
+         as `database.username` {username}: {reason}"
+    )]
+    Connect {
+        host: String,
+        port: u16,
+        database: String,
+        username: String,
+        reason: String,
+    },
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(String),
+    #[error("invalid setting `storage.data_dir`: {path} is not writable: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+}
+
+/// An opened PostgreSQL store: the three views openraft and the API need.
+pub struct PgStore {
+    pub log_store: PgLogStore,
+    pub state_machine: PgStateMachine,
+    pub handle: PgHandle,
+}
+
+/// Connects (failing fast if the database cannot be reached at start), applies the
+/// migrations, and opens the store.
+pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStore, OpenError> {
+    super::check_writable(data_dir).map_err(|e| OpenError::DataDir {
+        path: data_dir.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let ssl_mode =
+        PgSslMode::from_str(&settings.ssl_mode).map_err(|e| OpenError::SslMode(e.to_string()))?;
+    let mut options = PgConnectOptions::new()
+        .host(&settings.host)
+        .port(settings.port)
+        .username(&settings.username)
+        .password(&settings.password)
+        .database(&settings.database)
+        .ssl_mode(ssl_mode)
+        .application_name("kvstore");
+    if let Some(cert) = &settings.ssl_root_cert {
+        options = options.ssl_root_cert(cert);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_conns)
+        .min_connections(settings.min_conns)
+        .max_lifetime(settings.max_conn_time)
+        .idle_timeout(settings.max_idle_time)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .map_err(|e| OpenError::Connect {
+            host: settings.host.clone(),
+            port: settings.port,
+            database: settings.database.clone(),
+            username: settings.username.clone(),
+            reason: e.to_string(),
+        })?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| OpenError::Migrate(e.to_string()))?;
+    let db = Db {
+        pool,
+        available: Arc::new(AtomicBool::new(true)),
+        probing: Arc::new(AtomicBool::new(false)),
+    };
+    let snapshot_dir = data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir).map_err(|e| OpenError::DataDir {
+        path: snapshot_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(PgStore {
+        log_store: PgLogStore::new(db.clone()),
+        state_machine: PgStateMachine::new(db.clone(), snapshot_dir),
+        handle: PgHandle { db },
+    })
+}
+
+/// The pool plus what the store knows about the database's reachability.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: PgPool,
+    available: Arc<AtomicBool>,
+    /// Whether a probe task is already waiting for the database to come back.
+    probing: Arc<AtomicBool>,
+}
+
+impl Db {
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `op` until it succeeds or fails for a reason other than the database being
+    /// unreachable. Callers must make `op` idempotent.
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> io::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.mark_available();
+                    return Ok(value);
+                }
+                Err(e) if is_transient(&e) => {
+                    self.mark_unavailable(what, &e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(io::Error::other(format!("{what}: {e}"))),
+            }
+        }
+    }
+
+    /// Runs `op` once; an unreachable database is reported as `NotConnected`.
+    pub(crate) async fn once<T>(
+        &self,
+        what: &str,
+        op: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> io::Result<T> {
+        match op.await {
+            Ok(value) => {
+                self.mark_available();
+                Ok(value)
+            }
+            Err(e) if is_transient(&e) => {
+                self.mark_unavailable(what, &e);
+                Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("{what}: database unreachable: {e}"),
+                ))
+            }
+            Err(e) => Err(io::Error::other(format!("{what}: {e}"))),
+        }
+    }
+
+    fn mark_available(&self) {
+        if !self.available.swap(true, Ordering::SeqCst) {
+            tracing::info!("PostgreSQL is reachable again");
+        }
+    }
+
+    fn mark_unavailable(&self, what: &str, e: &sqlx::Error) {
+        if self.available.swap(false, Ordering::SeqCst) {
+            tracing::warn!(operation = what, error = %e, "PostgreSQL is unreachable; retrying");
+        }
+        self.start_probe();
+    }
+
+    /// Polls the database while it is unreachable, so the node notices its return even
+    /// when no Raft work is pending.
+    fn start_probe(&self) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let db = self.clone();
+        tokio::spawn(async move {
+            while !db.available.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if sqlx::query("SELECT 1").execute(&db.pool).await.is_ok() {
+                    db.mark_available();
+                }
+            }
+            db.probing.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Errors that mean "the database cannot be reached right now", as opposed to a bug or
+/// a constraint violation.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-57P03: shutting down or starting up;
+            // 53300: too many connections; 40001/40P01: serialization or deadlock.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// The API's direct view of the data.
+#[derive(Clone)]
+pub struct PgHandle {
+    db: Db,
+}
+
+impl PgHandle {
+    pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
+        self.db
+            .once(
+                "read key",
+                sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.db.pool),
+            )
+            .await
+    }
+
+    pub async fn len(&self) -> io::Result<u64> {
+        let count = self
+            .db
+            .once(
+                "count keys",
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM kv").fetch_one(&self.db.pool),
+            )
+            .await?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    pub async fn retired_ids(&self) -> io::Result<std::collections::BTreeSet<u64>> {
+        let bytes = self
+            .db
+            .once(
+                "read retired ids",
+                sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM sm_meta WHERE name = $1")
+                    .bind(state_machine::RETIRED)
+                    .fetch_optional(&self.db.pool),
+            )
+            .await?;
+        match bytes {
+            Some(bytes) => super::decode(&bytes),
+            None => Ok(Default::default()),
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.db.available.load(Ordering::SeqCst)
+    }
+
+    pub async fn close(&self) {
+        self.db.pool.close().await;
+    }
+}
+
+/// Reads one JSON metadata value from `table` (`raft_meta` or `sm_meta`).
+async fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    table: Meta,
+    name: &'static str,
+) -> io::Result<Option<T>> {
+    let bytes = db
+        .retry(name, || {
+            sqlx::query_scalar::<_, Vec<u8>>(table.select())
+                .bind(name)
+                .fetch_optional(db.pool())
+        })
+        .await?;
+    bytes.map(|b| super::decode(&b)).transpose()
+}
+
+/// The two metadata tables, with their statements written out (never assembled).
+#[derive(Clone, Copy)]
+enum Meta {
+    Raft,
+    StateMachine,
+}
+
+impl Meta {
+    fn select(self) -> &'static str {
+        match self {
+            Meta::Raft => "SELECT value FROM raft_meta WHERE name = $1",
+            Meta::StateMachine => "SELECT value FROM sm_meta WHERE name = $1",
+        }
+    }
+
+    fn upsert(self) -> &'static str {
+        match self {
+            Meta::Raft => {
+                "INSERT INTO raft_meta (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
+            Meta::StateMachine => {
+                "INSERT INTO sm_meta (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
+        }
+    }
+}
+
+/// Log indexes are `u64` in Raft and `BIGINT` in PostgreSQL.
+fn to_i64(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,393 @@
+//! The replicated state machine on PostgreSQL: applies committed commands to the `kv`
+//! table; builds snapshots from one consistent read, and installs them in one
+//! transaction.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::PathBuf;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use sqlx::{Postgres, Transaction};
+
+use super::{read_meta, Db, Meta};
+use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::raft::TypeConfig;
+use crate::store::snapshot::{
+    snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
+};
+use crate::store::{
+    blocking, decode, encode, io_err, Command, CommandResult, Preamble, SnapshotFile,
+};
+
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+pub(super) const RETIRED: &str = "retired_node_ids";
+const SNAPSHOT: &str = "snapshot";
+
+/// Rows per `INSERT` when installing a snapshot.
+const INSTALL_CHUNK: usize = 1000;
+
+#[derive(Clone)]
+pub struct PgStateMachine {
+    db: Db,
+    snapshot_dir: PathBuf,
+}
+
+impl PgStateMachine {
+    pub(super) fn new(db: Db, snapshot_dir: PathBuf) -> Self {
+        Self { db, snapshot_dir }
+    }
+
+    /// Applies `entries` in one transaction. Entries at or below the stored last
+    /// applied id are already in the database (a retry after a commit whose
+    /// acknowledgement was lost) and are skipped; their results can no longer be
+    /// observed, so a skipped delete reports that its key existed.
+    async fn apply_batch(db: &Db, entries: &[Entry]) -> Result<Vec<CommandResult>, sqlx::Error> {
+        let mut txn = db.pool().begin().await?;
+        let applied: Option<LogId> = select_meta(&mut txn, LAST_APPLIED)
+            .await?
+            .and_then(|bytes| decode::<Option<LogId>>(&bytes).ok().flatten());
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let done = applied.as_ref().is_some_and(|a| entry.index() <= a.index);
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(Command::Put { .. }) if done => CommandResult::Stored,
+                EntryPayload::Normal(Command::Delete { .. }) if done => {
+                    CommandResult::Deleted { existed: true }
+                }
+                EntryPayload::Normal(Command::Put { key, value }) => {
+                    sqlx::query(
+                        "INSERT INTO kv (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *txn)
+                    .await?;
+                    CommandResult::Stored
+                }
+                EntryPayload::Normal(Command::Delete { key }) => {
+                    let deleted = sqlx::query("DELETE FROM kv WHERE key = $1")
+                        .bind(key)
+                        .execute(&mut *txn)
+                        .await?;
+                    CommandResult::Deleted {
+                        existed: deleted.rows_affected() > 0,
+                    }
+                }
+                EntryPayload::Membership(_) if done => CommandResult::None,
+                EntryPayload::Membership(membership) => {
+                    // Nodes that leave the membership are retired for good.
+                    let previous = select_meta(&mut txn, MEMBERSHIP).await?;
+                    if let Some(previous) =
+                        previous.and_then(|b| decode::<StoredMembership>(&b).ok())
+                    {
+                        let mut retired: BTreeSet<u64> = select_meta(&mut txn, RETIRED)
+                            .await?
+                            .and_then(|b| decode(&b).ok())
+                            .unwrap_or_default();
+                        retired.extend(
+                            previous
+                                .membership()
+                                .nodes()
+                                .map(|(id, _)| *id)
+                                .filter(|id| membership.get_node(id).is_none()),
+                        );
+                        upsert_meta(&mut txn, RETIRED, &retired).await?;
+                    }
+                    let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
+                    upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;
+                    CommandResult::None
+                }
+            };
+            results.push(result);
+        }
+        if let Some(last) = entries.last() {
+            if applied.as_ref().is_none_or(|a| last.index() > a.index) {
+                upsert_meta(&mut txn, LAST_APPLIED, &Some(last.log_id())).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(results)
+    }
+
+    async fn record_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
+        let bytes = encode(record)?;
+        self.db
+            .retry("record snapshot", || {
+                sqlx::query(Meta::StateMachine.upsert())
+                    .bind(SNAPSHOT)
+                    .bind(bytes.as_slice())
+                    .execute(self.db.pool())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes the whole state, read in one repeatable-read transaction, to a new
+    /// snapshot file. Rows stream from the database to the file through a channel; they
+    /// are never all in memory.
+    async fn write_snapshot(&self) -> Result<(SnapshotRecord, std::fs::File), SnapshotError> {
+        let mut txn = self.db.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *txn)
+            .await?;
+        let last_applied: Option<LogId> = select_meta(&mut txn, LAST_APPLIED)
+            .await?
+            .map(|b| decode::<Option<LogId>>(&b))
+            .transpose()?
+            .flatten();
+        let membership: StoredMembership = select_meta(&mut txn, MEMBERSHIP)
+            .await?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let retired: BTreeSet<u64> = select_meta(&mut txn, RETIRED)
+            .await?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let file_id = snapshot_file_id(last_applied.as_ref());
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(1024);
+        let dir = self.snapshot_dir.clone();
+        let id = file_id.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let preamble = Preamble {
+                retired_node_ids: retired,
+            };
+            let mut w = SnapshotWriter::create(&dir, &id, Some(&preamble))?;
+            while let Some((key, value)) = rx.blocking_recv() {
+                w.write_pair(&key, &value)?;
+            }
+            w.finish()
+        });
+        {
+            let mut rows =
+                sqlx::query_as::<_, (String, String)>("SELECT key, value FROM kv ORDER BY key")
+                    .fetch(&mut *txn);
+            while let Some(row) = rows.try_next().await? {
+                if tx.send(row).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+        }
+        drop(tx);
+        txn.commit().await?;
+        let file = writer.await.map_err(io_err)??;
+        let record = SnapshotRecord {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+            },
+            file_id,
+        };
+        Ok((record, file))
+    }
+
+    /// Replaces the data with the snapshot in `file_id`, in one transaction.
+    async fn load_snapshot(&self, meta: &SnapshotMeta, file_id: &str) -> Result<(), SnapshotError> {
+        let path = snapshot_path(&self.snapshot_dir, file_id);
+        let (preamble, pairs) = {
+            let file = std::fs::File::open(&path)?;
+            SnapshotReader::new(file)?
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<(String, String)>>>(4);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(INSTALL_CHUNK);
+            for pair in pairs {
+                match pair {
+                    Ok(pair) => chunk.push(pair),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+                if chunk.len() == INSTALL_CHUNK
+                    && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                {
+                    return;
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.blocking_send(Ok(chunk));
+            }
+        });
+
+        let mut txn = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM kv").execute(&mut *txn).await?;
+        while let Some(chunk) = rx.recv().await {
+            let (keys, values): (Vec<String>, Vec<String>) = chunk?.into_iter().unzip();
+            sqlx::query("INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])")
+                .bind(&keys)
+                .bind(&values)
+                .execute(&mut *txn)
+                .await?;
+        }
+        reader.await.map_err(io_err)?;
+        upsert_meta(&mut txn, LAST_APPLIED, &meta.last_log_id).await?;
+        upsert_meta(&mut txn, MEMBERSHIP, &meta.last_membership).await?;
+        upsert_meta(&mut txn, RETIRED, &preamble.retired_node_ids).await?;
+        let record = SnapshotRecord {
+            meta: meta.clone(),
+            file_id: file_id.to_string(),
+        };
+        upsert_meta(&mut txn, SNAPSHOT, &record).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// A snapshot step failed in the database or on disk.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Retries a snapshot step while the database is unreachable; other failures stop it.
+async fn retry_snapshot<T, F, Fut>(db: &Db, what: &str, mut op: F) -> io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SnapshotError>>,
+{
+    db.retry(what, || {
+        let attempt = op();
+        async move {
+            match attempt.await {
+                Err(SnapshotError::Db(e)) if super::is_transient(&e) => Err(e),
+                other => Ok(other),
+            }
+        }
+    })
+    .await?
+    .map_err(|e| io::Error::other(format!("{what}: {e}")))
+}
+
+async fn select_meta(
+    txn: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar::<_, Vec<u8>>(Meta::StateMachine.select())
+        .bind(name)
+        .fetch_optional(&mut **txn)
+        .await
+}
+
+async fn upsert_meta<T: serde::Serialize>(
+    txn: &mut Transaction<'_, Postgres>,
+    name: &str,
+    value: &T,
+) -> Result<(), sqlx::Error> {
+    let bytes = serde_json::to_vec(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(Meta::StateMachine.upsert())
+        .bind(name)
+        .bind(bytes)
+        .execute(&mut **txn)
+        .await?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PgStateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
+        let (record, file) =
+            retry_snapshot(&self.db, "build snapshot", || self.write_snapshot()).await?;
+        self.record_snapshot(&record).await?;
+        Ok(Snapshot {
+            meta: record.meta,
+            snapshot: file,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for PgStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let last_applied = read_meta::<Option<LogId>>(&self.db, Meta::StateMachine, LAST_APPLIED)
+            .await?
+            .flatten();
+        let membership = read_meta(&self.db, Meta::StateMachine, MEMBERSHIP)
+            .await?
+            .unwrap_or_default();
+        Ok((last_applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let results = self
+            .db
+            .retry("apply entries", || Self::apply_batch(&self.db, &batch))
+            .await?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        // Keep our own copy first: the received file may live elsewhere.
+        let file_id = snapshot_file_id(meta.last_log_id.as_ref());
+        let dir = self.snapshot_dir.clone();
+        let id = file_id.clone();
+        blocking(move || {
+            let mut snapshot = snapshot;
+            let mut writer = SnapshotWriter::create(&dir, &id, None)?;
+            writer.copy_from(&mut snapshot)?;
+            writer.finish().map(|_| ())
+        })
+        .await?;
+        retry_snapshot(&self.db, "install snapshot", || {
+            self.load_snapshot(meta, &file_id)
+        })
+        .await?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
+        let Some(record) =
+            read_meta::<SnapshotRecord>(&self.db, Meta::StateMachine, SNAPSHOT).await?
+        else {
+            return Ok(None);
+        };
+        match std::fs::File::open(snapshot_path(&self.snapshot_dir, &record.file_id)) {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: record.meta,
+                snapshot: file,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
