@@ -81,7 +81,7 @@ impl Cluster {
             .join(",");
         let mut env: Vec<(String, String)> = vec![
             ("KV_RAFT_HEARTBEAT_TIMEOUT".into(), "50ms".into()),
-            ("KV_RAFT_ELECTION_TIMEOUT".into(), "300ms".into()),
+            ("KV_RAFT_ELECTION_TIMEOUT".into(), "500ms".into()),
             ("KV_SERVER_REQUEST_TIMEOUT".into(), "3s".into()),
         ];
         env.extend(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use harness::Cluster;
 use serde_json::json;
-use support::{eventually, get_json, put_json};
+use support::{eventually, get_json, put_json, put_ok};
 
 fn others(all: &[u64], but: u64) -> Vec<u64> {
     all.iter().copied().filter(|id| *id != but).collect()
@@ -51,14 +51,12 @@ async fn write_on_a_follower_read_everywhere_delete_404_everywhere() {
         .await;
     let follower = others(&[1, 2, 3], leader)[0];
 
-    let (code, body) = put_json(
+    let body = put_ok(
         &cluster.client,
         &cluster.url(follower, "/kv/user:1"),
         "John Doe",
     )
-    .await
-    .unwrap();
-    assert_eq!(code, 201, "{body}");
+    .await;
     assert_eq!(body["node_id"], follower);
     // Linearizable reads on every node see the write at once.
     for id in [1, 2, 3] {
@@ -211,14 +209,12 @@ async fn a_stalled_follower_does_not_stop_the_majority_and_converges() {
     for i in 0..50 {
         let target = healthy[i % 2];
         let key = format!("s{i}");
-        let (code, body) = put_json(
+        put_ok(
             &cluster.client,
             &cluster.url(target, &format!("/kv/{key}")),
             &key,
         )
-        .await
-        .unwrap();
-        assert_eq!(code, 201, "write {i} via node {target}: {body}");
+        .await;
     }
     cluster.resume(stalled);
     cluster
@@ -247,14 +243,12 @@ async fn a_stalled_leader_is_replaced_and_acknowledges_nothing_it_cannot_commit(
 
     for i in 0..20 {
         let key = format!("m{i}");
-        let (code, _) = put_json(
+        put_ok(
             &cluster.client,
             &cluster.url(majority[i % 2], &format!("/kv/{key}")),
             &key,
         )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
+        .await;
     }
     cluster.resume(old);
     let answer = tokio::time::timeout(Duration::from_secs(15), to_old)
@@ -302,14 +296,12 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
 
     for i in 0..120 {
         let key = format!("p{i}");
-        let (code, _) = put_json(
+        put_ok(
             &cluster.client,
             &cluster.url(leader, &format!("/kv/{key}")),
             &key,
         )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
+        .await;
     }
     // The leader's log no longer holds what the lagging node needs.
     eventually(
@@ -479,14 +471,12 @@ async fn the_cluster_secret_guards_raft_rpc_and_membership_routes() {
     let leader = cluster
         .wait_leader(&[1, 2, 3], Duration::from_secs(5))
         .await;
-    let (code, _) = put_json(
+    put_ok(
         &cluster.client,
         &cluster.url(others(&[1, 2, 3], leader)[0], "/kv/x"),
         "1",
     )
-    .await
-    .unwrap();
-    assert_eq!(code, 201);
+    .await;
 
     let resp = cluster
         .client
@@ -557,29 +547,21 @@ async fn a_cut_off_follower_answers_503_never_stale_and_converges_after_healing(
         .await;
     let cut = others(&[1, 2, 3], leader)[0];
     let other = others(&[1, 2, 3], leader)[1];
-    let (code, _) = put_json(&cluster.client, &cluster.url(leader, "/kv/k"), "before")
-        .await
-        .unwrap();
-    assert_eq!(code, 201);
+    put_ok(&cluster.client, &cluster.url(leader, "/kv/k"), "before").await;
     cluster
         .wait_local_value(cut, "k", "before", Duration::from_secs(5))
         .await;
 
     let partition = cluster.cut_off(cut);
     // The majority keeps serving, through the leader and through the other follower.
-    let (code, body) = put_json(&cluster.client, &cluster.url(other, "/kv/k"), "after")
-        .await
-        .unwrap();
-    assert_eq!(code, 201, "{body}");
+    put_ok(&cluster.client, &cluster.url(other, "/kv/k"), "after").await;
     for i in 0..10 {
-        let (code, _) = put_json(
+        put_ok(
             &cluster.client,
             &cluster.url(leader, &format!("/kv/n{i}")),
             "x",
         )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
+        .await;
     }
     // The cut-off node refuses rather than answering with its stale copy.
     let (code, body) = get_json(&cluster.client, &cluster.url(cut, "/kv/k"))
@@ -640,10 +622,7 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_moves_on() {
     }
     let new = cluster.wait_leader(&majority, Duration::from_secs(5)).await;
     assert!(cut_at.elapsed() < Duration::from_secs(5));
-    let (code, _) = put_json(&cluster.client, &cluster.url(new, "/kv/after-cut"), "ok")
-        .await
-        .unwrap();
-    assert_eq!(code, 201);
+    put_ok(&cluster.client, &cluster.url(new, "/kv/after-cut"), "ok").await;
     for write in to_old {
         let (code, body) = write.await.unwrap().expect("an HTTP answer");
         assert_ne!(code, 201, "the cut-off leader acknowledged a write: {body}");

@@ -160,6 +160,24 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<(u16, Value
     Some((status, body))
 }
 
+/// PUTs `{"value": value}` to `url` until it answers 201 (15 s at most) and returns
+/// the body. For writes that set up a scenario rather than test availability: a
+/// passing leader change may answer one attempt with 503, and repeating a put is
+/// harmless.
+pub async fn put_ok(client: &reqwest::Client, url: &str, value: &str) -> Value {
+    eventually(
+        Duration::from_secs(15),
+        &format!("PUT {url} to answer 201"),
+        || async {
+            match put_json(client, url, value).await {
+                Some((201, body)) => Some(body),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
 /// PUTs `{"value": value}` to `url`.
 pub async fn put_json(client: &reqwest::Client, url: &str, value: &str) -> Option<(u16, Value)> {
     let resp = client
