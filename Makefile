@@ -37,8 +37,8 @@ build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore
 	mkdir -p bin && cp target/release/kvstore bin/kvstore
 
-test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API, storage suite, process)
-	$(CARGO) test --workspace --all-targets
+test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster)
+	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

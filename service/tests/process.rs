@@ -189,6 +189,21 @@ fn shipped_config_files_load() {
             .expect("config/server.yaml");
     assert_eq!(settings.server.port, 8080);
     assert_eq!(settings.storage.kind, kvstore::config::StorageType::File);
+    let settings =
+        kvstore::config::Settings::load_from(Some(&root.join("config/postgres.yaml")), |_| None)
+            .expect("config/postgres.yaml");
+    assert_eq!(
+        settings.storage.kind,
+        kvstore::config::StorageType::Database
+    );
+    assert_eq!(settings.database.database, "kvstore");
+    for node in 1..=3 {
+        let file = root.join(format!("config/cluster/node{node}.yaml"));
+        let settings = kvstore::config::Settings::load_from(Some(&file), |_| None)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(settings.raft.node_id, node);
+        assert_eq!(settings.cluster.initial_members.len(), 3);
+    }
 }
 
 #[test]

@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{error, spawn_app, spawn_app_with};
+use crate::helpers::{error, spawn_app, spawn_app_with, Backend};
 
-#[tokio::test]
-async fn empty_body_is_empty_body() {
-    let app = spawn_app().await;
+async fn empty_body_is_empty_body(backend: Backend) {
+    let app = spawn_app(backend).await;
     error(
         app.put_raw("k", Some("application/json"), "").await,
         400,
@@ -24,16 +23,14 @@ async fn empty_body_is_empty_body() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn empty_value_is_empty_value() {
-    let app = spawn_app().await;
+async fn empty_value_is_empty_value(backend: Backend) {
+    let app = spawn_app(backend).await;
     error(app.put("k", "").await, 400, "EMPTY_VALUE").await;
     app.stop().await;
 }
 
-#[tokio::test]
-async fn malformed_or_mistyped_json_is_invalid_json() {
-    let app = spawn_app().await;
+async fn malformed_or_mistyped_json_is_invalid_json(backend: Backend) {
+    let app = spawn_app(backend).await;
     for body in [
         "{bad",
         "[1,2]",
@@ -61,9 +58,8 @@ async fn malformed_or_mistyped_json_is_invalid_json() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_fields_are_ignored() {
-    let app = spawn_app().await;
+async fn unknown_fields_are_ignored(backend: Backend) {
+    let app = spawn_app(backend).await;
     let resp = app
         .put_raw(
             "k",
@@ -75,9 +71,8 @@ async fn unknown_fields_are_ignored() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn wrong_or_missing_content_type_is_invalid_content_type() {
-    let app = spawn_app().await;
+async fn wrong_or_missing_content_type_is_invalid_content_type(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = "{\"value\": \"v\"}";
     error(
         app.put_raw("k", Some("text/plain"), body).await,
@@ -105,9 +100,8 @@ async fn wrong_or_missing_content_type_is_invalid_content_type() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn undecodable_or_empty_keys_are_invalid_key() {
-    let app = spawn_app().await;
+async fn undecodable_or_empty_keys_are_invalid_key(backend: Backend) {
+    let app = spawn_app(backend).await;
     error(app.get("%FF").await, 400, "INVALID_KEY").await;
     error(app.put("%C3%28", "v").await, 400, "INVALID_KEY").await;
     error(app.get("").await, 400, "INVALID_KEY").await;
@@ -115,9 +109,8 @@ async fn undecodable_or_empty_keys_are_invalid_key() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_answer_json() {
-    let app = spawn_app().await;
+async fn unknown_routes_and_methods_answer_json(backend: Backend) {
+    let app = spawn_app(backend).await;
     let resp = app.client.get(app.url("/nope")).send().await.unwrap();
     error(resp, 404, "NOT_FOUND").await;
     let resp = app.client.post(app.url("/kv/k")).send().await.unwrap();
@@ -127,9 +120,8 @@ async fn unknown_routes_and_methods_answer_json() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_query_parameter_is_invalid_parameter() {
-    let app = spawn_app().await;
+async fn bad_query_parameter_is_invalid_parameter(backend: Backend) {
+    let app = spawn_app(backend).await;
     let resp = app
         .client
         .get(app.url("/kv/k?consistency=weird"))
@@ -142,9 +134,11 @@ async fn bad_query_parameter_is_invalid_parameter() {
 
 /// A client that sends headers and then stalls is answered with TIMEOUT once
 /// `server.request_timeout` passes, instead of holding the connection forever.
-#[tokio::test]
-async fn a_stalled_body_times_out() {
-    let app = spawn_app_with(|s| s.server.request_timeout = Duration::from_millis(300)).await;
+async fn a_stalled_body_times_out(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        s.server.request_timeout = Duration::from_millis(300)
+    })
+    .await;
     let addr = app.address.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stream
@@ -166,3 +160,15 @@ async fn a_stalled_body_times_out() {
     assert!(response.contains("\"code\":\"TIMEOUT\""), "{response}");
     app.stop().await;
 }
+
+crate::backend_tests!(
+    empty_body_is_empty_body,
+    empty_value_is_empty_value,
+    malformed_or_mistyped_json_is_invalid_json,
+    unknown_fields_are_ignored,
+    wrong_or_missing_content_type_is_invalid_content_type,
+    undecodable_or_empty_keys_are_invalid_key,
+    unknown_routes_and_methods_answer_json,
+    bad_query_parameter_is_invalid_parameter,
+    a_stalled_body_times_out,
+);

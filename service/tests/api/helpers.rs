@@ -1,7 +1,7 @@
 //! `spawn_app`: a real node on 127.0.0.1:0 with its own temp data dir, and request
 //! helpers. Logs are shown only when `TEST_LOG` is set.
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use kvstore::config::Settings;
@@ -9,6 +9,8 @@ use kvstore::startup::Application;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::support::postgres::PgServer;
 
 static LOGGING: Once = Once::new();
 
@@ -23,13 +25,27 @@ fn init_logging() {
     });
 }
 
+/// Which storage backend a test node runs on. Every API test runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redb,
+    Postgres,
+}
+
+/// What a test node keeps between restarts: its data dir and, for PostgreSQL, the
+/// server and database.
+struct Backing {
+    data_dir: tempfile::TempDir,
+    postgres: Option<(PgServer, String)>,
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    /// The data dir, when the app owns it (removed on drop).
-    _data_dir: Option<tempfile::TempDir>,
+    backing: Arc<Backing>,
+    customize: Arc<dyn Fn(&mut Settings) + Send + Sync>,
 }
 
 /// Settings for a test node: loopback, port 0, fast Raft timers, no env overrides.
@@ -45,24 +61,42 @@ pub fn test_settings(data_dir: &std::path::Path) -> Settings {
     s
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
-    let mut app = spawn_app_in(data_dir.path(), customize).await;
-    app._data_dir = Some(data_dir);
-    app
-}
-
-/// Starts a node on an existing data dir that outlives it (for restart tests).
-pub async fn spawn_app_in(
-    data_dir: &std::path::Path,
-    customize: impl FnOnce(&mut Settings),
+/// Starts a node on `backend` with settings adjusted by `customize` (kept for
+/// restarts).
+pub async fn spawn_app_with(
+    backend: Backend,
+    customize: impl Fn(&mut Settings) + Send + Sync + 'static,
 ) -> TestApp {
     init_logging();
-    let mut settings = test_settings(data_dir);
+    let postgres = match backend {
+        Backend::Redb => None,
+        Backend::Postgres => {
+            let server = PgServer::start()
+                .await
+                .expect("the PostgreSQL tests are skipped before this without Docker");
+            let database = server.create_database().await;
+            Some((server, database))
+        }
+    };
+    let backing = Arc::new(Backing {
+        data_dir: tempfile::tempdir().expect("temp dir"),
+        postgres,
+    });
+    start(backing, Arc::new(customize)).await
+}
+
+async fn start(
+    backing: Arc<Backing>,
+    customize: Arc<dyn Fn(&mut Settings) + Send + Sync>,
+) -> TestApp {
+    let mut settings = test_settings(backing.data_dir.path());
+    if let Some((server, database)) = &backing.postgres {
+        server.configure(&mut settings, database);
+    }
     customize(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
     let address = format!("http://{}", app.local_addr());
@@ -75,7 +109,8 @@ pub async fn spawn_app_in(
         client: reqwest::Client::new(),
         shutdown: Some(tx),
         server: Some(server),
-        _data_dir: None,
+        backing,
+        customize,
     };
     test_app.wait_ready().await;
     test_app
@@ -145,8 +180,23 @@ impl TestApp {
         req.send().await.expect("PUT")
     }
 
+    /// The node's data dir (snapshot files live here on both backends).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.backing.data_dir.path()
+    }
+
+    /// Stops the node cleanly and starts it again on the same storage.
+    pub async fn restart(mut self) -> TestApp {
+        self.shutdown_now().await;
+        start(self.backing.clone(), self.customize.clone()).await
+    }
+
     /// Stops the server the way SIGTERM does and waits for a clean exit.
     pub async fn stop(mut self) {
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -1,10 +1,9 @@
 use serde_json::json;
 
-use crate::helpers::{error, json, spawn_app};
+use crate::helpers::{error, json, spawn_app, Backend};
 
-#[tokio::test]
-async fn seed_examples_return_the_seed_json() {
-    let app = spawn_app().await;
+async fn seed_examples_return_the_seed_json(backend: Backend) {
+    let app = spawn_app(backend).await;
 
     let body = json(app.put("user:1", "John Doe").await, 201).await;
     assert_eq!(body["key"], "user:1");
@@ -27,9 +26,8 @@ async fn seed_examples_return_the_seed_json() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn responses_name_the_serving_node() {
-    let app = spawn_app().await;
+async fn responses_name_the_serving_node(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = json(app.put("k", "v").await, 201).await;
     assert_eq!(body["node_id"], 1);
     let body = json(app.get("k").await, 200).await;
@@ -37,26 +35,23 @@ async fn responses_name_the_serving_node() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn put_overwrites() {
-    let app = spawn_app().await;
+async fn put_overwrites(backend: Backend) {
+    let app = spawn_app(backend).await;
     json(app.put("k", "one").await, 201).await;
     json(app.put("k", "two").await, 201).await;
     assert_eq!(json(app.get("k").await, 200).await["value"], "two");
     app.stop().await;
 }
 
-#[tokio::test]
-async fn delete_of_missing_key_is_404_with_the_key() {
-    let app = spawn_app().await;
+async fn delete_of_missing_key_is_404_with_the_key(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = error(app.delete("ghost").await, 404, "KEY_NOT_FOUND").await;
     assert_eq!(body["key"], "ghost");
     app.stop().await;
 }
 
-#[tokio::test]
-async fn keys_may_contain_slashes() {
-    let app = spawn_app().await;
+async fn keys_may_contain_slashes(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = json(app.put("app/db/host", "db1").await, 201).await;
     assert_eq!(body["key"], "app/db/host");
     // The same key, escaped, is the same key.
@@ -72,9 +67,8 @@ async fn keys_may_contain_slashes() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn percent_escapes_are_decoded() {
-    let app = spawn_app().await;
+async fn percent_escapes_are_decoded(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = json(app.put("hello%20world", "v").await, 201).await;
     assert_eq!(body["key"], "hello world");
     let body = json(app.put("100%25", "pct").await, 201).await;
@@ -83,9 +77,8 @@ async fn percent_escapes_are_decoded() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn non_ascii_keys_and_values_round_trip() {
-    let app = spawn_app().await;
+async fn non_ascii_keys_and_values_round_trip(backend: Backend) {
+    let app = spawn_app(backend).await;
     // reqwest percent-encodes the non-ASCII path as UTF-8.
     let body = json(app.put("ключ/日本", "значение ✓").await, 201).await;
     assert_eq!(body["key"], "ключ/日本");
@@ -98,9 +91,8 @@ async fn non_ascii_keys_and_values_round_trip() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn stale_reads_serve_the_local_copy() {
-    let app = spawn_app().await;
+async fn stale_reads_serve_the_local_copy(backend: Backend) {
+    let app = spawn_app(backend).await;
     json(app.put("k", "v").await, 201).await;
     let resp = app
         .client
@@ -118,3 +110,14 @@ async fn stale_reads_serve_the_local_copy() {
     assert_eq!(json(resp, 200).await["value"], "v");
     app.stop().await;
 }
+
+crate::backend_tests!(
+    seed_examples_return_the_seed_json,
+    responses_name_the_serving_node,
+    put_overwrites,
+    delete_of_missing_key_is_404_with_the_key,
+    keys_may_contain_slashes,
+    percent_escapes_are_decoded,
+    non_ascii_keys_and_values_round_trip,
+    stale_reads_serve_the_local_copy,
+);

@@ -2,14 +2,13 @@
 
 use futures::stream;
 
-use crate::helpers::{error, json, spawn_app, spawn_app_with};
+use crate::helpers::{error, json, spawn_app, spawn_app_with, Backend};
 
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1024 * 1024;
 
-#[tokio::test]
-async fn key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
-    let app = spawn_app().await;
+async fn key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let key = "k".repeat(MAX_KEY);
     let body = json(app.put(&key, "v").await, 201).await;
     assert_eq!(body["key"].as_str().unwrap().len(), MAX_KEY);
@@ -22,9 +21,8 @@ async fn key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn key_limit_counts_utf8_bytes() {
-    let app = spawn_app().await;
+async fn key_limit_counts_utf8_bytes(backend: Backend) {
+    let app = spawn_app(backend).await;
     // "é" is 2 bytes: 512 of them is exactly 1024 bytes.
     let key = "é".repeat(MAX_KEY / 2);
     json(app.put(&key, "v").await, 201).await;
@@ -33,9 +31,8 @@ async fn key_limit_counts_utf8_bytes() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
-    let app = spawn_app().await;
+async fn value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let value = "v".repeat(MAX_VALUE);
     json(app.put("big", &value).await, 201).await;
     let body = json(app.get("big").await, 200).await;
@@ -47,9 +44,8 @@ async fn value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn limits_are_configurable() {
-    let app = spawn_app_with(|s| {
+async fn limits_are_configurable(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
         s.server.max_key_bytes = 4;
         s.server.max_value_bytes = 8;
     })
@@ -60,9 +56,8 @@ async fn limits_are_configurable() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_oversized_body_is_refused_by_its_declared_length() {
-    let app = spawn_app_with(|s| s.server.max_value_bytes = 8).await;
+async fn an_oversized_body_is_refused_by_its_declared_length(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.server.max_value_bytes = 8).await;
     // Limit for an 8-byte value is 8 * 6 + 4096 bytes of body.
     let body = format!("{{\"value\": \"{}\"}}", "x".repeat(8 * 6 + 4096));
     error(
@@ -74,9 +69,8 @@ async fn an_oversized_body_is_refused_by_its_declared_length() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_oversized_chunked_body_is_cut_off() {
-    let app = spawn_app_with(|s| s.server.max_value_bytes = 8).await;
+async fn an_oversized_chunked_body_is_cut_off(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.server.max_value_bytes = 8).await;
     // No Content-Length: the server must stop reading once the limit is passed.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..64).map(|_| Ok(vec![b' '; 1024])).collect();
@@ -89,3 +83,12 @@ async fn an_oversized_chunked_body_is_cut_off() {
     .await;
     app.stop().await;
 }
+
+crate::backend_tests!(
+    key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused,
+    key_limit_counts_utf8_bytes,
+    value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused,
+    limits_are_configurable,
+    an_oversized_body_is_refused_by_its_declared_length,
+    an_oversized_chunked_body_is_cut_off,
+);

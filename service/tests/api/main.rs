@@ -1,5 +1,33 @@
-//! Black-box tests of the HTTP API: each test starts a real server on port 0 with a
-//! fresh data dir and talks to it over HTTP.
+//! Black-box tests of the HTTP API: each test starts a real server on port 0 with
+//! fresh storage and talks to it over HTTP. Every test runs twice, once per storage
+//! backend: `<test>::redb` and `<test>::postgres`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+/// Runs each named `async fn(Backend)` as two tests, one per backend. Without Docker
+/// the PostgreSQL variants say they are skipped (and fail if `KV_REQUIRE_DOCKER` is
+/// set).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redb() {
+                    super::$name($crate::helpers::Backend::Redb).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::support::postgres::docker_available() {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
 
 mod errors;
 mod helpers;

@@ -2,11 +2,10 @@
 
 use std::process::Command;
 
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, spawn_app, Backend};
 
-#[tokio::test]
-async fn swagger_ui_is_served() {
-    let app = spawn_app().await;
+async fn swagger_ui_is_served(backend: Backend) {
+    let app = spawn_app(backend).await;
     let resp = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.unwrap();
@@ -14,9 +13,8 @@ async fn swagger_ui_is_served() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn spec_documents_every_route_and_error() {
-    let app = spawn_app().await;
+async fn spec_documents_every_route_and_error(backend: Backend) {
+    let app = spawn_app(backend).await;
     let spec = json(
         app.client
             .get(app.url("/openapi.json"))
@@ -79,8 +77,7 @@ async fn spec_documents_every_route_and_error() {
 
 /// Runs `openapi-spec-validator` (PyPI) on the served spec. `make test` installs it
 /// into `.venv/`; `OPENAPI_SPEC_VALIDATOR` may point at another install.
-#[tokio::test]
-async fn served_spec_passes_a_real_openapi_validator() {
+async fn served_spec_passes_a_real_openapi_validator(backend: Backend) {
     let validator = std::env::var("OPENAPI_SPEC_VALIDATOR").unwrap_or_else(|_| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -88,7 +85,7 @@ async fn served_spec_passes_a_real_openapi_validator() {
         )
         .into()
     });
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
     let spec = app
         .client
         .get(app.url("/openapi.json"))
@@ -115,3 +112,9 @@ async fn served_spec_passes_a_real_openapi_validator() {
     );
     app.stop().await;
 }
+
+crate::backend_tests!(
+    swagger_ui_is_served,
+    spec_documents_every_route_and_error,
+    served_spec_passes_a_real_openapi_validator,
+);

@@ -1,8 +1,7 @@
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, spawn_app, spawn_app_with, Backend};
 
-#[tokio::test]
-async fn health_reports_alive_with_an_rfc3339_timestamp() {
-    let app = spawn_app().await;
+async fn health_reports_alive_with_an_rfc3339_timestamp(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = json(
         app.client.get(app.url("/health")).send().await.unwrap(),
         200,
@@ -14,18 +13,16 @@ async fn health_reports_alive_with_an_rfc3339_timestamp() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ready_once_the_single_voter_leads() {
-    let app = spawn_app().await;
+async fn ready_once_the_single_voter_leads(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = json(app.client.get(app.url("/ready")).send().await.unwrap(), 200).await;
     assert_eq!(body["ready"], true);
     assert_eq!(body["leader_id"], 1);
     app.stop().await;
 }
 
-#[tokio::test]
-async fn status_reports_raft_and_node_facts() {
-    let app = spawn_app().await;
+async fn status_reports_raft_and_node_facts(backend: Backend) {
+    let app = spawn_app(backend).await;
     json(app.put("a", "1").await, 201).await;
     json(app.put("b", "2").await, 201).await;
     let body = json(
@@ -41,7 +38,11 @@ async fn status_reports_raft_and_node_facts() {
     let applied = body["applied_index"].as_u64().unwrap();
     assert!(last >= 2 && applied == last, "{body}");
     assert_eq!(body["key_count"], 2);
-    assert_eq!(body["storage_type"], "file");
+    let storage_type = match backend {
+        Backend::Redb => "file",
+        Backend::Postgres => "database",
+    };
+    assert_eq!(body["storage_type"], storage_type);
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert!(body["uptime_seconds"].as_f64().unwrap() >= 0.0);
     chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).unwrap();
@@ -49,15 +50,13 @@ async fn status_reports_raft_and_node_facts() {
 }
 
 /// With a small snapshot interval the node snapshots and purges its log as configured,
-/// and a restart on the same data dir serves every key from snapshot plus log.
-#[tokio::test]
-async fn snapshots_and_purging_follow_the_configured_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let configure = |s: &mut kvstore::config::Settings| {
+/// and a restart on the same storage serves every key from snapshot plus log.
+async fn snapshots_and_purging_follow_the_configured_policy(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
         s.raft.snapshot_interval = 10;
         s.raft.snapshot_logs_to_keep = 5;
-    };
-    let app = crate::helpers::spawn_app_in(dir.path(), configure).await;
+    })
+    .await;
     for i in 0..60 {
         json(app.put(&format!("k{i}"), &format!("v{i}")).await, 201).await;
     }
@@ -85,7 +84,7 @@ async fn snapshots_and_purging_follow_the_configured_policy() {
         purged <= snapshot.saturating_sub(5),
         "kept fewer than 5 entries: {status}"
     );
-    let snap_files = std::fs::read_dir(dir.path().join("snapshots"))
+    let snap_files = std::fs::read_dir(app.data_dir().join("snapshots"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -96,12 +95,18 @@ async fn snapshots_and_purging_follow_the_configured_policy() {
         })
         .count();
     assert_eq!(snap_files, 1, "exactly the current snapshot is kept");
-    app.stop().await;
 
-    let app = crate::helpers::spawn_app_in(dir.path(), configure).await;
+    let app = app.restart().await;
     for i in 0..60 {
         let body = json(app.get(&format!("k{i}")).await, 200).await;
         assert_eq!(body["value"], format!("v{i}"));
     }
     app.stop().await;
 }
+
+crate::backend_tests!(
+    health_reports_alive_with_an_rfc3339_timestamp,
+    ready_once_the_single_voter_leads,
+    status_reports_raft_and_node_facts,
+    snapshots_and_purging_follow_the_configured_policy,
+);
