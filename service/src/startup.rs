@@ -42,7 +42,10 @@ impl Application {
                  accept requests from anyone who can reach them"
             );
         }
+        crate::telemetry::metrics::install();
         let node = raft::start(settings, advertised).await?;
+        crate::telemetry::metrics::watch_raft(node.clone());
+        crate::telemetry::metrics::sample_storage(node.clone());
         Ok(Self {
             api,
             api_addr,

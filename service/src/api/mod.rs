@@ -9,6 +9,7 @@ mod system;
 
 use std::time::{Duration, Instant};
 
+use ::metrics::{counter, gauge, histogram};
 use percent_encoding::percent_decode_str;
 use poem::http::uri::PathAndQuery;
 use poem::http::Uri;
@@ -18,6 +19,7 @@ use poem_openapi::{OpenApiService, Tags};
 use self::body::BodyRules;
 use self::error::ApiError;
 use crate::raft::RaftNode;
+use crate::telemetry::metrics;
 
 /// Request limits, from the `server` settings.
 #[derive(Debug, Clone, Copy)]
@@ -103,20 +105,47 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
             let started = Instant::now();
             let method = req.method().clone();
             let path = req.uri().path().to_string();
-            let resp = ep.call(req).await?;
-            let route = resp
-                .data::<poem_openapi::OperationId>()
-                .map_or("-", |op| op.0);
+            let in_flight = gauge!(metrics::HTTP_IN_FLIGHT);
+            in_flight.increment(1.0);
+            let resp = ep.call(req).await;
+            in_flight.decrement(1.0);
+            let resp = resp?;
+            let route = route_label(&resp, &path);
+            let status = resp.status().as_u16();
+            let elapsed = started.elapsed();
+            counter!(
+                metrics::HTTP_REQUESTS,
+                "route" => route,
+                "method" => method.to_string(),
+                "status" => status.to_string()
+            )
+            .increment(1);
+            histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method.to_string())
+                .record(elapsed.as_secs_f64());
             tracing::info!(
                 method = %method,
                 path = %path,
                 route,
-                status = resp.status().as_u16(),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
                 "request"
             );
             Ok(resp)
         })
+}
+
+/// A low-cardinality name for the route that served `resp`: the OpenAPI operation id,
+/// the documentation routes by path, and `unmatched` for everything else.
+fn route_label(resp: &Response, path: &str) -> &'static str {
+    if let Some(op) = resp.data::<poem_openapi::OperationId>() {
+        return op.0;
+    }
+    match path {
+        "/openapi.json" => "openapi_json",
+        "/openapi.yaml" => "openapi_yaml",
+        p if p == "/docs" || p.starts_with("/docs/") => "docs",
+        _ => "unmatched",
+    }
 }
 
 /// Lets keys contain `/`: the router matches `/kv/{key}` on one path segment, so the

@@ -2,7 +2,7 @@
 //! Raft state.
 
 use openraft::ServerState;
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -203,6 +203,14 @@ impl SystemApi {
             node_id: self.node.id(),
             leader_id,
         })))
+    }
+
+    /// Prometheus metrics
+    ///
+    /// This node's metrics in the Prometheus text format: HTTP, Raft, storage and process.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(crate::telemetry::metrics::render())
     }
 
     /// Node status

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::metrics::counter;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, LinearizerOption, ReadLogId};
@@ -24,6 +25,7 @@ use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
 use crate::store::{self, StateMachine, StoreHandle};
 use crate::store::{Command, CommandResult};
+use crate::telemetry::metrics;
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
@@ -243,6 +245,24 @@ impl RaftNode {
         self.inner.incoming_snapshots.clone()
     }
 
+    /// A receiver that sees every change of the Raft metrics.
+    pub(crate) fn raft_metrics_watch(
+        &self,
+    ) -> openraft::alias::WatchReceiverOf<TypeConfig, RaftMetrics> {
+        self.inner.raft.metrics()
+    }
+
+    /// Whether Raft has stopped.
+    pub fn is_shut_down(&self) -> bool {
+        let m = self.metrics();
+        m.running_state.is_err() || m.state == ServerState::Shutdown
+    }
+
+    /// Bytes the stored data takes.
+    pub async fn storage_size(&self) -> Result<u64, NodeError> {
+        self.inner.store.size_bytes().await.map_err(storage)
+    }
+
     /// The latest Raft metrics (role, term, leader, indexes).
     pub fn metrics(&self) -> RaftMetrics {
         self.inner.raft.metrics().borrow_watched().clone()
@@ -425,6 +445,7 @@ impl RaftNode {
         req: &Req,
         deadline: Instant,
     ) -> Result<T, NodeError> {
+        counter!(metrics::FORWARDED, "kind" => forward_kind(path)).increment(1);
         match self
             .inner
             .network
@@ -454,10 +475,18 @@ impl RaftNode {
         let budget = remaining(deadline);
         let result = tokio::time::timeout(budget, self.inner.raft.client_write(command))
             .await
-            .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
+            .map_err(|_| {
+                counter!(metrics::RAFT_PROPOSALS_FAILED, "reason" => "timeout").increment(1);
+                NodeError::Timeout(self.inner.request_timeout)
+            })?;
         match result {
             Ok(response) => Ok(response.data),
-            Err(e) => Err(write_error(e)),
+            Err(e) => {
+                let e = write_error(e);
+                counter!(metrics::RAFT_PROPOSALS_FAILED, "reason" => failure_reason(&e))
+                    .increment(1);
+                Err(e)
+            }
         }
     }
 
@@ -476,6 +505,7 @@ impl RaftNode {
                 result.map(|_| ()).map_err(read_error)
             }
             Target::Leader { id, raft_url } => {
+                counter!(metrics::FORWARDED, "kind" => "read_index").increment(1);
                 let read_log_id: ReadLogId<TypeConfig> = match self
                     .inner
                     .network
@@ -619,6 +649,26 @@ impl RaftNode {
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
         self.inner.store.close().await?;
         Ok(())
+    }
+}
+
+/// The `kind` label of a forwarded request.
+fn forward_kind(path: &str) -> &'static str {
+    match path {
+        rpc::FORWARD_WRITE => "write",
+        rpc::READ_INDEX => "read_index",
+        _ => "admin",
+    }
+}
+
+/// The `reason` label of a failed proposal.
+fn failure_reason(e: &NodeError) -> &'static str {
+    match e {
+        NodeError::NoLeader { .. } | NodeError::LeaderUnreachable { .. } => "no_leader",
+        NodeError::Timeout(_) => "timeout",
+        NodeError::OutcomeUnknown(_) => "outcome_unknown",
+        NodeError::StorageUnavailable(_) | NodeError::Storage(_) => "storage",
+        NodeError::Unavailable(_) | NodeError::InvalidMembership(_) => "other",
     }
 }
 

@@ -16,7 +16,9 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::time::Instant;
 
+use ::metrics::{counter, histogram};
 use futures::Stream;
 use openraft::storage::{
     EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine,
@@ -29,6 +31,7 @@ pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::config::{Settings, StorageType};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
 use crate::raft::TypeConfig;
+use crate::telemetry::metrics;
 
 /// A change to the key-value data, replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +112,15 @@ pub enum LogStore {
     Postgres(postgres::PgLogStore),
 }
 
+impl LogStore {
+    fn backend(&self) -> &'static str {
+        match self {
+            LogStore::Redb(_) => StorageType::File.as_str(),
+            LogStore::Postgres(_) => StorageType::Database.as_str(),
+        }
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -154,7 +166,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        dispatch!(LogStore, self, s => s.append(entries, callback).await)
+        let started = Instant::now();
+        let result = dispatch!(LogStore, self, s => s.append(entries, callback).await);
+        histogram!(metrics::STORAGE_APPEND_DURATION, "backend" => self.backend())
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -173,11 +189,24 @@ pub enum StateMachine {
     Postgres(postgres::PgStateMachine),
 }
 
+impl StateMachine {
+    fn backend(&self) -> &'static str {
+        match self {
+            StateMachine::Redb(_) => StorageType::File.as_str(),
+            StateMachine::Postgres(_) => StorageType::Database.as_str(),
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
-        dispatch!(StateMachine, self, s => s.build_snapshot().await)
+        let started = Instant::now();
+        let snapshot = dispatch!(StateMachine, self, s => s.build_snapshot().await)?;
+        counter!(metrics::SNAPSHOTS_BUILT).increment(1);
+        histogram!(metrics::SNAPSHOT_BUILD_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(snapshot)
     }
 }
 
@@ -193,7 +222,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        dispatch!(StateMachine, self, s => s.apply(entries).await)
+        let started = Instant::now();
+        let result = dispatch!(StateMachine, self, s => s.apply(entries).await);
+        histogram!(metrics::STORAGE_APPLY_DURATION, "backend" => self.backend())
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -205,7 +238,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        dispatch!(StateMachine, self, s => s.install_snapshot(meta, snapshot).await)
+        let started = Instant::now();
+        dispatch!(StateMachine, self, s => s.install_snapshot(meta, snapshot).await)?;
+        counter!(metrics::SNAPSHOTS_INSTALLED).increment(1);
+        histogram!(metrics::SNAPSHOT_INSTALL_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
@@ -243,6 +280,14 @@ impl StoreHandle {
         match self {
             StoreHandle::Redb(h) => h.retired_ids(),
             StoreHandle::Postgres(h) => h.retired_ids().await,
+        }
+    }
+
+    /// Bytes the data takes: the redb file, or PostgreSQL's tables with their indexes.
+    pub async fn size_bytes(&self) -> io::Result<u64> {
+        match self {
+            StoreHandle::Redb(h) => h.size_bytes(),
+            StoreHandle::Postgres(h) => h.size_bytes().await,
         }
     }
 

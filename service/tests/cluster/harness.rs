@@ -10,16 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{eventually, get_json, NodeProcess};
-
-/// Ports picked by binding port 0 and letting go: the nodes must know each other's
-/// addresses before any of them starts.
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+use crate::support::{eventually, free_port, get_json, NodeProcess};
 
 pub struct Cluster {
     pub client: reqwest::Client,

@@ -66,9 +66,23 @@ impl NodeProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("kvstore did not start serving within 20 s");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr,
+                Err(_) => {
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        panic!(
+                            "kvstore exited with {status} before serving (see its stderr above)"
+                        );
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "kvstore did not start serving within 20 s"
+                    );
+                }
+            }
+        };
         NodeProcess { child, addr, logs }
     }
 
@@ -131,6 +145,23 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     let _ = status;
+}
+
+/// A port that is free on `ip` now, for a server that must be told its port before it
+/// starts. Chosen below Linux's ephemeral range (32768 and up), so the port-0 binds of
+/// other tests and clients cannot take it before the server binds it.
+pub fn free_port(ip: &str) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919) % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed + n.wrapping_mul(37)) % 12_000;
+        let port = u16::try_from(port).expect("port in range");
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `within`.

@@ -60,10 +60,7 @@ impl PgServer {
             return None;
         }
         // A fixed host port, so that a stopped and restarted container keeps it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = super::free_port("0.0.0.0");
         let container = image()
             .with_env_var("POSTGRES_PASSWORD", PASSWORD)
             .with_mapped_port(port, 5432.tcp())

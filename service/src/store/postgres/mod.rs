@@ -263,6 +263,21 @@ impl PgHandle {
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
+    pub async fn size_bytes(&self) -> io::Result<u64> {
+        let bytes = self
+            .db
+            .once(
+                "table sizes",
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT (pg_total_relation_size('kv') + pg_total_relation_size('raft_log') \
+                     + pg_total_relation_size('raft_meta') + pg_total_relation_size('sm_meta'))::BIGINT",
+                )
+                .fetch_one(&self.db.pool),
+            )
+            .await?;
+        Ok(u64::try_from(bytes).unwrap_or_default())
+    }
+
     pub async fn retired_ids(&self) -> io::Result<std::collections::BTreeSet<u64>> {
         let bytes = self
             .db

@@ -69,7 +69,7 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     Ok(RedbStore {
         log_store: RedbLogStore::new(db.clone(), sync_writes),
         state_machine,
-        handle: RedbHandle { db },
+        handle: RedbHandle { db, path },
     })
 }
 
@@ -88,6 +88,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
 #[derive(Clone)]
 pub struct RedbHandle {
     db: Arc<Database>,
+    path: PathBuf,
 }
 
 impl RedbHandle {
@@ -107,6 +108,11 @@ impl RedbHandle {
 
     pub fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
+    }
+
+    /// Size of the database file.
+    pub fn size_bytes(&self) -> io::Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
     }
 
     /// Ids of nodes that were removed from the cluster and may never rejoin.

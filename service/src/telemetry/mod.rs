@@ -1,4 +1,7 @@
-//! Structured logging: JSON (default) or human text, to stdout or a file.
+//! Observability: structured logs (JSON or text, to stdout or a file) and Prometheus
+//! metrics ([`metrics`]).
+
+pub mod metrics;
 
 use std::fs::OpenOptions;
 use std::sync::Mutex;

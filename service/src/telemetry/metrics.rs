@@ -1,0 +1,255 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: a `kvstore_` prefix, base units in the name
+//! (`_seconds`, `_bytes`, `_entries`), `_total` on counters. HTTP and storage code
+//! records into the recorder directly. A watcher task turns openraft's metrics into
+//! gauges, and a sampler task reads key counts and storage size every few seconds.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+
+pub const HTTP_REQUESTS: &str = "kvstore_http_requests_total";
+pub const HTTP_DURATION: &str = "kvstore_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "kvstore_http_requests_in_flight";
+pub const FORWARDED: &str = "kvstore_forwarded_requests_total";
+pub const NODE_INFO: &str = "kvstore_node_info";
+pub const RAFT_TERM: &str = "kvstore_raft_term";
+pub const RAFT_IS_LEADER: &str = "kvstore_raft_is_leader";
+pub const RAFT_LEADER_ID: &str = "kvstore_raft_leader_id";
+pub const RAFT_LEADER_CHANGES: &str = "kvstore_raft_leader_changes_total";
+pub const RAFT_LAST_LOG: &str = "kvstore_raft_last_log_index";
+pub const RAFT_COMMITTED: &str = "kvstore_raft_committed_index";
+pub const RAFT_APPLIED: &str = "kvstore_raft_applied_index";
+pub const RAFT_LAG: &str = "kvstore_raft_replication_lag_entries";
+pub const RAFT_HEARTBEAT_AGE: &str = "kvstore_raft_heartbeat_age_seconds";
+pub const RAFT_PROPOSALS_FAILED: &str = "kvstore_raft_proposals_failed_total";
+pub const SNAPSHOTS_BUILT: &str = "kvstore_raft_snapshots_built_total";
+pub const SNAPSHOT_BUILD_DURATION: &str = "kvstore_raft_snapshot_build_duration_seconds";
+pub const SNAPSHOTS_INSTALLED: &str = "kvstore_raft_snapshots_installed_total";
+pub const SNAPSHOT_INSTALL_DURATION: &str = "kvstore_raft_snapshot_install_duration_seconds";
+pub const STORAGE_APPEND_DURATION: &str = "kvstore_storage_append_duration_seconds";
+pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds";
+pub const KEYS: &str = "kvstore_keys";
+pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
+
+/// Latency buckets from 100 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Why a proposal failed, as the `reason` label of [`RAFT_PROPOSALS_FAILED`].
+pub const FAILURE_REASONS: &[&str] = &[
+    "no_leader",
+    "timeout",
+    "outcome_unknown",
+    "storage",
+    "other",
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it) and describes every
+/// metric, so `/metrics` carries HELP and TYPE lines from the first scrape.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("valid buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A second recorder (another in-process node) keeps the first.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            let process = metrics_process::Collector::default();
+            process.describe();
+            let _ = PROCESS.set(process);
+            handle
+        })
+        .clone()
+}
+
+/// The current metrics in Prometheus text format.
+pub fn render() -> String {
+    if let Some(process) = PROCESS.get() {
+        process.collect();
+    }
+    install().render()
+}
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by route, method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency, by route and method."
+    );
+    describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served right now.");
+    describe_counter!(
+        FORWARDED,
+        "Requests this node forwarded to the leader, by kind."
+    );
+    describe_gauge!(
+        NODE_INFO,
+        "Always 1; labels carry the node id, version and storage backend."
+    );
+    describe_gauge!(RAFT_TERM, "The current Raft term.");
+    describe_gauge!(
+        RAFT_IS_LEADER,
+        "1 when this node is the Raft leader, else 0."
+    );
+    describe_gauge!(
+        RAFT_LEADER_ID,
+        "Node id of the leader this node knows of; 0 when none."
+    );
+    describe_counter!(RAFT_LEADER_CHANGES, "Times this node saw a new leader.");
+    describe_gauge!(
+        RAFT_LAST_LOG,
+        "Index of the last entry in this node's Raft log."
+    );
+    describe_gauge!(
+        RAFT_COMMITTED,
+        "Index of the last entry known to be committed."
+    );
+    describe_gauge!(
+        RAFT_APPLIED,
+        "Index of the last entry applied to the key-value data."
+    );
+    describe_gauge!(
+        RAFT_LAG,
+        "On the leader: entries each follower is behind the leader's log."
+    );
+    describe_gauge!(
+        RAFT_HEARTBEAT_AGE,
+        Unit::Seconds,
+        "On the leader: time since each follower last acknowledged a heartbeat."
+    );
+    describe_counter!(
+        RAFT_PROPOSALS_FAILED,
+        "Client writes that did not commit, by reason."
+    );
+    describe_counter!(SNAPSHOTS_BUILT, "Snapshots this node built.");
+    describe_histogram!(
+        SNAPSHOT_BUILD_DURATION,
+        Unit::Seconds,
+        "Time to build a snapshot."
+    );
+    describe_counter!(
+        SNAPSHOTS_INSTALLED,
+        "Snapshots this node installed from a leader."
+    );
+    describe_histogram!(
+        SNAPSHOT_INSTALL_DURATION,
+        Unit::Seconds,
+        "Time to install a snapshot."
+    );
+    describe_histogram!(
+        STORAGE_APPEND_DURATION,
+        Unit::Seconds,
+        "Time to append a batch of entries to the Raft log durably, by backend."
+    );
+    describe_histogram!(
+        STORAGE_APPLY_DURATION,
+        Unit::Seconds,
+        "Time to apply a batch of committed entries to the key-value data, by backend."
+    );
+    describe_gauge!(KEYS, "Keys in this node's copy of the data.");
+    describe_gauge!(
+        STORAGE_SIZE,
+        Unit::Bytes,
+        "Size of the stored data: the redb file, or the PostgreSQL tables."
+    );
+
+    // Counters that a dashboard queries must exist before their first event.
+    counter!(RAFT_LEADER_CHANGES).absolute(0);
+    counter!(SNAPSHOTS_BUILT).absolute(0);
+    counter!(SNAPSHOTS_INSTALLED).absolute(0);
+    for reason in FAILURE_REASONS {
+        counter!(RAFT_PROPOSALS_FAILED, "reason" => *reason).absolute(0);
+    }
+    for kind in ["write", "read_index", "admin"] {
+        counter!(FORWARDED, "kind" => kind).absolute(0);
+    }
+}
+
+/// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs.
+pub fn watch_raft(node: crate::raft::RaftNode) {
+    gauge!(
+        NODE_INFO,
+        "node_id" => node.id().to_string(),
+        "version" => env!("CARGO_PKG_VERSION"),
+        "storage" => node.storage_type().as_str()
+    )
+    .set(1.0);
+    let mut rx = node.raft_metrics_watch();
+    tokio::spawn(async move {
+        let mut leader: Option<u64> = None;
+        loop {
+            let m = rx.borrow_watched().clone();
+            if m.running_state.is_err() || m.state == ServerState::Shutdown {
+                return;
+            }
+            if m.current_leader.is_some() && m.current_leader != leader {
+                counter!(RAFT_LEADER_CHANGES).increment(1);
+            }
+            leader = m.current_leader;
+            gauge!(RAFT_TERM).set(m.current_term as f64);
+            gauge!(RAFT_IS_LEADER).set(if m.state == ServerState::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            gauge!(RAFT_LEADER_ID).set(m.current_leader.unwrap_or(0) as f64);
+            gauge!(RAFT_LAST_LOG).set(m.last_log_index.unwrap_or(0) as f64);
+            gauge!(RAFT_COMMITTED).set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
+            gauge!(RAFT_APPLIED).set(m.last_applied.as_ref().map_or(0, |l| l.index) as f64);
+            if m.state == ServerState::Leader {
+                let last = m.last_log_index.unwrap_or(0);
+                for (id, matched) in m.replication.iter().flatten() {
+                    if *id != m.id {
+                        let behind = last.saturating_sub(matched.as_ref().map_or(0, |l| l.index));
+                        gauge!(RAFT_LAG, "follower" => id.to_string()).set(behind as f64);
+                    }
+                }
+                for (id, acked) in m.heartbeat.iter().flatten() {
+                    if *id != m.id {
+                        let age = acked.as_ref().map_or(f64::NAN, |at| {
+                            openraft::Instant::elapsed(&**at).as_secs_f64()
+                        });
+                        gauge!(RAFT_HEARTBEAT_AGE, "follower" => id.to_string()).set(age);
+                    }
+                }
+            }
+            // Wake on every change, and at least once a second for the ages.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        }
+    });
+}
+
+/// Samples the key count and the storage size every five seconds.
+pub fn sample_storage(node: crate::raft::RaftNode) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(keys) = node.key_count().await {
+                gauge!(KEYS).set(keys as f64);
+            }
+            if let Ok(bytes) = node.storage_size().await {
+                gauge!(STORAGE_SIZE, "backend" => node.storage_type().as_str()).set(bytes as f64);
+            }
+            if node.is_shut_down() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
