@@ -56,6 +56,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
     ("KV_LOG_FILE", "logging.file"),
+    ("KV_TELEMETRY_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("KV_TELEMETRY_SERVICE_NAME", "telemetry.service_name"),
 ];
 
 /// A configuration problem, always naming the setting at fault so an operator can fix
@@ -92,6 +94,7 @@ pub struct Settings {
     pub raft: RaftSettings,
     pub cluster: ClusterSettings,
     pub logging: LoggingSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// The client-facing HTTP listener and request limits.
@@ -303,6 +306,18 @@ fn parse_members(text: &str) -> Result<Vec<Member>, String> {
         .collect()
 }
 
+/// Trace export. Off unless an OTLP endpoint is set, here or in the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` variable; `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`
+/// and `OTEL_TRACES_SAMPLER_ARG` are honoured too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC endpoint, e.g. `http://tempo:4317`. Empty: the environment decides.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME` wins).
+    pub service_name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum LogFormat {
@@ -379,6 +394,9 @@ logging:
   level: "info"
   format: "json"
   file: null
+telemetry:
+  otlp_endpoint: ""
+  service_name: "kvstore"
 "#;
 
 impl Settings {

@@ -29,10 +29,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = kvstore::telemetry::init(&settings.logging) {
-        eprintln!("kvstore: {e}");
-        return ExitCode::from(2);
-    }
+    let _telemetry = match kvstore::telemetry::init(&settings.logging, &settings.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("kvstore: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "starting kvstore");
     let app = match Application::build(&settings).await {
         Ok(app) => app,

@@ -44,8 +44,8 @@ impl Application {
         }
         crate::telemetry::metrics::install();
         let node = raft::start(settings, advertised).await?;
-        crate::telemetry::metrics::watch_raft(node.clone());
-        crate::telemetry::metrics::sample_storage(node.clone());
+        crate::telemetry::metrics::watch_raft(&node);
+        crate::telemetry::metrics::sample_storage(&node);
         Ok(Self {
             api,
             api_addr,

@@ -276,3 +276,38 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let status = node.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }
+
+/// With tracing on, log lines inside a request carry the trace and span ids, and an
+/// incoming W3C `traceparent` is honoured: the request joins the caller's trace.
+#[tokio::test]
+async fn request_logs_carry_the_callers_trace_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    // Spans need an exporter to get ids; nothing listens there, which is fine.
+    let node = Node::start(
+        dir.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    wait_ready(&node, &client).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client
+        .get(node.url("/kv/nothing"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let line = support::eventually(Duration::from_secs(5), "the request's log line", || async {
+        node.log_lines()
+            .into_iter()
+            .find(|l| l["message"] == "request" && l["path"] == "/kv/nothing")
+    })
+    .await;
+    assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+    let span_id = line["span"]["span_id"].as_str().expect("span_id");
+    assert_eq!(span_id.len(), 16, "{line}");
+    assert_ne!(
+        span_id, "00f067aa0ba902b7",
+        "the request has a span of its own"
+    );
+}

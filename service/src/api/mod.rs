@@ -15,11 +15,13 @@ use poem::http::uri::PathAndQuery;
 use poem::http::Uri;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use self::body::BodyRules;
 use self::error::ApiError;
 use crate::raft::RaftNode;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 
 /// Request limits, from the `server` settings.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +76,7 @@ fn openapi(
 /// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
 /// `/openapi.yaml`.
 pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Output = Response> {
+    let node_id = node.id();
     let service = openapi(&node, limits, secret);
     let docs = service.swagger_ui();
     let spec_json = service.spec_endpoint();
@@ -101,13 +104,26 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
                 Err(e) => Ok(e.into_response()),
             }
         })
-        .around(|ep, req| async move {
+        .around(move |ep, req| async move {
             let started = Instant::now();
             let method = req.method().clone();
             let path = req.uri().path().to_string();
+            let span = tracing::info_span!(
+                "HTTP request",
+                otel.kind = "server",
+                http.request.method = %method,
+                url.path = %path,
+                http.route = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                node.id = node_id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            let _ = span.set_parent(trace::extract(req.headers()));
+            trace::record_ids(&span);
             let in_flight = gauge!(metrics::HTTP_IN_FLIGHT);
             in_flight.increment(1.0);
-            let resp = ep.call(req).await;
+            let resp = ep.call(req).instrument(span.clone()).await;
             in_flight.decrement(1.0);
             let resp = resp?;
             let route = route_label(&resp, &path);
@@ -122,14 +138,19 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
             .increment(1);
             histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method.to_string())
                 .record(elapsed.as_secs_f64());
-            tracing::info!(
-                method = %method,
-                path = %path,
-                route,
-                status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
-            );
+            span.record("http.route", route);
+            span.record("http.response.status_code", status);
+            trace::rename(&span, format!("{method} {route}"));
+            span.in_scope(|| {
+                tracing::info!(
+                    method = %method,
+                    path = %path,
+                    route,
+                    status,
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    "request"
+                )
+            });
             Ok(resp)
         })
 }

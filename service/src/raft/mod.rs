@@ -9,10 +9,12 @@ mod rpc_server;
 use serde::{Deserialize, Serialize};
 
 pub use network::PeerNetwork;
-pub use node::{start, Consistency, FollowerProgress, MemberInfo, NodeError, RaftNode};
+pub use node::{
+    start, Consistency, FollowerProgress, MemberInfo, NodeError, RaftNode, WeakRaftNode,
+};
 pub use rpc_server::rpc_app;
 
-use crate::store::{Command, CommandResult};
+use crate::store::{CommandResult, Proposal};
 
 /// Where a cluster member can be reached. Stored in the membership config inside the
 /// Raft log, so every node learns every peer's addresses from the log itself.
@@ -33,7 +35,7 @@ impl std::fmt::Display for NodeAddr {
 openraft::declare_raft_types!(
     /// kvstore's openraft type configuration.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = u64,
         Node = NodeAddr,

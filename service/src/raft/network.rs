@@ -62,8 +62,13 @@ impl PeerNetwork {
         })
     }
 
+    /// A POST carrying the secret and the current span's `traceparent`.
     fn post(&self, url: String, timeout: Duration) -> reqwest::RequestBuilder {
-        let req = self.http.post(url).timeout(timeout);
+        let req = self
+            .http
+            .post(url)
+            .timeout(timeout)
+            .headers(crate::telemetry::trace::inject_current());
         match &self.secret {
             Some(secret) => req.header(rpc::SECRET_HEADER, secret.as_ref()),
             None => req,

@@ -17,6 +17,7 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, LinearizerOption, ReadLogId};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::network::CallError;
 use super::rpc::{self, AdminOp, ForwardWrite};
@@ -24,8 +25,8 @@ use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
 use crate::store::{self, StateMachine, StoreHandle};
-use crate::store::{Command, CommandResult};
-use crate::telemetry::metrics;
+use crate::store::{Command, CommandResult, Proposal};
+use crate::telemetry::{metrics, trace};
 
 type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
@@ -115,6 +116,16 @@ pub struct FollowerProgress {
 #[derive(Clone)]
 pub struct RaftNode {
     inner: Arc<Inner>,
+}
+
+/// See [`RaftNode::downgrade`].
+pub struct WeakRaftNode(std::sync::Weak<Inner>);
+
+impl WeakRaftNode {
+    /// The node, while anything else still holds it.
+    pub fn upgrade(&self) -> Option<RaftNode> {
+        self.0.upgrade().map(|inner| RaftNode { inner })
+    }
 }
 
 struct Inner {
@@ -236,6 +247,12 @@ impl RaftNode {
         self.inner.started_at.elapsed()
     }
 
+    /// A handle that does not keep the node (and its open store) alive, for background
+    /// tasks that must not outlive it.
+    pub fn downgrade(&self) -> WeakRaftNode {
+        WeakRaftNode(Arc::downgrade(&self.inner))
+    }
+
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
     }
@@ -330,11 +347,13 @@ impl RaftNode {
     }
 
     /// Stores `value` under `key` through the Raft log.
+    #[tracing::instrument(name = "kv.put", skip_all, fields(key = %key, node.id = self.inner.id))]
     pub async fn put(&self, key: String, value: String) -> Result<(), NodeError> {
         self.write(Command::Put { key, value }).await.map(|_| ())
     }
 
     /// Deletes `key` through the Raft log; returns whether it existed.
+    #[tracing::instrument(name = "kv.delete", skip_all, fields(key = %key, node.id = self.inner.id))]
     pub async fn delete(&self, key: String) -> Result<bool, NodeError> {
         match self.write(Command::Delete { key }).await? {
             CommandResult::Deleted { existed } => Ok(existed),
@@ -345,6 +364,7 @@ impl RaftNode {
     }
 
     /// Reads `key` with the requested consistency.
+    #[tracing::instrument(name = "kv.get", skip_all, fields(key = %key, node.id = self.inner.id))]
     pub async fn get(
         &self,
         key: &str,
@@ -437,6 +457,7 @@ impl RaftNode {
     }
 
     /// Sends a request to the leader's Raft listener and returns its verdict.
+    #[tracing::instrument(name = "raft.forward", skip_all, fields(otel.kind = "client", url.path = path, leader))]
     async fn forward<Req: Serialize, T: serde::de::DeserializeOwned>(
         &self,
         leader: u64,
@@ -473,12 +494,16 @@ impl RaftNode {
         deadline: Instant,
     ) -> Result<CommandResult, NodeError> {
         let budget = remaining(deadline);
-        let result = tokio::time::timeout(budget, self.inner.raft.client_write(command))
-            .await
-            .map_err(|_| {
-                counter!(metrics::RAFT_PROPOSALS_FAILED, "reason" => "timeout").increment(1);
-                NodeError::Timeout(self.inner.request_timeout)
-            })?;
+        let span = tracing::info_span!("raft.propose", node.id = self.inner.id);
+        let proposal = span.in_scope(|| Proposal {
+            command,
+            trace: trace::current_traceparent(),
+        });
+        let propose = self.inner.raft.client_write(proposal).instrument(span);
+        let result = tokio::time::timeout(budget, propose).await.map_err(|_| {
+            counter!(metrics::RAFT_PROPOSALS_FAILED, "reason" => "timeout").increment(1);
+            NodeError::Timeout(self.inner.request_timeout)
+        })?;
         match result {
             Ok(response) => Ok(response.data),
             Err(e) => {
@@ -491,6 +516,7 @@ impl RaftNode {
     }
 
     /// Blocks until a read of the local state machine is linearizable.
+    #[tracing::instrument(name = "raft.read_index", skip_all, fields(node.id = self.inner.id))]
     async fn read_barrier(&self, target: Target, deadline: Instant) -> Result<(), NodeError> {
         match target {
             Target::Here => {

@@ -20,6 +20,9 @@ use super::typ::Snapshot;
 use super::{RaftNode, TypeConfig};
 use crate::api::error::ApiError;
 use crate::api::secret_matches;
+use crate::telemetry::trace;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 type RpcResult<T> = Result<T, RaftError<TypeConfig>>;
 
@@ -33,6 +36,7 @@ pub fn rpc_app(
     secret: String,
     incoming_dir: PathBuf,
 ) -> impl Endpoint<Output = Response> {
+    let node_id = node.id();
     Route::new()
         .at(rpc::APPEND, post(append))
         .at(rpc::VOTE, post(vote))
@@ -58,7 +62,25 @@ pub fn rpc_app(
                 }
                 let method = req.method().to_string();
                 let path = req.uri().path().to_string();
-                Ok(match ep.call(req).await {
+                // Only requests that are part of a trace (forwarded client requests) get
+                // a span; heartbeats and replication would bury them.
+                let span = if trace::has_traceparent(req.headers()) {
+                    let span = tracing::info_span!(
+                        "raft rpc",
+                        otel.name = %path,
+                        otel.kind = "server",
+                        url.path = %path,
+                        node.id = node_id,
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
+                    );
+                    let _ = span.set_parent(trace::extract(req.headers()));
+                    trace::record_ids(&span);
+                    span
+                } else {
+                    tracing::Span::none()
+                };
+                Ok(match ep.call(req).instrument(span).await {
                     Ok(resp) => resp.into_response(),
                     Err(err) => crate::api::error::to_json_response(err, &method, &path),
                 })

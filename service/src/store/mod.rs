@@ -19,12 +19,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use ::metrics::{counter, histogram};
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use openraft::storage::{
     EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine,
 };
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
 
@@ -48,6 +49,46 @@ impl std::fmt::Display for Command {
             Command::Delete { key } => write!(f, "delete {key:?}"),
         }
     }
+}
+
+/// A [`Command`] as it travels in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    /// W3C `traceparent` of the span that proposed the command. Storage work happens in
+    /// openraft's own tasks, on every node; this links its spans to the request's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.command, f)
+    }
+}
+
+/// The `traceparent` of the first entry that carries one.
+fn first_trace<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Option<String> {
+    entries.into_iter().find_map(|e| match &e.payload {
+        openraft::EntryPayload::Normal(p) => p.trace.clone(),
+        _ => None,
+    })
+}
+
+/// A span for storage work on `entries`, child of the first traced proposal among them;
+/// `None` when no entry is traced (heartbeats, membership, tracing off).
+fn storage_span(
+    name: &'static str,
+    backend: &'static str,
+    entries: &[&Entry],
+) -> Option<tracing::Span> {
+    let trace = first_trace(entries.iter().copied())?;
+    let span = match name {
+        "storage.append" => tracing::info_span!("storage.append", backend, entries = entries.len()),
+        _ => tracing::info_span!("storage.apply", backend, entries = entries.len()),
+    };
+    crate::telemetry::trace::set_parent_from_traceparent(&span, &trace);
+    Some(span)
 }
 
 /// What applying a [`Command`] did, returned to the client that proposed it.
@@ -166,8 +207,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let span = storage_span(
+            "storage.append",
+            self.backend(),
+            &entries.iter().collect::<Vec<_>>(),
+        );
         let started = Instant::now();
-        let result = dispatch!(LogStore, self, s => s.append(entries, callback).await);
+        let work = async { dispatch!(LogStore, self, s => s.append(entries, callback).await) };
+        let result = match span {
+            Some(span) => work.instrument(span).await,
+            None => work.await,
+        };
         histogram!(metrics::STORAGE_APPEND_DURATION, "backend" => self.backend())
             .record(started.elapsed().as_secs_f64());
         result
@@ -222,8 +273,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        // Both backends apply a batch at once anyway; gathering it here lets the span
+        // find the batch's trace.
+        let items: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let span = storage_span(
+            "storage.apply",
+            self.backend(),
+            &items.iter().map(|(e, _)| e).collect::<Vec<_>>(),
+        );
+        let batch = futures::stream::iter(items.into_iter().map(Ok));
         let started = Instant::now();
-        let result = dispatch!(StateMachine, self, s => s.apply(entries).await);
+        let work = async { dispatch!(StateMachine, self, s => s.apply(batch).await) };
+        let result = match span {
+            Some(span) => work.instrument(span).await,
+            None => work.await,
+        };
         histogram!(metrics::STORAGE_APPLY_DURATION, "backend" => self.backend())
             .record(started.elapsed().as_secs_f64());
         result

@@ -183,7 +183,7 @@ fn describe() {
 }
 
 /// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs.
-pub fn watch_raft(node: crate::raft::RaftNode) {
+pub fn watch_raft(node: &crate::raft::RaftNode) {
     gauge!(
         NODE_INFO,
         "node_id" => node.id().to_string(),
@@ -236,18 +236,24 @@ pub fn watch_raft(node: crate::raft::RaftNode) {
     });
 }
 
-/// Samples the key count and the storage size every five seconds.
-pub fn sample_storage(node: crate::raft::RaftNode) {
+/// Samples the key count and the storage size every five seconds, for as long as the
+/// node exists (it holds the node only while sampling, so the store can close).
+pub fn sample_storage(node: &crate::raft::RaftNode) {
+    let weak = node.downgrade();
     tokio::spawn(async move {
         loop {
-            if let Ok(keys) = node.key_count().await {
-                gauge!(KEYS).set(keys as f64);
-            }
-            if let Ok(bytes) = node.storage_size().await {
-                gauge!(STORAGE_SIZE, "backend" => node.storage_type().as_str()).set(bytes as f64);
-            }
-            if node.is_shut_down() {
-                return;
+            {
+                let Some(node) = weak.upgrade() else { return };
+                if node.is_shut_down() {
+                    return;
+                }
+                if let Ok(keys) = node.key_count().await {
+                    gauge!(KEYS).set(keys as f64);
+                }
+                if let Ok(bytes) = node.storage_size().await {
+                    gauge!(STORAGE_SIZE, "backend" => node.storage_type().as_str())
+                        .set(bytes as f64);
+                }
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

@@ -19,7 +19,7 @@ use crate::store::snapshot::{
     snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
 };
 use crate::store::{
-    blocking, decode, encode, io_err, Command, CommandResult, Preamble, SnapshotFile,
+    blocking, decode, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
 
 const LAST_APPLIED: &str = "last_applied";
@@ -55,11 +55,18 @@ impl PgStateMachine {
             let done = applied.as_ref().is_some_and(|a| entry.index() <= a.index);
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(Command::Put { .. }) if done => CommandResult::Stored,
-                EntryPayload::Normal(Command::Delete { .. }) if done => {
-                    CommandResult::Deleted { existed: true }
-                }
-                EntryPayload::Normal(Command::Put { key, value }) => {
+                EntryPayload::Normal(Proposal {
+                    command: Command::Put { .. },
+                    ..
+                }) if done => CommandResult::Stored,
+                EntryPayload::Normal(Proposal {
+                    command: Command::Delete { .. },
+                    ..
+                }) if done => CommandResult::Deleted { existed: true },
+                EntryPayload::Normal(Proposal {
+                    command: Command::Put { key, value },
+                    ..
+                }) => {
                     sqlx::query(
                         "INSERT INTO kv (key, value) VALUES ($1, $2) \
                          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -70,7 +77,10 @@ impl PgStateMachine {
                     .await?;
                     CommandResult::Stored
                 }
-                EntryPayload::Normal(Command::Delete { key }) => {
+                EntryPayload::Normal(Proposal {
+                    command: Command::Delete { key },
+                    ..
+                }) => {
                     let deleted = sqlx::query("DELETE FROM kv WHERE key = $1")
                         .bind(key)
                         .execute(&mut *txn)

@@ -18,7 +18,9 @@ use crate::raft::TypeConfig;
 use crate::store::snapshot::{
     snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
 };
-use crate::store::{blocking, encode, io_err, Command, CommandResult, Preamble, SnapshotFile};
+use crate::store::{
+    blocking, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
+};
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
@@ -59,11 +61,17 @@ impl RedbStateMachine {
             for entry in entries {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(Command::Put { key, value }) => {
+                    EntryPayload::Normal(Proposal {
+                        command: Command::Put { key, value },
+                        ..
+                    }) => {
                         kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
                         CommandResult::Stored
                     }
-                    EntryPayload::Normal(Command::Delete { key }) => {
+                    EntryPayload::Normal(Proposal {
+                        command: Command::Delete { key },
+                        ..
+                    }) => {
                         let existed = kv.remove(key.as_str()).map_err(io_err)?.is_some();
                         CommandResult::Deleted { existed }
                     }
