@@ -229,7 +229,20 @@ impl poem::error::ResponseError for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        Json(self.body()).with_status(status).into_response()
+        let mut response = Json(self.body()).with_status(status).into_response();
+        // For the error metrics: which code this response carries.
+        response.set_data(self.code());
+        response
+    }
+}
+
+impl ErrorCode {
+    /// The code as clients see it, e.g. `KEY_NOT_FOUND`.
+    pub fn as_label(self) -> String {
+        match poem_openapi::types::ToJSON::to_json(&self) {
+            Some(serde_json::Value::String(code)) => code,
+            _ => format!("{self:?}"),
+        }
     }
 }
 

@@ -138,6 +138,10 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
             .increment(1);
             histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method.to_string())
                 .record(elapsed.as_secs_f64());
+            if let Some(code) = resp.data::<error::ErrorCode>() {
+                counter!(metrics::HTTP_ERRORS, "route" => route, "code" => code.as_label())
+                    .increment(1);
+            }
             span.record("http.route", route);
             span.record("http.response.status_code", status);
             trace::rename(&span, format!("{method} {route}"));

@@ -14,6 +14,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 
 pub const HTTP_REQUESTS: &str = "kvstore_http_requests_total";
+pub const HTTP_ERRORS: &str = "kvstore_http_errors_total";
 pub const HTTP_DURATION: &str = "kvstore_http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "kvstore_http_requests_in_flight";
 pub const FORWARDED: &str = "kvstore_forwarded_requests_total";
