@@ -3,8 +3,10 @@
 CARGO  ?= cargo
 VENV   := .venv
 PYTHON ?= python3
+# docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
+COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test lint fmt clean cluster cluster-stop
+.PHONY: help run build test lint fmt clean cluster cluster-stop up down logs ps compose-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,8 +39,26 @@ build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore
 	mkdir -p bin && cp target/release/kvstore bin/kvstore
 
-test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster)
+test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, compose)
 	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
+	@$(MAKE) -s compose-test
+
+compose-test: ## The compose stack end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
+	@if docker info >/dev/null 2>&1; then compose/smoke-test.sh; \
+	elif [ -n "$$KV_REQUIRE_DOCKER" ]; then echo "KV_REQUIRE_DOCKER is set but Docker is not available" >&2; exit 1; \
+	else echo "SKIPPED: the compose smoke test needs Docker"; fi
+
+up: ## Start the dev stack: 3 nodes on PostgreSQL, Prometheus, and with a registry Grafana and Tempo
+	@compose/up.sh
+
+down: ## Stop the dev stack (VOLUMES=1 also removes its data volume)
+	$(COMPOSE) --profile full down --remove-orphans $(if $(VOLUMES),--volumes,)
+
+logs: ## Follow the dev stack's logs
+	$(COMPOSE) --profile full logs -f --tail=100
+
+ps: ## List the dev stack's containers
+	$(COMPOSE) --profile full ps
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

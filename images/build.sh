@@ -3,9 +3,12 @@
 # registry: root file systems come from Debian's packages (debootstrap), are imported
 # with `docker import`, and a Dockerfile adds the entrypoint on top.
 #
-#   images/build.sh postgres    ->  kvstore-postgres:15
+#   images/build.sh postgres    ->  kvstore-postgres:15      (PostgreSQL 15)
+#   images/build.sh prometheus  ->  kvstore-prometheus:2.42  (Prometheus 2.42)
+#   images/build.sh kvstore     ->  kvstore:local            (the release binary built here)
 #
-# An image that already exists is left alone (delete it to rebuild).
+# An image that already exists is left alone (delete it to rebuild), except kvstore:local,
+# which is rebuilt from the current binary every time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,9 +52,33 @@ build_postgres() {
   log "built $tag"
 }
 
+build_prometheus() {
+  local tag=kvstore-prometheus:2.42
+  if have_image "$tag"; then log "$tag exists"; return; fi
+  rootfs kvstore-rootfs-prometheus:2.42 prometheus
+  log "building $tag"
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" prometheus >/dev/null
+  log "built $tag"
+}
+
+# The runtime image around the release binary built on this machine (same Debian, so
+# the same glibc): a minimal root file system, the binary, a non-root user.
+build_kvstore() {
+  rootfs kvstore-rootfs-base:bookworm ca-certificates
+  log "building the release binary"
+  (cd .. && cargo build --release -p kvstore)
+  strip -o kvstore/kvstore ../target/release/kvstore
+  log "building kvstore:local"
+  DOCKER_BUILDKIT=0 docker build -q -t kvstore:local kvstore >/dev/null
+  rm -f kvstore/kvstore
+  log "built kvstore:local"
+}
+
 for image in "${@:-postgres}"; do
   case "$image" in
     postgres) build_postgres ;;
-    *) echo "unknown image: $image (known: postgres)" >&2; exit 2 ;;
+    prometheus) build_prometheus ;;
+    kvstore) build_kvstore ;;
+    *) echo "unknown image: $image (known: postgres, prometheus, kvstore)" >&2; exit 2 ;;
   esac
 done

@@ -17,11 +17,51 @@ struct Cli {
     /// YAML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check a node's /health and exit 0 if it answers 200 (for container health checks).
+    Health {
+        /// The node's health URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+    },
+}
+
+/// `kvstore health`: a health probe that needs no curl in the image.
+async fn probe(url: &str) -> ExitCode {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("kvstore health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(resp) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!("kvstore health: {url} answered {}", resp.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kvstore health: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { url }) = &cli.command {
+        return probe(url).await;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {

@@ -375,6 +375,36 @@ impl StoreHandle {
     }
 }
 
+/// Tells openraft how a log append ended (only once it is durable, or failed) and
+/// returns the same result to the caller.
+pub(crate) fn report_flushed(
+    callback: IOFlushed<TypeConfig>,
+    result: io::Result<()>,
+) -> io::Result<()> {
+    match result {
+        Ok(()) => {
+            callback.io_completed(Ok(()));
+            Ok(())
+        }
+        Err(e) => {
+            callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+            Err(e)
+        }
+    }
+}
+
+/// Sends each applied entry's result to the client waiting for it, if any.
+pub(crate) fn answer(
+    responders: Vec<Option<openraft::storage::ApplyResponder<TypeConfig>>>,
+    results: Vec<CommandResult>,
+) {
+    for (responder, result) in responders.into_iter().zip(results) {
+        if let Some(responder) = responder {
+            responder.send(result);
+        }
+    }
+}
+
 /// Wraps any backend error as the `io::Error` openraft's storage traits use.
 pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())

@@ -32,6 +32,21 @@ pub struct SnapshotRecord {
     pub file_id: String,
 }
 
+impl SnapshotRecord {
+    /// Opens the recorded snapshot in `dir`; `None` when its file is gone (a data dir
+    /// that was wiped), so openraft builds a new one.
+    pub fn open(self, dir: &Path) -> io::Result<Option<crate::raft::typ::Snapshot<SnapshotFile>>> {
+        match File::open(snapshot_path(dir, &self.file_id)) {
+            Ok(file) => Ok(Some(crate::raft::typ::Snapshot {
+                meta: self.meta,
+                snapshot: file,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A snapshot file name: the last included log id plus the build time, so two snapshots
 /// at the same log id never share a file.
 pub fn snapshot_file_id(last_applied: Option<&LogId>) -> String {

@@ -148,16 +148,7 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
             })
             .await
             .map(|_| ());
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
-        }
+        crate::store::report_flushed(callback, result)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -349,11 +349,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
             .db
             .retry("apply entries", || Self::apply_batch(&self.db, &batch))
             .await?;
-        for (responder, result) in responders.into_iter().zip(results) {
-            if let Some(responder) = responder {
-                responder.send(result);
-            }
-        }
+        crate::store::answer(responders, results);
         Ok(())
     }
 
@@ -391,13 +387,6 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         else {
             return Ok(None);
         };
-        match std::fs::File::open(snapshot_path(&self.snapshot_dir, &record.file_id)) {
-            Ok(file) => Ok(Some(Snapshot {
-                meta: record.meta,
-                snapshot: file,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        record.open(&self.snapshot_dir)
     }
 }

@@ -157,16 +157,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
             })
             .await;
         // The batch is durable (or failed) only now: report it to openraft either way.
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
-        }
+        crate::store::report_flushed(callback, result)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

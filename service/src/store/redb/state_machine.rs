@@ -15,9 +15,7 @@ use redb::{Database, Durability, ReadableDatabase};
 use super::{read_meta, KV, SM_META};
 use crate::raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
-use crate::store::snapshot::{
-    snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
-};
+use crate::store::snapshot::{snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter};
 use crate::store::{
     blocking, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
@@ -117,14 +115,7 @@ impl RedbStateMachine {
         let Some(record) = self.read_sm_meta::<SnapshotRecord>(SNAPSHOT)? else {
             return Ok(None);
         };
-        match std::fs::File::open(snapshot_path(&self.snapshot_dir, &record.file_id)) {
-            Ok(file) => Ok(Some(Snapshot {
-                meta: record.meta,
-                snapshot: file,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        record.open(&self.snapshot_dir)
     }
 
     fn record_snapshot(db: &Database, record: &SnapshotRecord) -> io::Result<()> {
@@ -209,11 +200,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         }
         let db = self.db.clone();
         let results = blocking(move || Self::apply_batch(&db, &batch)).await?;
-        for (responder, result) in responders.into_iter().zip(results) {
-            if let Some(responder) = responder {
-                responder.send(result);
-            }
-        }
+        crate::store::answer(responders, results);
         Ok(())
     }
 
