@@ -43,8 +43,8 @@ test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both ba
 	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
 	@$(MAKE) -s compose-test
 
-compose-test: ## The compose stack end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
-	@if docker info >/dev/null 2>&1; then compose/smoke-test.sh; \
+compose-test: $(VENV)/bin/openapi-spec-validator ## The compose stack: config checks, then end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
+	@if docker info >/dev/null 2>&1; then $(VENV)/bin/python compose/check_config.py && compose/smoke-test.sh; \
 	elif [ -n "$$KV_REQUIRE_DOCKER" ]; then echo "KV_REQUIRE_DOCKER is set but Docker is not available" >&2; exit 1; \
 	else echo "SKIPPED: the compose smoke test needs Docker"; fi
 
