@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test lint fmt clean cluster cluster-stop up down logs ps compose-test
+.PHONY: help run build test lint fmt clean cluster cluster-stop up down logs ps compose-test bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ logs: ## Follow the dev stack's logs
 
 ps: ## List the dev stack's containers
 	$(COMPOSE) --profile full ps
+
+bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table with ratios
+	bench/run.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -246,3 +246,32 @@ async fn three_nodes_sharing_one_server_form_a_cluster() {
         assert_eq!(code, 404, "node {id}");
     }
 }
+
+/// A storage failure that is not an outage (here, a table dropped under the node) is a
+/// JSON 500 `INTERNAL`, never a crash or an HTML page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_database_answers_internal() {
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    let database = server.create_database().await;
+    let env = server.env(&database);
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &env_refs(&env));
+    let client = reqwest::Client::new();
+    wait_ready(&node, &client).await;
+    let (code, _) = put_json(&client, &node.url("/kv/k"), "v").await.unwrap();
+    assert_eq!(code, 201);
+
+    server.execute(&database, "DROP TABLE kv").await;
+    let (code, body) = get_json(&client, &node.url("/kv/k?consistency=stale"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (500, Some("INTERNAL")),
+        "{body}"
+    );
+    let (code, _) = get_json(&client, &node.url("/health")).await.unwrap();
+    assert_eq!(code, 200, "the node stays up");
+}

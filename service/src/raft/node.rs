@@ -521,7 +521,9 @@ impl RaftNode {
         match target {
             Target::Here => {
                 let option = LinearizerOption::from(ReadPolicy::ReadIndex)
-                    .with_wait_timeout(remaining(deadline));
+                    // Give up on the quorum a little before the request's own deadline,
+                    // so a leader that lost its quorum answers UNAVAILABLE, not TIMEOUT.
+                    .with_wait_timeout(remaining(deadline).mul_f32(0.8));
                 let result = tokio::time::timeout(
                     remaining(deadline),
                     self.inner.raft.ensure_linearizable(option),

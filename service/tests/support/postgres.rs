@@ -117,6 +117,18 @@ impl PgServer {
         name
     }
 
+    /// Runs one statement in `database` (a fixed statement from a test, never data).
+    pub async fn execute(&self, database: &str, statement: &'static str) {
+        let pool = sqlx::PgPool::connect(&self.url(database))
+            .await
+            .expect("connect");
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect("statement");
+        pool.close().await;
+    }
+
     /// Points `settings` at `database` on this server.
     pub fn configure(&self, settings: &mut Settings, database: &str) {
         settings.storage.kind = StorageType::Database;

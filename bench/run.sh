@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# `make bench`: kvstore (1-node redb, 3-node redb, 3-node PostgreSQL) and etcd (Debian's
+# etcd-server, 1 and 3 members) on this machine, all on loopback, driven by the same
+# generator (kvbench) with the same settings, then one table with the ratios.
+#
+# Settings: CONNS (64), VALUE (100 bytes), KEYS (10000), DURATION (10s), WARMUP (3s).
+# fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS="${CONNS:-64}" VALUE="${VALUE:-100}" KEYS="${KEYS:-10000}"
+DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}"
+WORK="$(mktemp -d)"
+RESULTS="$WORK/results.jsonl"
+PIDS=()
+PG_CONTAINER=""
+
+log() { printf '== %s\n' "$*" >&2; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "$PG_CONTAINER" ] && docker rm -f "$PG_CONTAINER" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+wait_http() { # URL: until it answers 200, up to 60 s
+  for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+command -v etcd >/dev/null || {
+  log "installing etcd-server"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server
+}
+log "building release binaries"
+cargo build --release -q -p kvstore --bins
+KV=target/release/kvstore
+BENCH=target/release/kvbench
+
+bench() { # NAME TARGET URLS WRITES
+  local name="$1" target="$2" urls="$3" writes="$4"
+  log "$name: $([ "$writes" = 1 ] && echo writes || echo reads)"
+  "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$CONNS" \
+    --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json |
+    python3 -c "import json,sys; r=json.load(sys.stdin); r['name']='$name'; print(json.dumps(r))" >>"$RESULTS"
+}
+
+members() { # N: the initial members of an N-node kvstore cluster on loopback
+  local out=() i
+  for i in $(seq "$1"); do out+=("$i=http://127.0.0.1:1808$i|http://127.0.0.1:1908$i"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+start_kvstore() { # N BACKEND
+  local n="$1" backend="$2" i initial
+  initial="$(members "$n")"
+  for i in $(seq "$n"); do
+    local env=(KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="1808$i"
+      KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="1908$i" KV_CLUSTER_INITIAL_MEMBERS="$initial"
+      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
+    if [ "$backend" = postgres ]; then
+      env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv$i"
+        KV_DB_USER=postgres KV_DB_PASSWORD=bench KV_DB_SSL_MODE=disable KV_DB_MAX_CONNS=8)
+    fi
+    env "${env[@]}" "$KV" >"$WORK/kv-$backend-$n-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in $(seq "$n"); do wait_http "http://127.0.0.1:1808$i/ready"; done
+}
+
+start_etcd() { # N
+  local n="$1" i cluster=()
+  for i in $(seq "$n"); do cluster+=("e$i=http://127.0.0.1:2380$i"); done
+  cluster="$(IFS=,; echo "${cluster[*]}")"
+  for i in $(seq "$n"); do
+    etcd --name "e$i" --data-dir "$WORK/etcd-$n-$i" \
+      --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+      --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+      --initial-cluster "$cluster" --initial-cluster-state new --log-level error \
+      >"$WORK/etcd-$n-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in $(seq "$n"); do wait_http "http://127.0.0.1:2379$i/health"; done
+}
+
+urls() { # PORT_PREFIX N
+  local out=() i
+  for i in $(seq "$2"); do out+=("http://127.0.0.1:$1$i"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+for n in 1 3; do
+  start_etcd "$n"
+  bench "etcd $n" etcd "$(urls 2379 "$n")" 1
+  bench "etcd $n" etcd "$(urls 2379 "$n")" 0
+  stop_all
+  start_kvstore "$n" redb
+  bench "kvstore $n redb" kvstore "$(urls 1808 "$n")" 1
+  bench "kvstore $n redb" kvstore "$(urls 1808 "$n")" 0
+  stop_all
+done
+
+PG_IMAGE="$(images/postgres-image.sh)"
+if [ -n "$PG_IMAGE" ]; then
+  PG_PORT=25432
+  PG_CONTAINER="$(docker run -d -e POSTGRES_PASSWORD=bench -p "$PG_PORT:5432" "$PG_IMAGE")"
+  for _ in $(seq 300); do
+    PGPASSWORD=bench psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'select 1' >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  for i in 1 2 3; do PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE kv$i"; done
+  start_kvstore 3 postgres
+  bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 1
+  bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 0
+  stop_all
+else
+  log "no Docker: skipping the PostgreSQL cluster"
+fi
+
+python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION"
