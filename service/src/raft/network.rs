@@ -51,7 +51,8 @@ impl PeerNetwork {
     pub fn new(secret: &str, local_ip: Option<IpAddr>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
+            // Forwarded client requests run many at once: keep their connections.
+            .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
             .local_address(local_ip)
