@@ -163,8 +163,9 @@ async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
             .unwrap();
         assert_eq!(code, 200, "acknowledged {key} lost: {body}");
     }
+    // The writer may have been waiting out a timeout during the whole outage, so only
+    // the kinds of its errors are checked; the probes above checked the code itself.
     let codes = codes.lock().unwrap().clone();
-    assert!(codes.contains_key("STORAGE_UNAVAILABLE"), "{codes:?}");
     assert!(
         codes
             .keys()

@@ -109,7 +109,23 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_meta(COMMITTED, encode(&committed)?).await
+        // Not waited for: losing it only means re-applying a few entries at start-up, and
+        // the next synchronous commit flushes it anyway.
+        let bytes = encode(&committed)?;
+        self.db
+            .retry(COMMITTED, || async {
+                let mut txn = self.db.pool().begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *txn)
+                    .await?;
+                sqlx::query(Meta::Raft.upsert())
+                    .bind(COMMITTED)
+                    .bind(bytes.as_slice())
+                    .execute(&mut *txn)
+                    .await?;
+                txn.commit().await
+            })
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

@@ -3,8 +3,10 @@
 //! own database (`database.database`). Snapshot files live under `storage.data_dir`.
 //!
 //! Every statement is bound, never assembled from data. A log append batch is one
-//! statement; an apply batch, with its last applied id and membership, is one
-//! transaction.
+//! statement, durable before Raft hears of it; an apply batch, with its last applied id
+//! and membership, is one transaction. Applies and the committed index do not wait for
+//! their WAL flush (`synchronous_commit = off`): as with redb, the next durable commit
+//! flushes the WAL up to them, and anything lost in a crash is re-applied from the log.
 //!
 //! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
 //! backoff instead of failing (a failed Raft storage call would stop Raft for good).
