@@ -305,7 +305,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     }
     // The leader's log no longer holds what the lagging node needs.
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the leader to purge its log",
         || async {
             let status = cluster.status(leader).await?;
@@ -316,7 +316,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
 
     cluster.restart(lagging);
     cluster
-        .wait_local_value(lagging, "p119", "p119", Duration::from_secs(20))
+        .wait_local_value(lagging, "p119", "p119", Duration::from_secs(45))
         .await;
     assert!(
         cluster.node(lagging).logged("installed snapshot"),
