@@ -393,6 +393,21 @@ pub(crate) fn report_flushed(
     }
 }
 
+/// Gathers a batch of committed entries, and the clients waiting on them, for a backend
+/// that applies the batch in one transaction.
+pub(crate) async fn gather<Strm>(
+    entries: Strm,
+) -> io::Result<(
+    Vec<Entry>,
+    Vec<Option<openraft::storage::ApplyResponder<TypeConfig>>>,
+)>
+where
+    Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin,
+{
+    let items: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+    Ok(items.into_iter().unzip())
+}
+
 /// Sends each applied entry's result to the client waiting for it, if any.
 pub(crate) fn answer(
     responders: Vec<Option<openraft::storage::ApplyResponder<TypeConfig>>>,

@@ -338,16 +338,11 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         Ok((last_applied, membership))
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut batch = Vec::new();
-        let mut responders = Vec::new();
-        while let Some((entry, responder)) = entries.try_next().await? {
-            batch.push(entry);
-            responders.push(responder);
-        }
+        let (batch, responders) = crate::store::gather(entries).await?;
         if batch.is_empty() {
             return Ok(());
         }
