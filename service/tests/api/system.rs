@@ -25,11 +25,24 @@ async fn status_reports_raft_and_node_facts(backend: Backend) {
     let app = spawn_app(backend).await;
     json(app.put("a", "1").await, 201).await;
     json(app.put("b", "2").await, 201).await;
-    let body = json(
-        app.client.get(app.url("/status")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    // The 201 comes once the write is applied; /status reads Raft's metrics, which
+    // catch up a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let body = json(
+            app.client.get(app.url("/status")).send().await.unwrap(),
+            200,
+        )
+        .await;
+        if body["applied_index"] == body["last_log_index"] {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied never caught up: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(body["node_id"], 1);
     assert_eq!(body["role"], "leader");
     assert_eq!(body["leader_id"], 1);
