@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test lint fmt clean cluster cluster-stop up down logs ps compose-test bench
+.PHONY: help run build test test-images lint fmt clean cluster cluster-stop up down logs ps compose-test bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,9 +39,14 @@ build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore
 	mkdir -p bin && cp target/release/kvstore bin/kvstore
 
-test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, compose)
+test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, compose)
+	@$(MAKE) -s test-images
 	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
 	@$(MAKE) -s compose-test
+
+test-images: ## Build the images the container tests use: kvstore:local from this checkout, and PostgreSQL where no registry has it
+	@if docker info >/dev/null 2>&1; then images/postgres-image.sh >/dev/null && images/build.sh kvstore; \
+	else echo "no Docker daemon: not building images (the container tests will say SKIPPED)"; fi
 
 compose-test: $(VENV)/bin/openapi-spec-validator ## The compose stack: config checks, then end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
 	@if docker info >/dev/null 2>&1; then $(VENV)/bin/python compose/check_config.py && compose/smoke-test.sh; \
@@ -62,6 +67,10 @@ ps: ## List the dev stack's containers
 
 bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table with ratios
 	bench/run.sh
+
+.PHONY: api-fuzz
+api-fuzz: ## Fuzz the HTTP API against its served OpenAPI spec (schemathesis, one redb node): no 5xx, responses as documented
+	VENV=$(VENV) PYTHON=$(PYTHON) CARGO=$(CARGO) api-fuzz/run.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

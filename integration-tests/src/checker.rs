@@ -1,0 +1,573 @@
+//! A linearizability checker for key-value histories.
+//!
+//! The history is split per key (linearizability is compositional), and each key's
+//! operations are searched as a register that starts absent, in the manner of
+//! Wing & Gong with Lowe's memoisation: depth-first, at each step trying every pending
+//! operation that could take effect next (one invoked before the earliest return of
+//! any pending completed operation), remembering each (set of linearized operations,
+//! value) already explored.
+//!
+//! Outcomes:
+//! - `Ok` operations must be linearized between their invoke and return.
+//! - `Fail` operations never took effect and are left out.
+//! - `Unknown` writes may take effect at any point after their invoke, or never; an
+//!   unknown read is left out (it changed nothing and its answer was not seen).
+//!
+//! Two reductions keep the search small without changing its verdict. An unknown put
+//! whose value no read returned is indistinguishable from any other such put on the
+//! key (it sets "some value nobody saw"), and unknown deletes are indistinguishable
+//! from each other: within each of these classes only the earliest-invoked pending
+//! operation is tried, so orders that differ only by swapping them are explored once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use crate::history::{Kind, Op, Outcome};
+
+/// Gives up on a key after this many distinct search states (then reports that the
+/// history could not be checked, which fails a test just like a violation).
+const MAX_STATES: usize = 5_000_000;
+
+/// Why a history is not linearizable (or could not be checked).
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub key: String,
+    /// A readable account: what could be linearized, and which operations could not
+    /// come next.
+    pub explanation: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {:?}: {}", self.key, self.explanation)
+    }
+}
+
+/// Checks every key of `history`; returns the violations found (empty: linearizable).
+pub fn check(history: &[Op]) -> Vec<Violation> {
+    let mut per_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in history {
+        per_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    per_key
+        .into_iter()
+        .filter_map(|(key, ops)| check_key(key, &ops).err())
+        .collect()
+}
+
+/// The register's value during the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Value {
+    Absent,
+    /// Written by an unknown put that no read observed.
+    Unseen,
+    /// The value with this index in the key's value table.
+    Seen(u32),
+}
+
+/// What one operation does to the register, and what it saw.
+#[derive(Debug, Clone, Copy)]
+enum Effect {
+    Put(Value),
+    Get(Value),
+    /// `None`: the outcome (and so whether the key existed) is unknown.
+    Delete(Option<bool>),
+}
+
+impl Effect {
+    /// The value after this operation, if it is consistent with `before`.
+    fn apply(self, before: Value) -> Option<Value> {
+        match self {
+            Effect::Put(v) => Some(v),
+            Effect::Get(seen) => (seen == before).then_some(before),
+            Effect::Delete(None) => Some(Value::Absent),
+            Effect::Delete(Some(found)) => {
+                (found == (before != Value::Absent)).then_some(Value::Absent)
+            }
+        }
+    }
+}
+
+/// Interchangeable unknown operations (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Distinct,
+    UnseenPut,
+    UnknownDelete,
+}
+
+struct Entry<'a> {
+    op: &'a Op,
+    invoke: u64,
+    /// `u64::MAX` for unknown operations: they may take effect at any later time.
+    ret: u64,
+    effect: Effect,
+    class: Class,
+}
+
+fn check_key(key: &str, ops: &[&Op]) -> Result<(), Violation> {
+    // Every value a put may have written, and which values reads returned.
+    let mut values: HashMap<&str, u32> = HashMap::new();
+    for op in ops {
+        if op.kind == Kind::Put && op.outcome != Outcome::Fail {
+            if let Some(v) = op.value.as_deref() {
+                let next = values.len() as u32;
+                values.entry(v).or_insert(next);
+            }
+        }
+    }
+    let mut observed: HashSet<u32> = HashSet::new();
+    for op in ops {
+        if op.kind == Kind::Get && op.outcome == Outcome::Ok {
+            if let Some(v) = op.value.as_deref() {
+                match values.get(v) {
+                    Some(id) => {
+                        observed.insert(*id);
+                    }
+                    None => {
+                        let failed = ops
+                            .iter()
+                            .any(|w| w.kind == Kind::Put && w.value.as_deref() == Some(v));
+                        let why = if failed {
+                            "a put that was reported as failed"
+                        } else {
+                            "no put in the history"
+                        };
+                        return Err(Violation {
+                            key: key.into(),
+                            explanation: format!(
+                                "a read returned {v:?}, which was written by {why}:\n  {}",
+                                op.describe()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut entries: Vec<Entry> = Vec::new();
+    for op in ops {
+        let unknown = op.outcome == Outcome::Unknown;
+        let ret = if unknown { u64::MAX } else { op.return_us };
+        let (effect, class) = match (op.outcome, op.kind) {
+            (Outcome::Fail, _) | (Outcome::Unknown, Kind::Get) => continue,
+            (_, Kind::Put) => {
+                let id = values[op.value.as_deref().unwrap_or_default()];
+                if unknown && !observed.contains(&id) {
+                    (Effect::Put(Value::Unseen), Class::UnseenPut)
+                } else {
+                    (Effect::Put(Value::Seen(id)), Class::Distinct)
+                }
+            }
+            (_, Kind::Get) => {
+                let seen = match op.value.as_deref() {
+                    Some(v) => Value::Seen(values[v]),
+                    None => Value::Absent,
+                };
+                (Effect::Get(seen), Class::Distinct)
+            }
+            (Outcome::Unknown, Kind::Delete) => (Effect::Delete(None), Class::UnknownDelete),
+            (_, Kind::Delete) => (
+                Effect::Delete(Some(op.found.unwrap_or(false))),
+                Class::Distinct,
+            ),
+        };
+        entries.push(Entry {
+            op,
+            invoke: op.invoke_us,
+            ret,
+            effect,
+            class,
+        });
+    }
+    entries.sort_by_key(|e| (e.invoke, e.ret));
+    Search::new(key, &entries).run()
+}
+
+/// One level of the depth-first search.
+struct Level {
+    candidates: Vec<usize>,
+    next: usize,
+    value: Value,
+    /// The entry linearized to get from this level to the next.
+    chosen: Option<usize>,
+}
+
+struct Search<'e, 'a> {
+    key: &'e str,
+    entries: &'e [Entry<'a>],
+    done: Vec<bool>,
+    bits: Vec<u64>,
+    /// Completed operations not yet linearized.
+    required_left: usize,
+    seen: HashSet<(Vec<u64>, Value)>,
+    /// The furthest the search got: how many operations it linearized, the value then,
+    /// and the operations that could not come next.
+    deepest: (usize, Value, Vec<usize>),
+}
+
+impl<'e, 'a> Search<'e, 'a> {
+    fn new(key: &'e str, entries: &'e [Entry<'a>]) -> Self {
+        Search {
+            key,
+            entries,
+            done: vec![false; entries.len()],
+            bits: vec![0; entries.len().div_ceil(64)],
+            required_left: entries.iter().filter(|e| e.ret != u64::MAX).count(),
+            seen: HashSet::new(),
+            deepest: (0, Value::Absent, Vec::new()),
+        }
+    }
+
+    /// The pending entries that could take effect next, in invoke order.
+    fn candidates(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut earliest_return = u64::MAX;
+        let (mut unseen_put, mut unknown_delete) = (false, false);
+        for (i, e) in self.entries.iter().enumerate() {
+            if self.done[i] {
+                continue;
+            }
+            if e.invoke >= earliest_return {
+                break;
+            }
+            earliest_return = earliest_return.min(e.ret);
+            let first_of_class = match e.class {
+                Class::Distinct => true,
+                Class::UnseenPut => !std::mem::replace(&mut unseen_put, true),
+                Class::UnknownDelete => !std::mem::replace(&mut unknown_delete, true),
+            };
+            if first_of_class {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    fn mark(&mut self, i: usize, done: bool) {
+        self.done[i] = done;
+        self.bits[i / 64] ^= 1 << (i % 64);
+        if self.entries[i].ret != u64::MAX {
+            if done {
+                self.required_left -= 1;
+            } else {
+                self.required_left += 1;
+            }
+        }
+    }
+
+    fn run(mut self) -> Result<(), Violation> {
+        let mut depth = 0;
+        let mut level = Level {
+            candidates: self.candidates(),
+            next: 0,
+            value: Value::Absent,
+            chosen: None,
+        };
+        let mut stack: Vec<Level> = Vec::new();
+        loop {
+            if self.required_left == 0 {
+                return Ok(());
+            }
+            if let Some(&i) = level.candidates.get(level.next) {
+                level.next += 1;
+                let Some(after) = self.entries[i].effect.apply(level.value) else {
+                    continue;
+                };
+                self.mark(i, true);
+                if !self.seen.insert((self.bits.clone(), after)) {
+                    self.mark(i, false);
+                    continue;
+                }
+                if self.seen.len() > MAX_STATES {
+                    return Err(Violation {
+                        key: self.key.into(),
+                        explanation: format!(
+                            "gave up after exploring {MAX_STATES} states; the history could \
+                             not be checked"
+                        ),
+                    });
+                }
+                level.chosen = Some(i);
+                stack.push(level);
+                depth += 1;
+                level = Level {
+                    candidates: self.candidates(),
+                    next: 0,
+                    value: after,
+                    chosen: None,
+                };
+                if depth > self.deepest.0 {
+                    self.deepest = (depth, after, level.candidates.clone());
+                }
+            } else {
+                if depth == 0 && self.deepest.0 == 0 {
+                    self.deepest = (0, Value::Absent, level.candidates.clone());
+                }
+                let Some(parent) = stack.pop() else {
+                    return Err(self.explain());
+                };
+                depth -= 1;
+                let i = parent.chosen.expect("a parent level chose an entry");
+                self.mark(i, false);
+                level = parent;
+            }
+        }
+    }
+
+    fn explain(&self) -> Violation {
+        let (depth, value, stuck) = &self.deepest;
+        let shown = match value {
+            Value::Absent => "absent".to_string(),
+            Value::Unseen => "a value written by an unacknowledged put".to_string(),
+            Value::Seen(id) => self
+                .entries
+                .iter()
+                .find(|e| matches!(e.effect, Effect::Put(Value::Seen(v)) if v == *id))
+                .and_then(|e| e.op.value.clone())
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+        };
+        let mut text = format!(
+            "not linearizable: at best {depth} of {} operations could be ordered; the \
+             value was then {shown}, and none of the operations that could come next \
+             is consistent with it:\n",
+            self.entries.len()
+        );
+        for i in stuck {
+            let _ = writeln!(text, "  {}", self.entries[*i].op.describe());
+        }
+        Violation {
+            key: self.key.into(),
+            explanation: text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(op: Op) -> Op {
+        op.with_outcome(Outcome::Unknown)
+    }
+
+    fn failed(op: Op) -> Op {
+        op.with_outcome(Outcome::Fail)
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = vec![
+            Op::get(1, "a", None, 0, 10),
+            Op::put(1, "a", "v1", 20, 30),
+            Op::get(2, "a", Some("v1"), 40, 50),
+            Op::delete(1, "a", true, 60, 70),
+            Op::delete(2, "a", false, 80, 90),
+            Op::get(1, "a", None, 100, 110),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+    }
+
+    #[test]
+    fn concurrent_reads_may_see_either_side_of_a_write() {
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            Op::put(1, "a", "v2", 20, 100),
+            Op::get(2, "a", Some("v2"), 30, 40),
+            Op::get(3, "a", Some("v1"), 25, 35),
+            Op::get(2, "a", Some("v2"), 110, 120),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+    }
+
+    #[test]
+    fn planted_stale_read_is_rejected() {
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            Op::put(1, "a", "v2", 20, 30),
+            Op::get(2, "a", Some("v1"), 40, 50),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].key, "a");
+        assert!(v[0].explanation.contains("get(a)"), "{}", v[0]);
+    }
+
+    #[test]
+    fn planted_lost_write_is_rejected() {
+        let h = vec![Op::put(1, "a", "v1", 0, 10), Op::get(2, "a", None, 20, 30)];
+        assert_eq!(check(&h).len(), 1);
+        // A lost delete is a lost write too.
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            Op::delete(1, "a", true, 20, 30),
+            Op::get(2, "a", Some("v1"), 40, 50),
+        ];
+        assert_eq!(check(&h).len(), 1);
+    }
+
+    #[test]
+    fn a_read_cannot_see_the_future() {
+        let h = vec![
+            Op::get(2, "a", Some("v1"), 0, 10),
+            Op::put(1, "a", "v1", 20, 30),
+        ];
+        assert_eq!(check(&h).len(), 1);
+    }
+
+    #[test]
+    fn values_of_failed_or_unknown_writes() {
+        // A failed put never takes effect: reading its value is a violation.
+        let h = vec![
+            failed(Op::put(1, "a", "v1", 0, 10)),
+            Op::get(2, "a", Some("v1"), 20, 30),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].explanation.contains("reported as failed"), "{}", v[0]);
+        // An unknown put may take effect, even long after the client gave up...
+        let h = vec![
+            unknown(Op::put(1, "a", "v1", 0, 10)),
+            Op::get(2, "a", None, 20, 30),
+            Op::get(2, "a", Some("v1"), 40, 50),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+        // ...or never, but not before it was sent.
+        let h = vec![
+            Op::get(2, "a", Some("v1"), 0, 10),
+            unknown(Op::put(1, "a", "v1", 20, 30)),
+        ];
+        assert_eq!(check(&h).len(), 1);
+        // Failed and unknown reads say nothing.
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            failed(Op::get(2, "a", Some("zzz"), 20, 30)),
+            unknown(Op::get(2, "a", None, 40, 50)),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+    }
+
+    #[test]
+    fn a_delete_reports_whether_the_key_existed() {
+        let h = vec![Op::delete(1, "a", true, 0, 10)];
+        assert_eq!(check(&h).len(), 1);
+        // An unseen, unknown put can explain a delete that found the key.
+        let h = vec![
+            unknown(Op::put(1, "a", "v1", 0, 10)),
+            Op::delete(2, "a", true, 20, 30),
+            Op::get(2, "a", None, 40, 50),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+        // An unknown delete may or may not have happened.
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            unknown(Op::delete(1, "a", false, 20, 30)),
+            Op::get(2, "a", Some("v1"), 40, 50),
+            Op::get(2, "a", None, 60, 70),
+        ];
+        assert!(check(&h).is_empty(), "{:?}", check(&h));
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            unknown(Op::delete(1, "a", false, 20, 30)),
+            Op::get(2, "a", None, 40, 50),
+            Op::get(2, "a", Some("v1"), 60, 70),
+        ];
+        assert_eq!(check(&h).len(), 1);
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let h = vec![
+            Op::put(1, "a", "v1", 0, 10),
+            Op::put(1, "b", "w1", 20, 30),
+            Op::get(2, "b", None, 40, 50),
+            Op::get(2, "a", Some("v1"), 40, 50),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].key, "b");
+    }
+
+    #[test]
+    fn many_unknown_writes_are_checked_quickly() {
+        // 100 puts in the void that nobody read, and 100 deletes, around reads that saw
+        // only "v1": without the reduction this is 2^200 orders.
+        let mut h = vec![Op::put(0, "a", "v1", 0, 10)];
+        for i in 0..100u64 {
+            h.push(unknown(Op::put(
+                1 + i as u32,
+                "a",
+                &format!("x{i}"),
+                20 + i,
+                25 + i,
+            )));
+            h.push(unknown(Op::delete(
+                400 + i as u32,
+                "a",
+                false,
+                20 + i,
+                25 + i,
+            )));
+        }
+        h.push(Op::get(999, "a", Some("v1"), 15, 18));
+        assert!(check(&h).is_empty());
+        // The same with a read that no order can explain.
+        h.push(Op::get(998, "a", Some("v1"), 400, 410));
+        h.push(Op::get(998, "a", None, 420, 430));
+        h.push(Op::get(998, "a", Some("v1"), 440, 450));
+        assert_eq!(check(&h).len(), 1);
+    }
+
+    /// Histories produced by a real sequential register, with each operation's interval
+    /// stretched around its linearization point, are always accepted; the same history
+    /// with one read's answer changed to an older value is not.
+    #[test]
+    fn random_linearizable_histories_are_accepted() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..200 {
+            let mut value: Option<String> = None;
+            let mut h = Vec::new();
+            let mut written: Vec<String> = Vec::new();
+            for step in 0..60u64 {
+                let at = step * 100 + 50;
+                let invoke = at - rng.u64(0..50);
+                let ret = at + rng.u64(1..250);
+                let client = rng.u32(0..8);
+                // Some writes end without an answer (they did take effect).
+                let acknowledged = rng.u8(0..20) != 0;
+                let op = match rng.u8(0..10) {
+                    0..=3 => {
+                        let v = format!("r{round}s{step}");
+                        value = Some(v.clone());
+                        if acknowledged {
+                            written.push(v.clone());
+                        }
+                        Op::put(client, "k", &v, invoke, ret)
+                    }
+                    4 => {
+                        let found = value.take().is_some();
+                        Op::delete(client, "k", found, invoke, ret)
+                    }
+                    _ => Op::get(client, "k", value.as_deref(), invoke, ret),
+                };
+                let op = match acknowledged || op.kind == Kind::Get {
+                    true => op,
+                    false => unknown(op),
+                };
+                h.push(op);
+            }
+            assert!(check(&h).is_empty(), "round {round}: {:?}", check(&h));
+            // Plant a stale read: after one more acknowledged write, read the value
+            // of the last acknowledged put before it.
+            if !written.is_empty() {
+                let end = 60 * 100 + 1000;
+                let last = written.last().unwrap().clone();
+                h.push(Op::put(99, "k", &format!("final{round}"), end, end + 10));
+                h.push(Op::get(98, "k", Some(&last), end + 20, end + 30));
+                assert_eq!(check(&h).len(), 1, "round {round}: stale read accepted");
+            }
+        }
+    }
+}
