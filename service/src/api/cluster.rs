@@ -40,6 +40,7 @@ impl From<MemberInfo> for MemberView {
 #[derive(Debug, Clone, Object)]
 pub struct MembersResponse {
     /// The leader this node knows of.
+    #[oai(nullable)]
     pub leader_id: Option<u64>,
     /// The members as this node knows them; right after a change made through a
     /// follower, the follower's view may trail the leader's for a moment.
@@ -128,6 +129,32 @@ fn check_base_url(field: &str, url: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Refuses a new learner whose addresses an existing member (under another id) already
+/// uses: the leader would then replicate to itself or to another member as if it were
+/// the new node, which wedges the cluster (a single node adding itself stops its Raft).
+/// URLs are compared as written, up to case and a trailing `/`.
+fn check_addresses_unused(
+    members: &[MemberInfo],
+    id: u64,
+    node: &NodeAddr,
+) -> Result<(), ApiError> {
+    let same = |a: &str, b: &str| a.trim_end_matches('/').eq_ignore_ascii_case(b);
+    for m in members.iter().filter(|m| m.id != id) {
+        for (field, given, theirs) in [
+            ("api_addr", &node.api_addr, &m.addr.api_addr),
+            ("raft_addr", &node.raft_addr, &m.addr.raft_addr),
+        ] {
+            if same(theirs, given) {
+                return Err(ApiError::InvalidMembership(format!(
+                    "`{field}` {given} is already used by node {}",
+                    m.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[OpenApi(tag = "ApiTags::Cluster")]
 impl ClusterApi {
     /// List members
@@ -174,6 +201,7 @@ impl ClusterApi {
             api_addr: check_base_url("api_addr", &req.api_addr)?,
             raft_addr: check_base_url("raft_addr", &req.raft_addr)?,
         };
+        check_addresses_unused(&self.node.members(), req.id, &node)?;
         self.node
             .admin(AdminOp::AddLearner { id: req.id, node })
             .await?;
@@ -229,7 +257,8 @@ impl ClusterApi {
     /// Transfer leadership
     ///
     /// Asks the leader to hand leadership to another voter. Returns once the request
-    /// is made; watch `/status` for the new leader.
+    /// is made; watch `/status` for the new leader. Naming the current leader changes
+    /// nothing.
     #[oai(
         path = "/cluster/leader",
         method = "post",
@@ -243,9 +272,14 @@ impl ClusterApi {
         body: JsonBody<TransferLeaderRequest>,
     ) -> Result<MembersResult, ApiError> {
         self.authorize(&secret)?;
-        self.node
-            .admin(AdminOp::TransferLeader { to: body.0.id })
-            .await?;
+        let to = body.0.id;
+        // A transfer to the node that already leads never completes, and until it does
+        // the leader serves no reads or writes. Leadership is already where it is wanted,
+        // so this is a no-op.
+        if self.node.metrics().current_leader == Some(to) {
+            return Ok(self.members());
+        }
+        self.node.admin(AdminOp::TransferLeader { to }).await?;
         Ok(self.members())
     }
 }

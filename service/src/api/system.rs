@@ -47,6 +47,7 @@ pub struct LeaderView {
 pub struct FollowerView {
     pub id: u64,
     /// The last log index known to be replicated to this follower.
+    #[oai(nullable)]
     pub matched_index: Option<u64>,
     /// How many entries it is behind the leader's last log index.
     pub lag: u64,
@@ -60,23 +61,31 @@ pub struct StatusResponse {
     pub role: String,
     pub term: u64,
     /// The current leader's id, if one is known.
+    #[oai(nullable)]
     pub leader_id: Option<u64>,
     /// The current leader's id and API address, if one is known.
+    #[oai(nullable)]
     pub leader: Option<LeaderView>,
     /// Every cluster member with its role.
     pub members: Vec<super::cluster::MemberView>,
     /// On the leader only: each follower's replication progress.
+    #[oai(nullable)]
     pub followers: Option<Vec<FollowerView>>,
     /// Index of the last entry in this node's Raft log.
+    #[oai(nullable)]
     pub last_log_index: Option<u64>,
     /// Index of the last entry known to be committed.
+    #[oai(nullable)]
     pub committed_index: Option<u64>,
     /// Index of the last entry applied to the key-value data.
+    #[oai(nullable)]
     pub applied_index: Option<u64>,
     /// Last log index included in this node's latest snapshot.
+    #[oai(nullable)]
     pub snapshot_index: Option<u64>,
     /// Entries up to this index have been removed from the log (they live in the
     /// snapshot).
+    #[oai(nullable)]
     pub purged_index: Option<u64>,
     /// Number of keys in this node's copy of the data.
     pub key_count: u64,

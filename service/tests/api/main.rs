@@ -33,5 +33,6 @@ mod errors;
 mod helpers;
 mod kv;
 mod limits;
+mod membership;
 mod openapi;
 mod system;

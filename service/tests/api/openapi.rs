@@ -113,8 +113,64 @@ async fn served_spec_passes_a_real_openapi_validator(backend: Backend) {
     app.stop().await;
 }
 
+/// Every `null` a response carries is declared `nullable` in its schema: a fresh node's
+/// `/status` has no snapshot and no purged log yet.
+async fn nulls_in_responses_are_declared_nullable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let spec = json(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let status = json(
+        app.client.get(app.url("/status")).send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert!(status["snapshot_index"].is_null(), "{status}");
+    let schemas = &spec["components"]["schemas"];
+    for (schema, properties) in [
+        (
+            "StatusResponse",
+            &[
+                "leader_id",
+                "leader",
+                "followers",
+                "last_log_index",
+                "committed_index",
+                "applied_index",
+                "snapshot_index",
+                "purged_index",
+            ][..],
+        ),
+        ("FollowerView", &["matched_index"][..]),
+        ("MembersResponse", &["leader_id"][..]),
+    ] {
+        for property in properties {
+            assert_eq!(
+                schemas[schema]["properties"][property]["nullable"], true,
+                "{schema}.{property} is not nullable in the spec"
+            );
+        }
+    }
+    for (name, value) in status.as_object().unwrap() {
+        if value.is_null() {
+            assert_eq!(
+                schemas["StatusResponse"]["properties"][name]["nullable"], true,
+                "/status has {name}: null, but the spec does not allow it"
+            );
+        }
+    }
+    app.stop().await;
+}
+
 crate::backend_tests!(
     swagger_ui_is_served,
     spec_documents_every_route_and_error,
     served_spec_passes_a_real_openapi_validator,
+    nulls_in_responses_are_declared_nullable,
 );
