@@ -24,6 +24,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_SERVER_REQUEST_TIMEOUT", "server.request_timeout"),
     ("KV_SERVER_MAX_KEY_BYTES", "server.max_key_bytes"),
     ("KV_SERVER_MAX_VALUE_BYTES", "server.max_value_bytes"),
+    ("KV_SERVER_MAX_IN_FLIGHT", "server.max_in_flight"),
     ("KV_STORAGE_TYPE", "storage.type"),
     ("KV_STORAGE_DATA_DIR", "storage.data_dir"),
     ("KV_STORAGE_SYNC_WRITES", "storage.sync_writes"),
@@ -112,6 +113,10 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Client requests served at once; beyond it a request gets 503 `OVERLOADED` with
+    /// `Retry-After` at once instead of waiting in a queue. `/health`, `/ready` and
+    /// `/metrics` are not counted.
+    pub max_in_flight: usize,
 }
 
 /// Which backend keeps the Raft log and the data.
@@ -360,6 +365,7 @@ server:
   request_timeout: "10s"
   max_key_bytes: 1024
   max_value_bytes: 1048576
+  max_in_flight: 1024
 storage:
   type: "file"
   data_dir: "./data"
@@ -476,6 +482,12 @@ impl Settings {
         if self.server.max_value_bytes == 0 {
             return Err(ConfigError::invalid(
                 "server.max_value_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_in_flight",
                 "must be at least 1",
             ));
         }
@@ -842,6 +854,14 @@ mod tests {
     fn zero_node_id_is_rejected() {
         let msg = error_text(None, &[("KV_RAFT_NODE_ID", "0")]);
         assert!(msg.contains("raft.node_id"), "{msg}");
+    }
+
+    #[test]
+    fn zero_max_in_flight_is_rejected() {
+        let msg = error_text(None, &[("KV_SERVER_MAX_IN_FLIGHT", "0")]);
+        assert!(msg.contains("server.max_in_flight"), "{msg}");
+        let s = load(None, &[("KV_SERVER_MAX_IN_FLIGHT", "8")]).unwrap();
+        assert_eq!(s.server.max_in_flight, 8);
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Application {
             limits: Limits {
                 max_key_bytes: settings.server.max_key_bytes,
                 max_value_bytes: settings.server.max_value_bytes,
+                max_in_flight: settings.server.max_in_flight,
                 request_timeout: settings.server.request_timeout,
             },
             shutdown_timeout: settings.server.shutdown_timeout,

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     Timeout,
     Unavailable,
     NotReady,
+    Overloaded,
     Internal,
 }
 
@@ -109,6 +110,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("overloaded: {0} requests are in flight (server.max_in_flight); retry shortly")]
+    Overloaded(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -132,7 +135,8 @@ impl ApiError {
             | ApiError::OutcomeUnknown(_)
             | ApiError::StorageUnavailable(_)
             | ApiError::Unavailable(_)
-            | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::NotReady(_)
+            | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,6 +164,7 @@ impl ApiError {
             ApiError::Timeout(_) | ApiError::BodyTimeout(_) => ErrorCode::Timeout,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::NotReady(_) => ErrorCode::NotReady,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -229,7 +234,13 @@ impl poem::error::ResponseError for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry = matches!(self, ApiError::Overloaded(_));
         let mut response = Json(self.body()).with_status(status).into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(poem::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
         // For the error metrics: which code this response carries.
         response.set_data(self.code());
         response
@@ -246,6 +257,9 @@ impl ErrorCode {
     }
 }
 
+/// What an `OVERLOADED` answer asks the client to wait, in seconds.
+const RETRY_AFTER_SECS: u16 = 1;
+
 /// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
 const DOCUMENTED: &[(u16, &str)] = &[
     (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
@@ -255,7 +269,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
     (415, "INVALID_CONTENT_TYPE: the body is not application/json"),
     (500, "INTERNAL: an unexpected failure on this node"),
-    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, or OUTCOME_UNKNOWN (a write that may or may not have been applied)"),
+    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests in flight; nothing was done, retry after the `Retry-After` seconds)"),
     (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
 ];
 

@@ -7,6 +7,7 @@ pub mod error;
 mod kv;
 mod system;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::metrics::{counter, gauge, histogram};
@@ -15,6 +16,7 @@ use poem::http::uri::PathAndQuery;
 use poem::http::Uri;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -30,7 +32,13 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Bounds reading a request body, like it bounds the Raft work behind a request.
     pub request_timeout: Duration,
+    /// Client requests served at once (`server.max_in_flight`).
+    pub max_in_flight: usize,
 }
+
+/// Routes that answer even when the node is at `max_in_flight`: probes and metrics
+/// must keep working under overload, and they are cheap.
+const UNBOUNDED: &[&str] = &["/health", "/ready", "/metrics"];
 
 #[derive(Tags)]
 enum ApiTags {
@@ -81,6 +89,7 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
     let docs = service.swagger_ui();
     let spec_json = service.spec_endpoint();
     let spec_yaml = service.spec_endpoint_yaml();
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec_json)
@@ -102,6 +111,21 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
             match route_key_path(req) {
                 Ok(req) => ep.call(req).await,
                 Err(e) => Ok(e.into_response()),
+            }
+        })
+        // Load shedding: a request beyond the bound is refused at once, never queued.
+        .around(move |ep, req| {
+            let in_flight = in_flight.clone();
+            async move {
+                if UNBOUNDED.contains(&req.uri().path()) {
+                    return ep.call(req).await;
+                }
+                // Counted in kvstore_http_errors_total{code="OVERLOADED"} by the layer
+                // outside this one.
+                let Ok(_permit) = in_flight.try_acquire_owned() else {
+                    return Ok(ApiError::Overloaded(limits.max_in_flight).into_response());
+                };
+                ep.call(req).await
             }
         })
         .around(move |ep, req| async move {

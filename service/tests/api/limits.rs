@@ -100,7 +100,92 @@ async fn an_oversized_chunked_body_is_cut_off(backend: Backend) {
     app.stop().await;
 }
 
+/// Opens a connection and sends a PUT whose body never finishes: the request holds
+/// its slot while the server waits for the rest of the body.
+async fn stalled_upload(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /kv/held HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 40\r\n\r\n{\"value\":",
+        )
+        .await
+        .unwrap();
+    stream
+}
+
+async fn beyond_max_in_flight_requests_are_shed_with_retry_after(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.server.max_in_flight = 1).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    // Occupy the one slot with an upload that never finishes. A probe request can win
+    // the race for the slot (then the upload is the one refused, and is answered):
+    // start another upload until one holds the slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stalled = stalled_upload(&addr).await;
+    let shed = loop {
+        let resp = app.get("/kv/other").await;
+        if resp.status() == 503 {
+            break resp;
+        }
+        assert_eq!(resp.status(), 404);
+        assert!(std::time::Instant::now() < deadline, "never shed");
+        let mut buf = [0u8; 1];
+        if !matches!(stalled.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            stalled = stalled_upload(&addr).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The refused request is answered at once, with a hint when to come back...
+    assert_eq!(
+        shed.headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body = error(shed, 503, "OVERLOADED").await;
+    assert!(
+        body["error"].as_str().unwrap().contains("max_in_flight"),
+        "{body}"
+    );
+    // ...while the probes and metrics still answer.
+    for path in ["/health", "/ready", "/metrics"] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    // When the stalled upload goes away, requests are served again.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = app.get("/kv/other").await;
+        if resp.status() == 404 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still shedding");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("kvstore_http_errors_total") && l.contains("code=\"OVERLOADED\"")
+        ),
+        "no OVERLOADED errors counted"
+    );
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    beyond_max_in_flight_requests_are_shed_with_retry_after,
     key_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused,
     key_limit_counts_utf8_bytes,
     value_of_exactly_the_limit_is_accepted_and_one_byte_more_is_refused,
