@@ -39,9 +39,10 @@ build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore
 	mkdir -p bin && cp target/release/kvstore bin/kvstore
 
-test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, compose)
+test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, API fuzzing, compose)
 	@$(MAKE) -s test-images
 	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
+	@$(MAKE) -s api-fuzz
 	@$(MAKE) -s compose-test
 
 test-images: ## Build the images the container tests use: kvstore:local from this checkout, and PostgreSQL where no registry has it
