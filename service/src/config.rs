@@ -59,6 +59,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_LOG_FILE", "logging.file"),
     ("KV_TELEMETRY_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("KV_TELEMETRY_SERVICE_NAME", "telemetry.service_name"),
+    ("KV_TLS_CERT_FILE", "tls.cert_file"),
+    ("KV_TLS_KEY_FILE", "tls.key_file"),
+    ("KV_TLS_CA_FILE", "tls.ca_file"),
+    ("KV_TLS_PEER_MTLS", "tls.peer_mtls"),
 ];
 
 /// A configuration problem, always naming the setting at fault so an operator can fix
@@ -96,6 +100,7 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub logging: LoggingSettings,
     pub telemetry: TelemetrySettings,
+    pub tls: TlsSettings,
 }
 
 /// The client-facing HTTP listener and request limits.
@@ -355,6 +360,29 @@ pub struct LoggingSettings {
     pub file: Option<PathBuf>,
 }
 
+/// TLS for both listeners (client API and Raft) and for the node's own calls to its
+/// peers. Off unless `cert_file` and `key_file` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// This node's certificate chain (PEM), served on both listeners.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) peers' certificates must chain to. Needed for a
+    /// cluster over TLS; without it a node trusts no peer.
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS between nodes: the Raft listener accepts only clients presenting a
+    /// certificate from `ca_file`, and this node presents its own to its peers.
+    pub peer_mtls: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
 /// The defaults, as YAML: what a node runs with when no file and no variable says
 /// otherwise. `config/server.yaml` spells out the same values.
 const DEFAULTS: &str = r#"
@@ -403,6 +431,11 @@ logging:
 telemetry:
   otlp_endpoint: ""
   service_name: "kvstore"
+tls:
+  cert_file: null
+  key_file: null
+  ca_file: null
+  peer_mtls: false
 "#;
 
 impl Settings {
@@ -456,6 +489,14 @@ impl Settings {
             .ssl_root_cert
             .take()
             .filter(|p| !p.as_os_str().is_empty());
+        // An empty TLS path (e.g. `KV_TLS_CA_FILE=`) means unset.
+        for path in [
+            &mut settings.tls.cert_file,
+            &mut settings.tls.key_file,
+            &mut settings.tls.ca_file,
+        ] {
+            *path = path.take().filter(|p| !p.as_os_str().is_empty());
+        }
         // An empty `logging.file` (e.g. `KV_LOG_FILE=`) means stdout.
         settings.logging.file = settings
             .logging
@@ -491,6 +532,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_tls()?;
         if self.server.request_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "server.request_timeout",
@@ -575,6 +617,55 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is",
+                ))
+            }
+            _ => {}
+        }
+        for (setting, path) in [
+            ("tls.cert_file", &t.cert_file),
+            ("tls.key_file", &t.key_file),
+            ("tls.ca_file", &t.ca_file),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(
+                        setting,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if t.peer_mtls && (!t.enabled() || t.ca_file.is_none()) {
+            return Err(ConfigError::invalid(
+                "tls.peer_mtls",
+                "needs tls.cert_file, tls.key_file and tls.ca_file",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `https` when TLS is on, else `http`: the scheme every node URL must use.
+    pub fn url_scheme(&self) -> &'static str {
+        if self.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         for (setting, url) in [
@@ -583,6 +674,7 @@ impl Settings {
         ] {
             if !url.is_empty() {
                 check_url(setting, url)?;
+                check_scheme(setting, url, self.url_scheme())?;
             }
         }
         let mut ids = std::collections::BTreeSet::new();
@@ -595,6 +687,8 @@ impl Settings {
             }
             check_url("cluster.initial_members", &m.api_addr)?;
             check_url("cluster.initial_members", &m.raft_addr)?;
+            check_scheme("cluster.initial_members", &m.api_addr, self.url_scheme())?;
+            check_scheme("cluster.initial_members", &m.raft_addr, self.url_scheme())?;
         }
         if !c.initial_members.is_empty() && !ids.contains(&self.raft.node_id) {
             return Err(ConfigError::invalid(
@@ -654,6 +748,22 @@ fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
             setting,
             format!("`{url}` is not a base URL like http://10.0.0.1:9001"),
         )),
+    }
+}
+
+/// Node URLs use `https` exactly when TLS is on: a node with TLS listens for nothing
+/// else, and one without it cannot speak TLS to its peers.
+fn check_scheme(setting: &'static str, url: &str, scheme: &str) -> Result<(), ConfigError> {
+    if url.starts_with(&format!("{scheme}://")) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            setting,
+            format!(
+                "`{url}` must start with {scheme}:// (TLS is {})",
+                if scheme == "https" { "on" } else { "off" }
+            ),
+        ))
     }
 }
 
@@ -854,6 +964,45 @@ mod tests {
     fn zero_node_id_is_rejected() {
         let msg = error_text(None, &[("KV_RAFT_NODE_ID", "0")]);
         assert!(msg.contains("raft.node_id"), "{msg}");
+    }
+
+    #[test]
+    fn tls_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not checked here").unwrap();
+        let pem = pem.to_str().unwrap();
+        let msg = error_text(None, &[("KV_TLS_CERT_FILE", pem)]);
+        assert!(msg.contains("tls.key_file"), "{msg}");
+        let msg = error_text(
+            None,
+            &[
+                ("KV_TLS_CERT_FILE", pem),
+                ("KV_TLS_KEY_FILE", "/nonexistent.key"),
+            ],
+        );
+        assert!(
+            msg.contains("tls.key_file") && msg.contains("/nonexistent.key"),
+            "{msg}"
+        );
+        let msg = error_text(None, &[("KV_TLS_PEER_MTLS", "true")]);
+        assert!(msg.contains("tls.peer_mtls"), "{msg}");
+        // With TLS on, node URLs must be https, and without it http.
+        let tls = [("KV_TLS_CERT_FILE", pem), ("KV_TLS_KEY_FILE", pem)];
+        let s = load(None, &tls).unwrap();
+        assert!(s.tls.enabled());
+        let mut env = tls.to_vec();
+        env.push(("KV_CLUSTER_ADVERTISE_RAFT", "http://a:9001"));
+        let msg = error_text(None, &env);
+        assert!(
+            msg.contains("cluster.advertise_raft") && msg.contains("https://"),
+            "{msg}"
+        );
+        let msg = error_text(None, &[("KV_CLUSTER_ADVERTISE_API", "https://a:8080")]);
+        assert!(msg.contains("cluster.advertise_api"), "{msg}");
+        // An empty variable means unset.
+        let s = load(None, &[("KV_TLS_CA_FILE", "")]).unwrap();
+        assert!(s.tls.ca_file.is_none() && !s.tls.enabled());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
+use poem::listener::{AcceptorExt, BoxAcceptor, TcpAcceptor};
 use poem::Server;
 
 use crate::api::{self, Limits};
@@ -16,9 +16,9 @@ use crate::raft::{self, NodeAddr, RaftNode};
 
 /// A node that is bound and started but not yet serving.
 pub struct Application {
-    api: TcpAcceptor,
+    api: BoxAcceptor,
     api_addr: SocketAddr,
-    raft: TcpAcceptor,
+    raft: BoxAcceptor,
     raft_addr: SocketAddr,
     node: RaftNode,
     limits: Limits,
@@ -30,11 +30,16 @@ impl Application {
     /// Binds `server.host:server.port` and `cluster.raft_host:cluster.raft_port` (port 0
     /// picks a free port), opens storage and starts Raft.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let (api, api_addr) = bind(settings.listen_addr()?, "server.port").await?;
-        let (raft, raft_addr) = bind(settings.raft_listen_addr()?, "cluster.raft_port").await?;
+        crate::tls::install_provider();
+        let api_tls = crate::tls::server_config(&settings.tls, false)?;
+        let raft_tls = crate::tls::server_config(&settings.tls, settings.tls.peer_mtls)?;
+        let (api, api_addr) = bind(settings.listen_addr()?, "server.port", api_tls).await?;
+        let (raft, raft_addr) =
+            bind(settings.raft_listen_addr()?, "cluster.raft_port", raft_tls).await?;
+        let scheme = settings.url_scheme();
         let advertised = NodeAddr {
-            api_addr: advertised_url(&settings.cluster.advertise_api, api_addr),
-            raft_addr: advertised_url(&settings.cluster.advertise_raft, raft_addr),
+            api_addr: advertised_url(&settings.cluster.advertise_api, scheme, api_addr),
+            raft_addr: advertised_url(&settings.cluster.advertise_raft, scheme, raft_addr),
         };
         if settings.cluster.secret.is_empty() {
             tracing::warn!(
@@ -113,17 +118,26 @@ impl Application {
     }
 }
 
-async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<(TcpAcceptor, SocketAddr)> {
+/// Listens on `addr`, with TLS when `tls` is given.
+async fn bind(
+    addr: SocketAddr,
+    setting: &str,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<(BoxAcceptor, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("invalid setting `{setting}`: cannot listen on {addr}: {e}")
     })?;
     let local = listener.local_addr()?;
-    Ok((TcpAcceptor::from_tokio(listener)?, local))
+    let acceptor = match tls {
+        Some(config) => crate::tls::TlsAcceptor::new(listener, config)?.boxed(),
+        None => TcpAcceptor::from_tokio(listener)?.boxed(),
+    };
+    Ok((acceptor, local))
 }
 
 /// The URL a listener is reached at: the configured one, or else the bound address,
 /// with a wildcard address advertised as loopback.
-fn advertised_url(configured: &str, bound: SocketAddr) -> String {
+fn advertised_url(configured: &str, scheme: &str, bound: SocketAddr) -> String {
     if !configured.is_empty() {
         return configured.trim_end_matches('/').to_string();
     }
@@ -132,7 +146,7 @@ fn advertised_url(configured: &str, bound: SocketAddr) -> String {
         ip if ip.is_unspecified() => "::1".parse().expect("literal"),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, bound.port()))
+    format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
 }
 
 /// Completes on SIGINT or SIGTERM.

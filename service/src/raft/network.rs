@@ -48,8 +48,17 @@ pub struct PeerNetwork {
 impl PeerNetwork {
     /// `secret` is sent on every request when not empty. `local_ip`, when given, is the
     /// source address of outgoing connections (the address the Raft listener binds).
-    pub fn new(secret: &str, local_ip: Option<IpAddr>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    /// `tls`: the client side of TLS to peers (from [`crate::tls::client_config`]).
+    pub fn new(
+        secret: &str,
+        local_ip: Option<IpAddr>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(tls).https_only(true);
+        }
+        let http = http
             .pool_idle_timeout(Duration::from_secs(60))
             // Forwarded client requests run many at once: keep their connections.
             .pool_max_idle_per_host(256)

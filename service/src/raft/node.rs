@@ -172,7 +172,11 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
         .ok()
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified());
-    let network = PeerNetwork::new(&settings.cluster.secret, local_ip)?;
+    let network = PeerNetwork::new(
+        &settings.cluster.secret,
+        local_ip,
+        crate::tls::client_config(&settings.tls)?,
+    )?;
     let id = settings.raft.node_id;
     let raft = Raft::new(
         id,
