@@ -150,6 +150,20 @@ fn invalid_config_exits_non_zero_naming_the_setting() {
 }
 
 #[test]
+fn a_corrupt_database_file_exits_non_zero_and_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("kvstore.redb");
+    let garbage: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let (status, _, stderr) = run_to_exit(&data, &[], &[]);
+    assert!(!status.success(), "started on a corrupt file");
+    assert!(stderr.contains("kvstore.redb"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file was changed");
+}
+
+#[test]
 fn a_port_in_use_exits_non_zero_naming_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
