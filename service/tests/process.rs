@@ -160,7 +160,11 @@ fn a_corrupt_database_file_exits_non_zero_and_is_left_untouched() {
     let (status, _, stderr) = run_to_exit(&data, &[], &[]);
     assert!(!status.success(), "started on a corrupt file");
     assert!(stderr.contains("kvstore.redb"), "{stderr}");
-    assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file was changed");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        garbage,
+        "the file was changed"
+    );
 }
 
 #[test]

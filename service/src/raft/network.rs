@@ -72,12 +72,14 @@ impl PeerNetwork {
         })
     }
 
-    /// A POST carrying the secret and the current span's `traceparent`.
-    fn post(&self, url: String, timeout: Duration) -> reqwest::RequestBuilder {
+    /// A POST to node `target` carrying the secret, the target's id (a node refuses
+    /// requests meant for another) and the current span's `traceparent`.
+    fn post(&self, url: String, target: u64, timeout: Duration) -> reqwest::RequestBuilder {
         let req = self
             .http
             .post(url)
             .timeout(timeout)
+            .header(rpc::TARGET_HEADER, target)
             .headers(crate::telemetry::trace::inject_current());
         match &self.secret {
             Some(secret) => req.header(rpc::SECRET_HEADER, secret.as_ref()),
@@ -89,12 +91,13 @@ impl PeerNetwork {
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         base_url: &str,
+        target: u64,
         path: &str,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let resp = self
-            .post(format!("{base_url}{path}"), timeout)
+            .post(format!("{base_url}{path}"), target, timeout)
             .json(body)
             .send()
             .await
@@ -105,6 +108,11 @@ impl PeerNetwork {
 
 async fn decode<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp, CallError> {
     let status = resp.status();
+    if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+        // Another node answers at that address: the request had no effect.
+        let text = resp.text().await.unwrap_or_default();
+        return Err(CallError::Unreachable(text));
+    }
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
         return Err(CallError::NoAnswer(format!("HTTP {status}: {text}")));
@@ -150,7 +158,7 @@ impl PeerClient {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let answer: Result<Resp, RaftError<TypeConfig>> = self
             .net
-            .call(&self.raft_url, path, req, option.hard_ttl())
+            .call(&self.raft_url, self.target, path, req, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e))?;
         // The only error a peer returns here is that its Raft has stopped: back off.
@@ -230,6 +238,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .net
                 .post(
                     format!("{}{}", self.raft_url, rpc::SNAPSHOT),
+                    self.target,
                     option.hard_ttl(),
                 )
                 .body(reqwest::Body::wrap_stream(body))

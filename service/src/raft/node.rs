@@ -474,7 +474,7 @@ impl RaftNode {
         match self
             .inner
             .network
-            .call::<Req, Result<T, NodeError>>(raft_url, path, req, remaining(deadline))
+            .call::<Req, Result<T, NodeError>>(raft_url, leader, path, req, remaining(deadline))
             .await
         {
             Ok(answer) => answer,
@@ -543,6 +543,7 @@ impl RaftNode {
                     .network
                     .call::<(), Result<ReadLogId<TypeConfig>, NodeError>>(
                         &raft_url,
+                        id,
                         rpc::READ_INDEX,
                         &(),
                         remaining(deadline),

@@ -28,6 +28,8 @@ pub const FORWARD_ADMIN: &str = "/raft/forward/admin";
 
 /// Header carrying `cluster.secret` on every node-to-node request.
 pub const SECRET_HEADER: &str = "x-kvstore-secret";
+/// The id of the node a request is meant for; another node answers 421.
+pub const TARGET_HEADER: &str = "x-kvstore-target-node";
 
 /// Precedes the bytes of a streamed snapshot.
 #[derive(Debug, Serialize, Deserialize)]

@@ -53,12 +53,23 @@ pub fn rpc_app(
                 || req
                     .header(rpc::SECRET_HEADER)
                     .is_some_and(|given| secret_matches(given, &secret));
+            let misdirected = req
+                .header(rpc::TARGET_HEADER)
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|target| *target != node_id);
             async move {
                 if !allowed {
                     return Ok(
                         ApiError::Unauthorized("missing or wrong cluster secret".into())
                             .into_response(),
                     );
+                }
+                // A membership that names this address for another id (a mistake, or
+                // a node replaced without its id) must not make Raft talk to itself.
+                if let Some(target) = misdirected {
+                    return Ok(Response::builder()
+                        .status(poem::http::StatusCode::MISDIRECTED_REQUEST)
+                        .body(format!("this is node {node_id}, not node {target}")));
                 }
                 let method = req.method().to_string();
                 let path = req.uri().path().to_string();
