@@ -2,7 +2,7 @@
 //! table; builds snapshots from one consistent read, and installs them in one
 //! transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 
@@ -56,71 +56,81 @@ impl PgStateMachine {
         let applied: Option<LogId> = select_meta(&mut txn, LAST_APPLIED)
             .await?
             .and_then(|bytes| decode::<Option<LogId>>(&bytes).ok().flatten());
-        let mut results = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let done = applied.as_ref().is_some_and(|a| entry.index() <= a.index);
-            let result = match &entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(Proposal {
-                    command: Command::Put { .. },
-                    ..
-                }) if done => CommandResult::Stored,
-                EntryPayload::Normal(Proposal {
-                    command: Command::Delete { .. },
-                    ..
-                }) if done => CommandResult::Deleted { existed: true },
-                EntryPayload::Normal(Proposal {
-                    command: Command::Put { key, value },
-                    ..
-                }) => {
-                    sqlx::query(
-                        "INSERT INTO kv (key, value) VALUES ($1, $2) \
-                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    )
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *txn)
-                    .await?;
-                    CommandResult::Stored
-                }
+        // The key-value commands are folded in memory, in log order, into the final
+        // value of each key they touch; the batch then costs one upsert and one delete
+        // whatever its size. Only a delete needs the value before the batch (to say
+        // whether the key existed), so only deleted keys are read first.
+        let fresh = |entry: &Entry| !applied.as_ref().is_some_and(|a| entry.index() <= a.index);
+        let deleted: Vec<&str> = entries
+            .iter()
+            .filter(|e| fresh(e))
+            .filter_map(|e| match &e.payload {
                 EntryPayload::Normal(Proposal {
                     command: Command::Delete { key },
                     ..
-                }) => {
-                    let deleted = sqlx::query("DELETE FROM kv WHERE key = $1")
-                        .bind(key)
-                        .execute(&mut *txn)
-                        .await?;
-                    CommandResult::Deleted {
-                        existed: deleted.rows_affected() > 0,
-                    }
-                }
-                EntryPayload::Membership(_) if done => CommandResult::None,
-                EntryPayload::Membership(membership) => {
-                    // Nodes that leave the membership are retired for good.
-                    let previous = select_meta(&mut txn, MEMBERSHIP).await?;
-                    if let Some(previous) =
-                        previous.and_then(|b| decode::<StoredMembership>(&b).ok())
-                    {
-                        let mut retired: BTreeSet<u64> = select_meta(&mut txn, RETIRED)
-                            .await?
-                            .and_then(|b| decode(&b).ok())
-                            .unwrap_or_default();
-                        retired.extend(
-                            previous
-                                .membership()
-                                .nodes()
-                                .map(|(id, _)| *id)
-                                .filter(|id| membership.get_node(id).is_none()),
-                        );
-                        upsert_meta(&mut txn, RETIRED, &retired).await?;
-                    }
-                    let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
-                    upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;
-                    CommandResult::None
-                }
+                }) => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let existing: HashSet<String> = if deleted.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
+                .bind(&deleted)
+                .fetch_all(&mut *txn)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let (results, after) = fold_commands(entries, fresh, &existing);
+        for entry in entries.iter().filter(|e| fresh(e)) {
+            let EntryPayload::Membership(membership) = &entry.payload else {
+                continue;
             };
-            results.push(result);
+            // Nodes that leave the membership are retired for good.
+            let previous = select_meta(&mut txn, MEMBERSHIP).await?;
+            if let Some(previous) = previous.and_then(|b| decode::<StoredMembership>(&b).ok()) {
+                let mut retired: BTreeSet<u64> = select_meta(&mut txn, RETIRED)
+                    .await?
+                    .and_then(|b| decode(&b).ok())
+                    .unwrap_or_default();
+                retired.extend(
+                    previous
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .filter(|id| membership.get_node(id).is_none()),
+                );
+                upsert_meta(&mut txn, RETIRED, &retired).await?;
+            }
+            let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
+            upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;
+        }
+        let (mut put_keys, mut put_values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in after {
+            match value {
+                Some(value) => {
+                    put_keys.push(key);
+                    put_values.push(value);
+                }
+                None => gone.push(key),
+            }
+        }
+        if !put_keys.is_empty() {
+            sqlx::query(
+                "INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .bind(&put_keys)
+            .bind(&put_values)
+            .execute(&mut *txn)
+            .await?;
+        }
+        if !gone.is_empty() {
+            sqlx::query("DELETE FROM kv WHERE key = ANY($1)")
+                .bind(&gone)
+                .execute(&mut *txn)
+                .await?;
         }
         if let Some(last) = entries.last() {
             if applied.as_ref().is_none_or(|a| last.index() > a.index) {
@@ -389,5 +399,117 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
             return Ok(None);
         };
         record.open(&self.snapshot_dir)
+    }
+}
+
+/// The key-value commands of an apply batch, in log order: each entry's result, and
+/// the value of every key they touch after the batch (`None`: deleted). `fresh` says
+/// which entries still need applying (after a crash, a batch may repeat some);
+/// `existing`: which of the deleted keys existed before the batch.
+fn fold_commands<'a>(
+    entries: &'a [Entry],
+    fresh: impl Fn(&Entry) -> bool,
+    existing: &HashSet<String>,
+) -> (Vec<CommandResult>, HashMap<&'a str, Option<&'a str>>) {
+    let mut after: HashMap<&str, Option<&str>> = HashMap::new();
+    let results = entries
+        .iter()
+        .map(|entry| match &entry.payload {
+            EntryPayload::Normal(Proposal { command, .. }) => match (command, fresh(entry)) {
+                (Command::Put { .. }, false) => CommandResult::Stored,
+                (Command::Delete { .. }, false) => CommandResult::Deleted { existed: true },
+                (Command::Put { key, value }, true) => {
+                    after.insert(key, Some(value));
+                    CommandResult::Stored
+                }
+                (Command::Delete { key }, true) => {
+                    let existed = match after.get(key.as_str()) {
+                        Some(value) => value.is_some(),
+                        None => existing.contains(key),
+                    };
+                    after.insert(key, None);
+                    CommandResult::Deleted { existed }
+                }
+            },
+            EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
+        })
+        .collect();
+    (results, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+
+    fn entry(index: u64, command: Command) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
+        let log_id = LogId::new(leader, index);
+        Entry::new_normal(
+            log_id,
+            Proposal {
+                command,
+                trace: None,
+            },
+        )
+    }
+
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        entry(
+            index,
+            Command::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+        )
+    }
+
+    fn delete(index: u64, key: &str) -> Entry {
+        entry(index, Command::Delete { key: key.into() })
+    }
+
+    #[test]
+    fn a_batch_folds_into_each_keys_last_value_in_log_order() {
+        let batch = vec![
+            put(1, "a", "1"),
+            delete(2, "a"),
+            delete(3, "a"),
+            put(4, "a", "2"),
+            delete(5, "b"),
+            delete(6, "c"),
+            put(7, "d", "x"),
+            put(8, "d", "y"),
+        ];
+        let existing: HashSet<String> = ["b".to_string()].into();
+        let (results, after) = fold_commands(&batch, |_| true, &existing);
+        assert_eq!(
+            results,
+            vec![
+                CommandResult::Stored,
+                CommandResult::Deleted { existed: true },
+                CommandResult::Deleted { existed: false },
+                CommandResult::Stored,
+                CommandResult::Deleted { existed: true },
+                CommandResult::Deleted { existed: false },
+                CommandResult::Stored,
+                CommandResult::Stored,
+            ]
+        );
+        let expected: HashMap<&str, Option<&str>> =
+            [("a", Some("2")), ("b", None), ("c", None), ("d", Some("y"))].into();
+        assert_eq!(after, expected);
+    }
+
+    #[test]
+    fn entries_applied_before_a_crash_change_nothing() {
+        let batch = vec![put(1, "a", "old"), delete(2, "b"), put(3, "a", "new")];
+        let (results, after) = fold_commands(&batch, |e| e.index() > 2, &HashSet::new());
+        assert_eq!(results[1], CommandResult::Deleted { existed: true });
+        let expected: HashMap<&str, Option<&str>> = [("a", Some("new"))].into();
+        assert_eq!(after, expected);
     }
 }
