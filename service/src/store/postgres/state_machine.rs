@@ -60,7 +60,7 @@ impl PgStateMachine {
         // value of each key they touch; the batch then costs one upsert and one delete
         // whatever its size. Only a delete needs the value before the batch (to say
         // whether the key existed), so only deleted keys are read first.
-        let fresh = |entry: &Entry| !applied.as_ref().is_some_and(|a| entry.index() <= a.index);
+        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
         let deleted: Vec<&str> = entries
             .iter()
             .filter(|e| fresh(e))
