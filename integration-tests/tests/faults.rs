@@ -48,26 +48,26 @@ async fn leader_killed_postgres() {
     leader_killed("leader-killed-postgres", Backend::Postgres).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn follower_cut_off() {
+/// Disconnects the leader (or a follower) from the peers network for a while.
+async fn cut_off(name: &str, backend: Backend, the_leader: bool) {
     let _serial = SERIAL.lock().await;
-    let Some(mut run) = Run::start("follower-cut-off", Backend::Redb)
-        .await
-        .expect("start")
-    else {
+    let Some(mut run) = Run::start(name, backend).await.expect("start") else {
         return;
     };
     run.run_for(WARM_UP).await;
     let leader = run.cluster.leader(READY).await.expect("leader");
-    let follower = run.cluster.other_than(leader);
+    let (node, role) = match the_leader {
+        true => (leader, "the leader"),
+        false => (run.cluster.other_than(leader), "a follower"),
+    };
     run.note(format!(
-        "cutting follower node {} off from its peers",
-        follower + 1
+        "cutting {role}, node {}, off from its peers",
+        node + 1
     ));
-    run.cluster.disconnect(follower).await.expect("disconnect");
+    run.cluster.disconnect(node).await.expect("disconnect");
     run.run_for(FAULT).await;
-    run.cluster.connect(follower).await.expect("connect");
-    run.note(format!("node {} reconnected", follower + 1));
+    run.cluster.connect(node).await.expect("connect");
+    run.note(format!("node {} reconnected", node + 1));
     run.cluster.wait_ready(READY).await.expect("ready");
     run.healed("every node is ready");
     run.run_for(RECOVERY).await;
@@ -75,28 +75,13 @@ async fn follower_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_cut_off() {
+    cut_off("follower-cut-off", Backend::Redb, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_cut_off() {
-    let _serial = SERIAL.lock().await;
-    let Some(mut run) = Run::start("leader-cut-off", Backend::Postgres)
-        .await
-        .expect("start")
-    else {
-        return;
-    };
-    run.run_for(WARM_UP).await;
-    let leader = run.cluster.leader(READY).await.expect("leader");
-    run.note(format!(
-        "cutting the leader, node {}, off from its peers",
-        leader + 1
-    ));
-    run.cluster.disconnect(leader).await.expect("disconnect");
-    run.run_for(FAULT).await;
-    run.cluster.connect(leader).await.expect("connect");
-    run.note(format!("node {} reconnected", leader + 1));
-    run.cluster.wait_ready(READY).await.expect("ready");
-    run.healed("every node is ready");
-    run.run_for(RECOVERY).await;
-    run.finish(FLOOR).await;
+    cut_off("leader-cut-off", Backend::Postgres, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
