@@ -54,6 +54,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_CLUSTER_INITIAL_MEMBERS", "cluster.initial_members"),
     ("KV_CLUSTER_BOOTSTRAP", "cluster.bootstrap"),
     ("KV_CLUSTER_SECRET", "cluster.secret"),
+    ("KV_AUTH_TOKENS", "auth.tokens"),
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
     ("KV_LOG_FILE", "logging.file"),
@@ -98,6 +99,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub raft: RaftSettings,
     pub cluster: ClusterSettings,
+    pub auth: AuthSettings,
     pub logging: LoggingSettings,
     pub telemetry: TelemetrySettings,
     pub tls: TlsSettings,
@@ -316,6 +318,124 @@ fn parse_members(text: &str) -> Result<Vec<Member>, String> {
         .collect()
 }
 
+/// Client authentication. With no tokens (the default) every client request is served
+/// without one; with tokens, every route but the probes, `/metrics` and the docs needs
+/// `Authorization: Bearer <token>` with a role that allows it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The accepted tokens and their roles: a YAML list of `{token, role}`, or, for the
+    /// environment variable, `TOKEN:ROLE,TOKEN:ROLE`.
+    #[serde(deserialize_with = "client_tokens")]
+    pub tokens: Vec<ClientToken>,
+}
+
+impl AuthSettings {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// One accepted bearer token and what it may do.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    pub token: String,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for ClientToken {
+    // Hand-written so that a token can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientToken")
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// What a client token may do. Each role includes the ones before it:
+/// `read` < `write` < `admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// `GET /kv/{key}` and `/status`.
+    Read,
+    /// Also `PUT` and `DELETE /kv/{key}`.
+    Write,
+    /// Also the `/cluster` routes.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role `{other}` (use read, write or admin)")),
+        }
+    }
+}
+
+/// Reads `auth.tokens` as a YAML list of `{token, role}`, or, for the environment
+/// variable, as text: `TOKEN:ROLE,TOKEN:ROLE`. Errors name entries by position and
+/// never quote a token.
+fn client_tokens<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ClientToken>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        token: String,
+        role: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<Entry>),
+        Text(String),
+    }
+    let entries: Vec<(String, String)> = match Raw::deserialize(deserializer)? {
+        Raw::List(list) => list.into_iter().map(|e| (e.token, e.role)).collect(),
+        Raw::Text(text) => parse_client_tokens(&text).map_err(serde::de::Error::custom)?,
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, role))| {
+            let role = role
+                .trim()
+                .parse()
+                .map_err(|e| serde::de::Error::custom(format!("entry {}: {e}", i + 1)))?;
+            Ok(ClientToken { token, role })
+        })
+        .collect()
+}
+
+fn parse_client_tokens(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .enumerate()
+        .map(|(i, item)| {
+            // The role is after the last `:`, so a token may contain `:`.
+            let (token, role) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("entry {} is not TOKEN:ROLE", i + 1))?;
+            Ok((token.trim().to_string(), role.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Trace export. Off unless an OTLP endpoint is set, here or in the standard
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable; `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`
 /// and `OTEL_TRACES_SAMPLER_ARG` are honoured too.
@@ -424,6 +544,8 @@ cluster:
   initial_members: []
   bootstrap: true
   secret: ""
+auth:
+  tokens: []
 logging:
   level: "info"
   format: "json"
@@ -570,6 +692,7 @@ impl Settings {
             ));
         }
         self.validate_cluster()?;
+        self.validate_auth()?;
         const SSL_MODES: [&str; 6] = [
             "disable",
             "allow",
@@ -698,6 +821,37 @@ impl Settings {
                     self.raft.node_id
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Tokens go into `Authorization` headers: non-empty visible ASCII, each one once.
+    /// Entries are named by position, never by their token.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashMap::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let n = i + 1;
+            if t.token.is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.tokens",
+                    format!("entry {n}: the token is empty"),
+                ));
+            }
+            if !t.token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::invalid(
+                    "auth.tokens",
+                    format!(
+                        "entry {n}: a token may only contain visible ASCII characters, \
+                         no spaces"
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(t.token.as_str(), n) {
+                return Err(ConfigError::invalid(
+                    "auth.tokens",
+                    format!("entries {first} and {n} have the same token; each must be unique"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1060,6 +1214,100 @@ mod tests {
     fn cluster_secret_is_not_in_debug_output() {
         let s = load(None, &[("KV_CLUSTER_SECRET", "topsecret")]).unwrap();
         assert!(!format!("{s:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn auth_is_off_by_default() {
+        let s = load(None, &[]).unwrap();
+        assert!(s.auth.tokens.is_empty());
+        assert!(!s.auth.enabled());
+    }
+
+    #[test]
+    fn auth_tokens_from_yaml_and_from_env() {
+        let yaml = "auth:\n  tokens:\n    - {token: \"t-admin\", role: admin}\n    - {token: \"t-read\", role: read}\n";
+        let s = load(Some(yaml), &[]).unwrap();
+        assert_eq!(
+            s.auth.tokens,
+            vec![
+                ClientToken {
+                    token: "t-admin".into(),
+                    role: Role::Admin
+                },
+                ClientToken {
+                    token: "t-read".into(),
+                    role: Role::Read
+                },
+            ]
+        );
+        assert!(s.auth.enabled());
+
+        // The variable wins over the file; a token may contain `:`.
+        let s = load(
+            Some(yaml),
+            &[("KV_AUTH_TOKENS", " w1:write , a:b:c:admin,r1:read ")],
+        )
+        .unwrap();
+        let tokens: Vec<(&str, Role)> = s
+            .auth
+            .tokens
+            .iter()
+            .map(|t| (t.token.as_str(), t.role))
+            .collect();
+        assert_eq!(
+            tokens,
+            [
+                ("w1", Role::Write),
+                ("a:b:c", Role::Admin),
+                ("r1", Role::Read)
+            ]
+        );
+
+        // An empty variable turns auth off, whatever the file says.
+        let s = load(Some(yaml), &[("KV_AUTH_TOKENS", "")]).unwrap();
+        assert!(!s.auth.enabled());
+    }
+
+    #[test]
+    fn roles_are_cumulative() {
+        assert!(Role::Read < Role::Write && Role::Write < Role::Admin);
+    }
+
+    #[test]
+    fn bad_auth_tokens_name_the_setting_but_never_the_token() {
+        for (env, wanted) in [
+            ("s3cr3t-a:superuser", "unknown role `superuser`"),
+            ("s3cr3t-a:read,s3cr3t-b", "entry 2 is not TOKEN:ROLE"),
+            (":read", "entry 1: the token is empty"),
+            ("s3cr3t-a:read,s3cr3t-a:admin", "entries 1 and 2"),
+        ] {
+            let msg = error_text(None, &[("KV_AUTH_TOKENS", env)]);
+            assert!(msg.contains("auth.tokens"), "{env}: {msg}");
+            assert!(msg.contains(wanted), "{env}: {msg}");
+            assert!(!msg.contains("s3cr3t"), "{env}: the token leaked: {msg}");
+        }
+        let msg = error_text(
+            Some("auth:\n  tokens:\n    - {token: \"s3cr3t a\", role: read}\n"),
+            &[],
+        );
+        assert!(msg.contains("auth.tokens"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        let msg = error_text(
+            Some("auth:\n  tokens:\n    - {token: \"s3cr3t\", role: owner}\n"),
+            &[],
+        );
+        assert!(msg.contains("auth.tokens"), "{msg}");
+        assert!(msg.contains("unknown role `owner`"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn auth_tokens_are_not_in_debug_output() {
+        let s = load(None, &[("KV_AUTH_TOKENS", "tippytop:admin,hushhush:read")]).unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("tippytop"), "{debug}");
+        assert!(!debug.contains("hushhush"), "{debug}");
+        assert!(debug.contains("Admin"), "the roles are shown: {debug}");
     }
 
     #[test]

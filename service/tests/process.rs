@@ -329,3 +329,61 @@ async fn request_logs_carry_the_callers_trace_id() {
         "the request has a span of its own"
     );
 }
+
+/// Bearer tokens never reach the logs, at any level: not from requests that carry
+/// them (accepted, refused or unknown), not from the settings. A bad `auth.tokens`
+/// stops the node naming the setting, without quoting the token.
+#[tokio::test]
+async fn bearer_tokens_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(
+        dir.path(),
+        &[
+            ("KV_AUTH_TOKENS", "tok-admin-5b1e:admin,tok-read-90c4:read"),
+            ("KV_LOG_LEVEL", "trace,openraft=info"),
+        ],
+    );
+    wait_ready(&node, &client).await;
+    let put = |token: &str| {
+        client
+            .put(node.url("/kv/guarded"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"value": "v"}))
+            .send()
+    };
+    assert_eq!(put("tok-admin-5b1e").await.unwrap().status(), 201);
+    assert_eq!(put("tok-read-90c4").await.unwrap().status(), 403);
+    assert_eq!(put("tok-unknown-77aa").await.unwrap().status(), 401);
+    let resp = client
+        .get(node.url("/kv/guarded"))
+        .header("authorization", "Basic tok-read-90c4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Every one of those requests has logged its line.
+    support::eventually(Duration::from_secs(5), "the request log lines", || async {
+        let statuses: Vec<u64> = node
+            .log_lines()
+            .iter()
+            .filter(|l| l["message"] == "request" && l["path"] == "/kv/guarded")
+            .filter_map(|l| l["status"].as_u64())
+            .collect();
+        (statuses.len() >= 4).then_some(statuses)
+    })
+    .await;
+    for line in node.log_lines() {
+        let line = line.to_string();
+        assert!(!line.contains("tok-"), "a token was logged: {line}");
+    }
+
+    let (status, stdout, stderr) = run_to_exit(
+        &dir.path().join("bad"),
+        &[("KV_AUTH_TOKENS", "tok-bad-3f3f:root")],
+        &[],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("auth.tokens"), "{stderr}");
+    assert!(!format!("{stdout}{stderr}").contains("tok-"), "{stderr}");
+}

@@ -1,5 +1,6 @@
 //! `/cluster/...`: membership administration. Any node accepts these; changes run on
-//! the leader. With `cluster.secret` set, every route needs it in `x-kvstore-secret`.
+//! the leader. With `cluster.secret` set, every route needs it in `x-kvstore-secret`;
+//! with `auth.tokens` set, every route also needs a bearer token with the `admin` role.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +10,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
+use super::auth::ClientAuth;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::{secret_matches, ApiTags};
@@ -160,6 +162,8 @@ impl ClusterApi {
     /// List members
     ///
     /// Every member with its role and addresses, and the leader this node knows of.
+    ///
+    /// With `auth.tokens` set, needs a token with the `admin` role.
     #[oai(
         path = "/cluster/members",
         method = "get",
@@ -167,6 +171,7 @@ impl ClusterApi {
     )]
     async fn list(
         &self,
+        _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
         secret: Header<Option<String>>,
@@ -180,6 +185,8 @@ impl ClusterApi {
     /// Adds a running, empty node as a non-voting member and returns once it has
     /// caught up with the leader's log (or the request timeout passes). Ids of removed
     /// nodes are never accepted again.
+    ///
+    /// With `auth.tokens` set, needs a token with the `admin` role.
     #[oai(
         path = "/cluster/learners",
         method = "post",
@@ -187,6 +194,7 @@ impl ClusterApi {
     )]
     async fn add_learner(
         &self,
+        _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
         secret: Header<Option<String>>,
@@ -209,6 +217,8 @@ impl ClusterApi {
     }
 
     /// Promote learners to voters
+    ///
+    /// With `auth.tokens` set, needs a token with the `admin` role.
     #[oai(
         path = "/cluster/voters",
         method = "post",
@@ -216,6 +226,7 @@ impl ClusterApi {
     )]
     async fn promote(
         &self,
+        _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
         secret: Header<Option<String>>,
@@ -235,6 +246,8 @@ impl ClusterApi {
     /// Remove a member
     ///
     /// Removes a voter or learner. Its id is retired and cannot be added again.
+    ///
+    /// With `auth.tokens` set, needs a token with the `admin` role.
     #[oai(
         path = "/cluster/members/:id",
         method = "delete",
@@ -242,6 +255,7 @@ impl ClusterApi {
     )]
     async fn remove(
         &self,
+        _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
         secret: Header<Option<String>>,
@@ -259,6 +273,8 @@ impl ClusterApi {
     /// Asks the leader to hand leadership to another voter. Returns once the request
     /// is made; watch `/status` for the new leader. Naming the current leader changes
     /// nothing.
+    ///
+    /// With `auth.tokens` set, needs a token with the `admin` role.
     #[oai(
         path = "/cluster/leader",
         method = "post",
@@ -266,6 +282,7 @@ impl ClusterApi {
     )]
     async fn transfer(
         &self,
+        _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
         secret: Header<Option<String>>,

@@ -25,6 +25,7 @@ pub enum ErrorCode {
     KeyNotFound,
     InvalidMembership,
     Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     NoLeader,
@@ -89,6 +90,15 @@ pub enum ApiError {
     InvalidMembership(String),
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// No bearer token where `auth.tokens` asks for one.
+    #[error("unauthorized: {0}")]
+    MissingToken(String),
+    /// A malformed `Authorization` header or an unknown token.
+    #[error("unauthorized: {0}")]
+    InvalidToken(String),
+    /// A known token whose role does not allow the route.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed for {0}")]
@@ -126,7 +136,10 @@ impl ApiError {
             | ApiError::KeyTooLarge { .. }
             | ApiError::InvalidMembership(_)
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::MissingToken(_) | ApiError::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InvalidContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ValueTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -155,7 +168,10 @@ impl ApiError {
             ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
             ApiError::InvalidMembership(_) => ErrorCode::InvalidMembership,
-            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Unauthorized(_) | ApiError::MissingToken(_) | ApiError::InvalidToken(_) => {
+                ErrorCode::Unauthorized
+            }
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::NoLeader { .. } => ErrorCode::NoLeader,
@@ -181,6 +197,16 @@ impl ApiError {
                 ApiError::NoLeader { leader, .. } => *leader,
                 _ => None,
             },
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a bearer-token refusal (RFC 6750, section 3).
+    fn bearer_challenge(&self) -> Option<&'static str> {
+        match self {
+            ApiError::MissingToken(_) => Some(r#"Bearer realm="kvstore""#),
+            ApiError::InvalidToken(_) => Some(r#"Bearer realm="kvstore", error="invalid_token""#),
+            ApiError::Forbidden(_) => Some(r#"Bearer realm="kvstore", error="insufficient_scope""#),
+            _ => None,
         }
     }
 
@@ -235,11 +261,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry = matches!(self, ApiError::Overloaded(_));
+        let challenge = self.bearer_challenge();
         let mut response = Json(self.body()).with_status(status).into_response();
         if retry {
             response
                 .headers_mut()
                 .insert(poem::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                poem::http::header::WWW_AUTHENTICATE,
+                poem::http::HeaderValue::from_static(challenge),
+            );
         }
         // For the error metrics: which code this response carries.
         response.set_data(self.code());
@@ -263,7 +296,8 @@ const RETRY_AFTER_SECS: u16 = 1;
 /// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
 const DOCUMENTED: &[(u16, &str)] = &[
     (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
-    (401, "UNAUTHORIZED: a cluster route without the right `x-kvstore-secret` header"),
+    (401, "UNAUTHORIZED: no valid bearer token (`Authorization: Bearer <token>`) while `auth.tokens` is set, or a cluster route without the right `x-kvstore-secret` header"),
+    (403, "FORBIDDEN: the bearer token's role does not allow this route (read < write < admin)"),
     (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route)"),
     (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),

@@ -6,6 +6,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::Deserialize;
 
+use super::auth::ClientAuth;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::{ApiTags, Limits};
@@ -165,9 +166,12 @@ impl KvApi {
     /// committed and applied. The key is the rest of the path, percent-decoded, and may
     /// contain `/` (`PUT /kv/app/db/host` stores `app/db/host`); in Swagger UI, type it
     /// as is and it is escaped for you.
+    ///
+    /// With `auth.tokens` set, needs a token with the `write` role.
     #[oai(path = "/kv/:key", method = "put", operation_id = "put_key")]
     async fn put(
         &self,
+        _auth: ClientAuth,
         /// The key: 1 to `server.max_key_bytes` (1024) bytes of UTF-8.
         key: Path<String>,
         body: JsonBody<PutRequest>,
@@ -199,9 +203,12 @@ impl KvApi {
     /// still leads and waits until it has applied everything committed before the read
     /// began. `consistency=stale` skips that and answers from the local copy, which may
     /// be behind the leader.
+    ///
+    /// With `auth.tokens` set, needs a token with the `read` role.
     #[oai(path = "/kv/:key", method = "get", operation_id = "get_key")]
     async fn get(
         &self,
+        _auth: ClientAuth,
         /// The key: 1 to `server.max_key_bytes` (1024) bytes of UTF-8.
         key: Path<String>,
         /// `linearizable` (default) or `stale`.
@@ -223,9 +230,12 @@ impl KvApi {
     ///
     /// Deletes `key` through the Raft log. Whether the key existed is decided when the
     /// delete is applied, so a 404 here is as consistent as the delete itself.
+    ///
+    /// With `auth.tokens` set, needs a token with the `write` role.
     #[oai(path = "/kv/:key", method = "delete", operation_id = "delete_key")]
     async fn delete(
         &self,
+        _auth: ClientAuth,
         /// The key: 1 to `server.max_key_bytes` (1024) bytes of UTF-8.
         key: Path<String>,
     ) -> Result<DeleteResult, ApiError> {

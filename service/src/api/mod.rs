@@ -1,6 +1,8 @@
 //! The client-facing HTTP API: routes, the OpenAPI spec and Swagger UI, and the
-//! middleware every request passes through (key paths, access log, JSON errors).
+//! middleware every request passes through (key paths, access log, JSON errors, load
+//! shedding, client authentication).
 
+mod auth;
 mod body;
 mod cluster;
 pub mod error;
@@ -20,6 +22,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use self::auth::Auth;
 use self::body::BodyRules;
 use self::error::ApiError;
 use crate::raft::RaftNode;
@@ -81,9 +84,25 @@ fn openapi(
     )
 }
 
-/// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
-/// `/openapi.yaml`.
+/// The whole HTTP application without client authentication; see [`app_with_auth`].
 pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Output = Response> {
+    app_with_auth(node, limits, secret, Auth::off())
+}
+
+/// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
+/// `/openapi.yaml`, with the bearer tokens of `auth` (none: authentication is off).
+pub fn app_with_auth(
+    node: RaftNode,
+    limits: Limits,
+    secret: String,
+    auth: Auth,
+) -> impl Endpoint<Output = Response> {
+    if auth.enabled() {
+        tracing::info!(
+            tokens = auth.token_count(),
+            "client authentication is on: requests need a bearer token"
+        );
+    }
     let node_id = node.id();
     let service = openapi(&node, limits, secret);
     let docs = service.swagger_ui();
@@ -126,6 +145,21 @@ pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Outp
                     return Ok(ApiError::Overloaded(limits.max_in_flight).into_response());
                 };
                 ep.call(req).await
+            }
+        })
+        // Client authentication, before routing so that it covers every route. Inside
+        // the layer below, so refusals are counted and logged like any other answer
+        // (the log line has method, path and status, never a header). Outside load
+        // shedding: checking a token is cheap and needs no slot, so requests without a
+        // valid token never take one from real clients, and they learn nothing about
+        // the node's load.
+        .around(move |ep, req| {
+            let auth = auth.clone();
+            async move {
+                match auth.check(&req) {
+                    Ok(()) => ep.call(req).await,
+                    Err(e) => Ok(e.into_response()),
+                }
             }
         })
         .around(move |ep, req| async move {

@@ -6,6 +6,7 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::auth::ClientAuth;
 use super::error::ApiError;
 use super::ApiTags;
 use crate::raft::RaftNode;
@@ -226,8 +227,10 @@ impl SystemApi {
     ///
     /// This node's Raft role, term, leader and log indexes, with storage and process
     /// facts.
+    ///
+    /// With `auth.tokens` set, needs a token with the `read` role.
     #[oai(path = "/status", method = "get", operation_id = "status")]
-    async fn status(&self) -> Result<StatusResult, ApiError> {
+    async fn status(&self, _auth: ClientAuth) -> Result<StatusResult, ApiError> {
         let m = self.node.metrics();
         let members = self.node.members();
         let leader = m.current_leader.and_then(|id| {

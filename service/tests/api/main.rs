@@ -29,6 +29,7 @@ macro_rules! backend_tests {
     };
 }
 
+mod auth;
 mod errors;
 mod helpers;
 mod kv;
