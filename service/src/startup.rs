@@ -24,6 +24,7 @@ pub struct Application {
     limits: Limits,
     shutdown_timeout: Duration,
     secret: String,
+    auth: api::Auth,
 }
 
 impl Application {
@@ -65,6 +66,7 @@ impl Application {
             },
             shutdown_timeout: settings.server.shutdown_timeout,
             secret: settings.cluster.secret.clone(),
+            auth: api::Auth::new(&settings.auth),
         })
     }
 
@@ -102,7 +104,12 @@ impl Application {
         );
         tracing::info!(addr = %self.api_addr, raft_addr = %self.raft_addr, node_id = self.node.id(), "serving the client API");
 
-        let app = api::app(self.node.clone(), self.limits, self.secret.clone());
+        let app = api::app(
+            self.node.clone(),
+            self.limits,
+            self.secret.clone(),
+            self.auth.clone(),
+        );
         let served = Server::new_with_acceptor(self.api)
             .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
             .await;

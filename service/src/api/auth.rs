@@ -1,6 +1,6 @@
 //! Client authentication: optional bearer tokens with cumulative roles (`auth.tokens`).
 //!
-//! [`Auth::check`] runs as a middleware layer in [`super::app_with_auth`], before
+//! [`Auth::check`] runs as a middleware layer in [`super::app`], before
 //! routing, so it covers every route, unknown ones included; the OpenAPI operations only
 //! declare the scheme ([`ClientAuth`]). Tokens are compared in constant time, and no
 //! token is ever logged or put into a response.

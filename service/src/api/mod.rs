@@ -84,14 +84,9 @@ fn openapi(
     )
 }
 
-/// The whole HTTP application without client authentication; see [`app_with_auth`].
-pub fn app(node: RaftNode, limits: Limits, secret: String) -> impl Endpoint<Output = Response> {
-    app_with_auth(node, limits, secret, Auth::off())
-}
-
 /// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
 /// `/openapi.yaml`, with the bearer tokens of `auth` (none: authentication is off).
-pub fn app_with_auth(
+pub fn app(
     node: RaftNode,
     limits: Limits,
     secret: String,
