@@ -447,6 +447,25 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Creates the data dir if needed and proves a file can be written in it, so a
 /// read-only or foreign-owned directory fails at start, not at the first write.
+/// Adds to `retired` the members of `previous` that `next` leaves out: a node that
+/// leaves the membership is retired for good, and its id is never reused. Returns
+/// whether the set grew.
+pub(crate) fn retire_leavers(
+    retired: &mut BTreeSet<u64>,
+    previous: &StoredMembership,
+    next: &openraft::Membership<u64, crate::raft::NodeAddr>,
+) -> bool {
+    let before = retired.len();
+    retired.extend(
+        previous
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| next.get_node(id).is_none()),
+    );
+    retired.len() != before
+}
+
 pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(".write-probe");

@@ -94,14 +94,9 @@ impl PgStateMachine {
                     .await?
                     .and_then(|b| decode(&b).ok())
                     .unwrap_or_default();
-                retired.extend(
-                    previous
-                        .membership()
-                        .nodes()
-                        .map(|(id, _)| *id)
-                        .filter(|id| membership.get_node(id).is_none()),
-                );
-                upsert_meta(&mut txn, RETIRED, &retired).await?;
+                if crate::store::retire_leavers(&mut retired, &previous, membership) {
+                    upsert_meta(&mut txn, RETIRED, &retired).await?;
+                }
             }
             let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
             upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;

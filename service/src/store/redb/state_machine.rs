@@ -79,15 +79,7 @@ impl RedbStateMachine {
                         if let Some(previous) = previous {
                             let mut retired: BTreeSet<u64> =
                                 read_meta(&meta, RETIRED)?.unwrap_or_default();
-                            let before = retired.len();
-                            retired.extend(
-                                previous
-                                    .membership()
-                                    .nodes()
-                                    .map(|(id, _)| *id)
-                                    .filter(|id| membership.get_node(id).is_none()),
-                            );
-                            if retired.len() != before {
+                            if crate::store::retire_leavers(&mut retired, &previous, membership) {
                                 meta.insert(RETIRED, encode(&retired)?.as_slice())
                                     .map_err(io_err)?;
                             }
