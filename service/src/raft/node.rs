@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::network::CallError;
-use super::rpc::{self, AdminOp, ForwardWrite};
+use super::forward::WriteForwarder;
+use super::rpc::{self, AdminOp};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
@@ -133,6 +134,7 @@ struct Inner {
     raft: Raft,
     store: StoreHandle,
     network: PeerNetwork,
+    forwarder: WriteForwarder,
     storage_type: StorageType,
     request_timeout: Duration,
     started_at: Instant,
@@ -221,6 +223,7 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             id,
             raft,
             store: store.handle,
+            forwarder: WriteForwarder::start(network.clone()),
             network,
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
@@ -234,7 +237,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn remaining(deadline: Instant) -> Duration {
+pub(super) fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
@@ -411,8 +414,9 @@ impl RaftNode {
                 match target {
                     Target::Here => self.write_until(command, deadline).await,
                     Target::Leader { id, raft_url } => {
-                        let req = ForwardWrite { command };
-                        self.forward(id, &raft_url, rpc::FORWARD_WRITE, &req, deadline)
+                        self.inner
+                            .forwarder
+                            .write(id, &raft_url, command, deadline)
                             .await
                     }
                 }
@@ -688,7 +692,6 @@ impl RaftNode {
 /// The `kind` label of a forwarded request.
 fn forward_kind(path: &str) -> &'static str {
     match path {
-        rpc::FORWARD_WRITE => "write",
         rpc::READ_INDEX => "read_index",
         _ => "admin",
     }

@@ -19,8 +19,8 @@ pub const VOTE: &str = "/raft/vote";
 pub const PRE_VOTE: &str = "/raft/pre-vote";
 pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
-/// A follower hands a client write to the leader.
-pub const FORWARD_WRITE: &str = "/raft/forward/write";
+/// A follower hands client writes to the leader, in a batch.
+pub const FORWARD_WRITES: &str = "/raft/forward/writes";
 /// A follower asks the leader for the log id a linearizable read must wait for.
 pub const READ_INDEX: &str = "/raft/forward/read-index";
 /// A follower hands a membership change to the leader.
@@ -41,10 +41,14 @@ pub struct SnapshotHeader {
 /// The result of a forwarded operation, as the leader reports it.
 pub type Forwarded<T> = Result<T, NodeError>;
 
-/// A forwarded client write.
+/// A forwarded client write; a batch of them travels as a JSON array, and the leader
+/// answers with an array of [`ForwardWriteResult`], one per write, in order.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardWrite {
     pub command: Command,
+    /// W3C `traceparent` of the follower's span for this write, when it is traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 pub type ForwardWriteResult = Forwarded<CommandResult>;

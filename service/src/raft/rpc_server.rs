@@ -43,7 +43,7 @@ pub fn rpc_app(
         .at(rpc::PRE_VOTE, post(pre_vote))
         .at(rpc::SNAPSHOT, post(snapshot))
         .at(rpc::TRANSFER_LEADER, post(transfer_leader))
-        .at(rpc::FORWARD_WRITE, post(forward_write))
+        .at(rpc::FORWARD_WRITES, post(forward_writes))
         .at(rpc::READ_INDEX, post(read_index))
         .at(rpc::FORWARD_ADMIN, post(forward_admin))
         .data(node)
@@ -191,11 +191,31 @@ async fn snapshot(
 }
 
 #[handler]
-async fn forward_write(
+async fn forward_writes(
     node: Data<&RaftNode>,
-    Json(req): Json<ForwardWrite>,
-) -> Json<ForwardWriteResult> {
-    Json(node.write_here(req.command).await)
+    Json(writes): Json<Vec<ForwardWrite>>,
+) -> Json<Vec<ForwardWriteResult>> {
+    // Each write is proposed on its own (Raft batches them again), under a span that
+    // continues the follower's trace of that write.
+    let proposals = writes.into_iter().map(|write| {
+        let span = match &write.trace {
+            Some(parent) => {
+                let span = tracing::info_span!(
+                    "raft.forwarded_write",
+                    otel.kind = "server",
+                    node.id = node.id(),
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                trace::set_parent_from_traceparent(&span, parent);
+                trace::record_ids(&span);
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        node.write_here(write.command).instrument(span)
+    });
+    Json(futures::future::join_all(proposals).await)
 }
 
 #[handler]

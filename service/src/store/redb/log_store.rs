@@ -1,62 +1,217 @@
 //! The Raft log store on redb.
+//!
+//! Writes go through one writer thread that commits whatever has queued up in a single
+//! transaction with a single fsync (group commit), so openraft's core never waits on the
+//! disk: `append` files the entries in an in-memory tail, where readers see them at once,
+//! queues the write and returns; the writer reports each batch to openraft once it is
+//! durable. Votes, truncation and purges go through the same queue, in order, and are
+//! awaited.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{read_meta, LOG, LOG_META};
 use crate::raft::typ::{Entry, LogId, Vote};
 use crate::raft::TypeConfig;
-use crate::store::{blocking, decode, encode, io_err};
+use crate::store::{decode, encode, io_err};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// Raft log, vote, committed index and purge marker in the shared redb file.
+/// The most operations the writer commits in one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// Raft log, vote, committed index and purge marker in `kvstore.redb`.
 #[derive(Clone)]
 pub struct RedbLogStore {
     db: Arc<Database>,
-    /// Whether appends and votes wait for an fsync (`storage.sync_writes`).
+    /// Entries handed to the writer and not yet durable, by index. Readers look here
+    /// first; the writer removes entries once they are on disk.
+    unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The last committed log id openraft reported; it reaches the disk with the next
+    /// commit of the writer.
+    committed: Arc<Mutex<Option<Option<LogId>>>>,
+    writer: mpsc::UnboundedSender<Op>,
+}
+
+/// One unit of work for the writer thread.
+enum Op {
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// A metadata record; `done`, when given, is told once it is durable.
+    Meta {
+        key: &'static str,
+        bytes: Vec<u8>,
+        done: Option<oneshot::Sender<io::Result<()>>>,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    Purge {
+        upto: u64,
+        marker: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+}
+
+impl Op {
+    /// Whether the operation must be on disk before it is reported done. Only the
+    /// committed log id may ride along without an fsync of its own.
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Op::Meta { done: None, .. })
+    }
+
+    fn write(&self, txn: &redb::WriteTransaction) -> io::Result<()> {
+        match self {
+            Op::Append { entries, .. } => {
+                let mut table = txn.open_table(LOG).map_err(io_err)?;
+                for (log_id, bytes) in entries {
+                    table
+                        .insert(log_id.index(), bytes.as_slice())
+                        .map_err(io_err)?;
+                }
+            }
+            Op::Meta { key, bytes, .. } => put_meta(txn, key, bytes)?,
+            Op::Truncate { from, .. } => {
+                let mut table = txn.open_table(LOG).map_err(io_err)?;
+                table.retain_in(*from.., |_, _| false).map_err(io_err)?;
+            }
+            Op::Purge { upto, marker, .. } => {
+                put_meta(txn, LAST_PURGED, marker)?;
+                let mut table = txn.open_table(LOG).map_err(io_err)?;
+                table.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the outcome of the transaction that carried this operation.
+    fn finish(self, result: &Result<(), String>) {
+        let outcome = || result.clone().map_err(io::Error::other);
+        match self {
+            Op::Append { callback, .. } => callback.io_completed(outcome()),
+            Op::Meta { done, .. } => {
+                if let Some(done) = done {
+                    let _ = done.send(outcome());
+                }
+            }
+            Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+                let _ = done.send(outcome());
+            }
+        }
+    }
+}
+
+fn put_meta(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut table = txn.open_table(LOG_META).map_err(io_err)?;
+    table.insert(key, bytes).map_err(io_err)?;
+    Ok(())
+}
+
+/// The writer thread: takes everything queued, writes it in one transaction, commits
+/// (durably if any operation needs it and `sync_writes` is on), then reports. Ends when
+/// every handle to the store is gone and the queue is drained.
+fn run_writer(
+    db: Arc<Database>,
     sync_writes: bool,
+    unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    mut queue: mpsc::UnboundedReceiver<Op>,
+) {
+    let mut group = Vec::new();
+    while let Some(op) = queue.blocking_recv() {
+        group.push(op);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let durable = sync_writes && group.iter().any(Op::needs_sync);
+        let result = commit_group(&db, durable, &group).map_err(|e| e.to_string());
+        if result.is_ok() {
+            let mut unflushed = lock(&unflushed);
+            for op in &group {
+                if let Op::Append { entries, .. } = op {
+                    for (log_id, _) in entries {
+                        // Only if a truncation and a new append did not replace it.
+                        if unflushed.get(&log_id.index()).map(|e| e.log_id()) == Some(*log_id) {
+                            unflushed.remove(&log_id.index());
+                        }
+                    }
+                }
+            }
+        }
+        for op in group.drain(..) {
+            op.finish(&result);
+        }
+    }
+}
+
+fn commit_group(db: &Database, durable: bool, group: &[Op]) -> io::Result<()> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    let durability = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability).map_err(io_err)?;
+    for op in group {
+        op.write(&txn)?;
+    }
+    txn.commit().map_err(io_err)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data under these locks stays consistent even if a holder panicked.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RedbLogStore {
-    pub(super) fn new(db: Arc<Database>, sync_writes: bool) -> Self {
-        Self { db, sync_writes }
-    }
-
-    /// Runs `work` in one write transaction and commits it, durably if `durable`.
-    async fn write(
-        &self,
-        durable: bool,
-        work: impl FnOnce(&redb::WriteTransaction) -> io::Result<()> + Send + 'static,
-    ) -> io::Result<()> {
-        let db = self.db.clone();
-        let durability = if durable && self.sync_writes {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        blocking(move || {
-            let mut txn = db.begin_write().map_err(io_err)?;
-            txn.set_durability(durability).map_err(io_err)?;
-            work(&txn)?;
-            txn.commit().map_err(io_err)
+    pub(super) fn new(db: Arc<Database>, sync_writes: bool) -> io::Result<Self> {
+        let unflushed = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writer, queue) = mpsc::unbounded_channel();
+        let (thread_db, thread_unflushed) = (db.clone(), unflushed.clone());
+        std::thread::Builder::new()
+            .name("redb-log-writer".into())
+            .spawn(move || run_writer(thread_db, sync_writes, thread_unflushed, queue))?;
+        Ok(Self {
+            db,
+            unflushed,
+            committed: Arc::new(Mutex::new(None)),
+            writer,
         })
-        .await
     }
 
-    fn put_meta(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut table = txn.open_table(LOG_META).map_err(io_err)?;
-        table.insert(key, bytes).map_err(io_err)?;
-        Ok(())
+    /// Queues `op` for the writer thread.
+    fn submit(&self, op: Op) -> io::Result<()> {
+        self.writer
+            .send(op)
+            .map_err(|_| io::Error::other("the log writer has stopped"))
+    }
+
+    /// Queues an operation built around `done` and waits until the writer reports it.
+    async fn submit_and_wait(
+        &self,
+        op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Op,
+    ) -> io::Result<()> {
+        let (done, report) = oneshot::channel();
+        self.submit(op(done))?;
+        report
+            .await
+            .map_err(|_| io::Error::other("the log writer has stopped"))?
     }
 
     fn read_log_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
@@ -73,18 +228,28 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
     ) -> Result<Vec<Entry>, io::Error> {
         let range: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(io_err)?;
-            let table = txn.open_table(LOG).map_err(io_err)?;
-            let mut entries = Vec::new();
-            for item in table.range::<u64>(range).map_err(io_err)? {
-                let (_, bytes) = item.map_err(io_err)?;
-                entries.push(decode(bytes.value())?);
+        // The unflushed tail first: an entry leaves it only once it is on disk, so
+        // whatever is missing from this copy is found by the read below.
+        let mut found: BTreeMap<u64, Entry> = lock(&self.unflushed)
+            .range(range)
+            .map(|(index, entry)| (*index, entry.clone()))
+            .collect();
+        let disk_range = match found.keys().next() {
+            Some(first) => (range.0, Bound::Excluded(*first)),
+            None => range,
+        };
+        if is_empty(&disk_range) {
+            return Ok(found.into_values().collect());
+        }
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(LOG).map_err(io_err)?;
+        for item in table.range::<u64>(disk_range).map_err(io_err)? {
+            let (index, bytes) = item.map_err(io_err)?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(index.value()) {
+                slot.insert(decode(bytes.value())?);
             }
-            Ok(entries)
-        })
-        .await
+        }
+        Ok(found.into_values().collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -92,19 +257,37 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
     }
 }
 
+/// Whether `range` holds no index at all (redb refuses an inverted range).
+fn is_empty(range: &(Bound<u64>, Bound<u64>)) -> bool {
+    let start = match range.0 {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    match range.1 {
+        Bound::Included(e) => e < start,
+        Bound::Excluded(e) => e <= start,
+        Bound::Unbounded => false,
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for RedbLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_unflushed = lock(&self.unflushed)
+            .last_key_value()
+            .map(|(_, e)| e.log_id());
         let txn = self.db.begin_read().map_err(io_err)?;
         let last_purged: Option<LogId> = {
             let meta = txn.open_table(LOG_META).map_err(io_err)?;
             read_meta(&meta, LAST_PURGED)?
         };
         let table = txn.open_table(LOG).map_err(io_err)?;
-        let last = match table.last().map_err(io_err)? {
-            Some((_, bytes)) => Some(decode::<Entry>(bytes.value())?.log_id()),
-            None => last_purged,
+        let last = match (last_unflushed, table.last().map_err(io_err)?) {
+            (Some(id), _) => Some(id),
+            (None, Some((_, bytes))) => Some(decode::<Entry>(bytes.value())?.log_id()),
+            (None, None) => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -118,19 +301,30 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = encode(vote)?;
-        self.write(true, move |txn| Self::put_meta(txn, VOTE, &bytes))
-            .await
+        self.submit_and_wait(|done| Op::Meta {
+            key: VOTE,
+            bytes,
+            done: Some(done),
+        })
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not fsynced on its own: losing it only means re-applying a few entries at
-        // start-up, and the next durable commit persists it anyway.
+        // start-up, and it rides along with the writer's next commit.
         let bytes = encode(&committed)?;
-        self.write(false, move |txn| Self::put_meta(txn, COMMITTED, &bytes))
-            .await
+        *lock(&self.committed) = Some(committed);
+        self.submit(Op::Meta {
+            key: COMMITTED,
+            bytes,
+            done: None,
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(committed) = *lock(&self.committed) {
+            return Ok(committed);
+        }
         Ok(self.read_log_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
@@ -143,42 +337,33 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded = entries
-            .into_iter()
-            .map(|entry| Ok((entry.index(), encode(&entry)?)))
-            .collect::<io::Result<Vec<_>>>()?;
-        let result = self
-            .write(true, move |txn| {
-                let mut table = txn.open_table(LOG).map_err(io_err)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                }
-                Ok(())
-            })
-            .await;
-        // The batch is durable (or failed) only now: report it to openraft either way.
-        crate::store::report_flushed(callback, result)
+        let mut encoded = Vec::new();
+        {
+            let mut unflushed = lock(&self.unflushed);
+            for entry in entries {
+                encoded.push((entry.log_id(), encode(&entry)?));
+                unflushed.insert(entry.index(), entry);
+            }
+        }
+        // Readable from now on; durable when the writer calls `callback`.
+        self.submit(Op::Append {
+            entries: encoded,
+            callback,
+        })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        self.write(true, move |txn| {
-            let mut table = txn.open_table(LOG).map_err(io_err)?;
-            table.retain_in(from.., |_, _| false).map_err(io_err)?;
-            Ok(())
-        })
-        .await
+        lock(&self.unflushed).retain(|index, _| *index < from);
+        self.submit_and_wait(|done| Op::Truncate { from, done })
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let bytes = encode(&log_id)?;
+        let marker = encode(&log_id)?;
         let upto = log_id.index();
-        self.write(true, move |txn| {
-            Self::put_meta(txn, LAST_PURGED, &bytes)?;
-            let mut table = txn.open_table(LOG).map_err(io_err)?;
-            table.retain_in(..=upto, |_, _| false).map_err(io_err)?;
-            Ok(())
-        })
-        .await
+        lock(&self.unflushed).retain(|index, _| *index > upto);
+        self.submit_and_wait(|done| Op::Purge { upto, marker, done })
+            .await
     }
 }

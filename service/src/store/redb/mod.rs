@@ -1,12 +1,15 @@
-//! The embedded backend: Raft log, vote, committed index, purge marker and the state
-//! machine all live in one redb file, `<storage.data_dir>/kvstore.redb`; snapshots are
-//! files under `<storage.data_dir>/snapshots/`.
+//! The embedded backend, in two redb files under `storage.data_dir`: `kvstore.redb`
+//! holds the Raft log, vote, committed index and purge marker; `state.redb` holds the
+//! state machine (the key-value data, last applied log id, membership). Snapshots are
+//! files under `snapshots/`.
 //!
 //! Log appends and votes are committed with `Durability::Immediate` (an fsync) when
-//! `storage.sync_writes` is on. State machine applies are committed without an fsync:
-//! redb commits are ordered and every durable commit also persists the ones before it,
-//! so after a crash the state machine is at a consistent earlier point and openraft
-//! re-applies the rest from the log.
+//! `storage.sync_writes` is on. State machine applies are committed without an fsync,
+//! and at least once a second with one: redb commits are ordered and every durable
+//! commit also persists the ones before it, so after a crash the state machine is at a
+//! consistent earlier point and openraft re-applies the rest from the log (the log is
+//! only purged up to a snapshot, whose record is committed durably). Two files keep the
+//! applies from queueing behind the log's fsyncs for redb's one writer.
 
 mod log_store;
 mod state_machine;
@@ -31,8 +34,10 @@ const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 /// State-machine metadata: last applied log id, membership, current snapshot.
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
-/// Name of the database file inside `storage.data_dir`.
+/// Name of the Raft log's database file inside `storage.data_dir`.
 pub const DB_FILE: &str = "kvstore.redb";
+/// Name of the state machine's database file inside `storage.data_dir`.
+pub const STATE_FILE: &str = "state.redb";
 
 /// Why the redb store could not be opened, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -56,44 +61,62 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
         path: data_dir.to_owned(),
         reason: e.to_string(),
     })?;
-    let path = data_dir.join(DB_FILE);
+    let log_db = open_db(&data_dir.join(DB_FILE), |txn| {
+        txn.open_table(LOG)?;
+        txn.open_table(LOG_META)?;
+        Ok(())
+    })?;
+    let state_path = data_dir.join(STATE_FILE);
+    let state_db = open_db(&state_path, |txn| {
+        txn.open_table(KV)?;
+        txn.open_table(SM_META)?;
+        Ok(())
+    })?;
     let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
-        path: path.clone(),
+        path: state_path.clone(),
         reason: e.to_string(),
     };
-    let db = Database::create(&path).map_err(|e| db_err(&e))?;
-    create_tables(&db).map_err(|e| db_err(&e))?;
-    let db = Arc::new(db);
-    let state_machine =
-        RedbStateMachine::new(db.clone(), data_dir.join("snapshots")).map_err(|e| db_err(&e))?;
+    let state_machine = RedbStateMachine::new(state_db.clone(), data_dir.join("snapshots"))
+        .map_err(|e| db_err(&e))?;
     Ok(RedbStore {
-        log_store: RedbLogStore::new(db.clone(), sync_writes),
+        log_store: RedbLogStore::new(log_db.clone(), sync_writes).map_err(|e| db_err(&e))?,
         state_machine,
-        handle: RedbHandle { db, path },
+        handle: RedbHandle {
+            log_db,
+            state_db,
+            paths: [data_dir.join(DB_FILE), state_path],
+        },
     })
 }
 
-fn create_tables(db: &Database) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    txn.open_table(LOG)?;
-    txn.open_table(LOG_META)?;
-    txn.open_table(KV)?;
-    txn.open_table(SM_META)?;
-    txn.commit()?;
-    Ok(())
+/// Opens (creating if needed) the database file at `path` and its tables.
+fn open_db(
+    path: &Path,
+    create_tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+) -> Result<Arc<Database>, OpenError> {
+    let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let db = Database::create(path).map_err(|e| db_err(&e))?;
+    let txn = db.begin_write().map_err(|e| db_err(&e))?;
+    create_tables(&txn).map_err(|e| db_err(&e))?;
+    txn.commit().map_err(|e| db_err(&e))?;
+    Ok(Arc::new(db))
 }
 
 /// The API's direct view of the store. Reads see the state machine as applied so far;
 /// linearizability is the caller's job (a read barrier through Raft before reading).
 #[derive(Clone)]
 pub struct RedbHandle {
-    db: Arc<Database>,
-    path: PathBuf,
+    log_db: Arc<Database>,
+    state_db: Arc<Database>,
+    paths: [PathBuf; 2],
 }
 
 impl RedbHandle {
     pub fn get(&self, key: &str) -> io::Result<Option<String>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.state_db.begin_read().map_err(io_err)?;
         let table = txn.open_table(KV).map_err(io_err)?;
         let value = table.get(key).map_err(io_err)?;
         Ok(value.map(|v| v.value().to_string()))
@@ -101,7 +124,7 @@ impl RedbHandle {
 
     /// Number of keys currently stored.
     pub fn len(&self) -> io::Result<u64> {
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.state_db.begin_read().map_err(io_err)?;
         let table = txn.open_table(KV).map_err(io_err)?;
         table.len().map_err(io_err)
     }
@@ -110,25 +133,32 @@ impl RedbHandle {
         Ok(self.len()? == 0)
     }
 
-    /// Size of the database file.
+    /// Size of the database files.
     pub fn size_bytes(&self) -> io::Result<u64> {
-        Ok(std::fs::metadata(&self.path)?.len())
+        let mut total = 0;
+        for path in &self.paths {
+            total += std::fs::metadata(path)?.len();
+        }
+        Ok(total)
     }
 
     /// Ids of nodes that were removed from the cluster and may never rejoin.
     pub fn retired_ids(&self) -> io::Result<std::collections::BTreeSet<u64>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.state_db.begin_read().map_err(io_err)?;
         let table = txn.open_table(SM_META).map_err(io_err)?;
         Ok(read_meta(&table, state_machine::RETIRED)?.unwrap_or_default())
     }
 
-    /// Makes every earlier commit durable (state machine applies are committed without
-    /// an fsync); called once at shutdown.
+    /// Makes every earlier commit durable (state machine applies, and log writes with
+    /// `storage.sync_writes` off, are committed without an fsync); called at shutdown.
     pub fn flush(&self) -> io::Result<()> {
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(io_err)?;
-        txn.commit().map_err(io_err)
+        for db in [&self.log_db, &self.state_db] {
+            let mut txn = db.begin_write().map_err(io_err)?;
+            txn.set_durability(redb::Durability::Immediate)
+                .map_err(io_err)?;
+            txn.commit().map_err(io_err)?;
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use openraft::entry::RaftEntry;
@@ -25,17 +26,27 @@ const MEMBERSHIP: &str = "membership";
 pub(super) const RETIRED: &str = "retired_node_ids";
 const SNAPSHOT: &str = "snapshot";
 
-/// The state machine: data and its metadata in the shared redb file, snapshots as files.
+/// How often at most an apply is committed with an fsync. In between, applies are
+/// committed without one; after a crash, openraft re-applies them from the log.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The state machine: data and its metadata in `state.redb`, snapshots as files.
 #[derive(Clone)]
 pub struct RedbStateMachine {
     db: Arc<Database>,
     snapshot_dir: PathBuf,
+    /// When an apply was last committed durably.
+    last_sync: Arc<Mutex<Instant>>,
 }
 
 impl RedbStateMachine {
     pub(super) fn new(db: Arc<Database>, snapshot_dir: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(Self { db, snapshot_dir })
+        Ok(Self {
+            db,
+            snapshot_dir,
+            last_sync: Arc::new(Mutex::new(Instant::now())),
+        })
     }
 
     fn read_sm_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
@@ -49,9 +60,17 @@ impl RedbStateMachine {
     fn apply_batch(
         db: &Database,
         entries: &[openraft::alias::EntryOf<TypeConfig>],
+        last_sync: &Mutex<Instant>,
     ) -> io::Result<Vec<CommandResult>> {
+        let mut last_sync = last_sync.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = last_sync.elapsed() >= SYNC_EVERY;
         let mut txn = db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::None).map_err(io_err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(io_err)?;
         let mut results = Vec::with_capacity(entries.len());
         {
             let mut kv = txn.open_table(KV).map_err(io_err)?;
@@ -99,6 +118,9 @@ impl RedbStateMachine {
             }
         }
         txn.commit().map_err(io_err)?;
+        if durable {
+            *last_sync = Instant::now();
+        }
         Ok(results)
     }
 
@@ -185,8 +207,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let db = self.db.clone();
-        let results = blocking(move || Self::apply_batch(&db, &batch)).await?;
+        let (db, last_sync) = (self.db.clone(), self.last_sync.clone());
+        let results = blocking(move || Self::apply_batch(&db, &batch, &last_sync)).await?;
         crate::store::answer(responders, results);
         Ok(())
     }
