@@ -139,7 +139,7 @@ async fn a_write_to_a_follower_is_one_trace_across_both_nodes() {
     let root = find("PUT put_key", Some(follower));
     let put = find("kv.put", Some(follower));
     let forward = find("raft.forward", None);
-    let rpc = find("/raft/forward/write", Some(leader));
+    let rpc = find("raft.forwarded_write", Some(leader));
     let propose = find("raft.propose", Some(leader));
     let append = find("storage.append", None);
     let apply = find("storage.apply", None);

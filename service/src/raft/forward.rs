@@ -123,7 +123,11 @@ async fn send_batches(network: PeerNetwork, mut queued: mpsc::UnboundedReceiver<
 
 /// Sends one batch and hands each write its result.
 async fn send(network: &PeerNetwork, leader: u64, raft_url: String, batch: Vec<Queued>) {
-    let latest = batch.iter().map(|q| q.deadline).max().unwrap_or_else(Instant::now);
+    let latest = batch
+        .iter()
+        .map(|q| q.deadline)
+        .max()
+        .unwrap_or_else(Instant::now);
     let (writes, replies): (Vec<ForwardWrite>, Vec<_>) =
         batch.into_iter().map(|q| (q.write, q.reply)).unzip();
     let answer = network
@@ -149,7 +153,9 @@ async fn send(network: &PeerNetwork, leader: u64, raft_url: String, batch: Vec<Q
                 writes.len()
             )),
         ),
-        Err(CallError::Unreachable(_)) => fail_all(replies, NodeError::LeaderUnreachable { leader }),
+        Err(CallError::Unreachable(_)) => {
+            fail_all(replies, NodeError::LeaderUnreachable { leader })
+        }
         Err(CallError::NoAnswer(e)) => fail_all(
             replies,
             NodeError::OutcomeUnknown(format!("forwarded to leader {leader}, no answer: {e}")),

@@ -19,8 +19,8 @@ use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::network::CallError;
 use super::forward::WriteForwarder;
+use super::network::CallError;
 use super::rpc::{self, AdminOp};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
