@@ -1,7 +1,7 @@
 //! The Raft wiring: the openraft type configuration, the peer network, and node
 //! start-up (opening storage, building the `Raft` handle, first-start bootstrap).
 
-mod forward;
+mod batch;
 mod network;
 mod node;
 pub mod rpc;

@@ -19,9 +19,9 @@ use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::forward::WriteForwarder;
+use super::batch::Batcher;
 use super::network::CallError;
-use super::rpc::{self, AdminOp};
+use super::rpc::{self, AdminOp, ForwardWrite, ForwardWriteResult, ReadIndexResult};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
 use crate::config::{Settings, StorageType};
@@ -134,7 +134,10 @@ struct Inner {
     raft: Raft,
     store: StoreHandle,
     network: PeerNetwork,
-    forwarder: WriteForwarder,
+    /// Writes this node forwards to the leader, batched.
+    writes: Batcher<(u64, String), ForwardWrite, ForwardWriteResult>,
+    /// Read indexes for linearizable reads, one per batch of concurrent reads.
+    read_indexes: Batcher<IndexSource, (), Result<ReadLogId<TypeConfig>, NodeError>>,
     storage_type: StorageType,
     request_timeout: Duration,
     started_at: Instant,
@@ -145,6 +148,13 @@ struct Inner {
 enum Target {
     Here,
     Leader { id: u64, raft_url: String },
+}
+
+/// Who provides a read index: this node as leader, or the leader at a Raft URL.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IndexSource {
+    Here,
+    Leader(u64, String),
 }
 
 /// Opens storage and starts Raft. On the very first start (no vote or log on disk) the
@@ -218,12 +228,18 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
         tracing::info!(node_id = id, voters = ?ids, "initialised a new cluster");
     }
 
+    let read_indexes = read_index_batcher(
+        raft.clone(),
+        network.clone(),
+        settings.server.request_timeout,
+    );
     Ok(RaftNode {
         inner: Arc::new(Inner {
             id,
             raft,
             store: store.handle,
-            forwarder: WriteForwarder::start(network.clone()),
+            writes: write_batcher(network.clone(), settings.server.request_timeout),
+            read_indexes,
             network,
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
@@ -414,10 +430,7 @@ impl RaftNode {
                 match target {
                     Target::Here => self.write_until(command, deadline).await,
                     Target::Leader { id, raft_url } => {
-                        self.inner
-                            .forwarder
-                            .write(id, &raft_url, command, deadline)
-                            .await
+                        self.forward_write(id, raft_url, command, deadline).await
                     }
                 }
             }
@@ -523,65 +536,64 @@ impl RaftNode {
         }
     }
 
-    /// Blocks until a read of the local state machine is linearizable.
-    #[tracing::instrument(name = "raft.read_index", skip_all, fields(node.id = self.inner.id))]
-    async fn read_barrier(&self, target: Target, deadline: Instant) -> Result<(), NodeError> {
-        match target {
-            Target::Here => {
-                let option = LinearizerOption::from(ReadPolicy::ReadIndex)
-                    // Give up on the quorum a little before the request's own deadline,
-                    // so a leader that lost its quorum answers UNAVAILABLE, not TIMEOUT.
-                    .with_wait_timeout(remaining(deadline).mul_f32(0.8));
-                let result = tokio::time::timeout(
-                    remaining(deadline),
-                    self.inner.raft.ensure_linearizable(option),
-                )
-                .await
-                .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?;
-                result.map(|_| ()).map_err(read_error)
-            }
-            Target::Leader { id, raft_url } => {
-                counter!(metrics::FORWARDED, "kind" => "read_index").increment(1);
-                let read_log_id: ReadLogId<TypeConfig> = match self
-                    .inner
-                    .network
-                    .call::<(), Result<ReadLogId<TypeConfig>, NodeError>>(
-                        &raft_url,
-                        id,
-                        rpc::READ_INDEX,
-                        &(),
-                        remaining(deadline),
-                    )
-                    .await
-                {
-                    Ok(answer) => answer?,
-                    // A read has no side effects: any failure to reach the leader is
-                    // worth another try while time remains.
-                    Err(_) => return Err(NodeError::LeaderUnreachable { leader: id }),
-                };
-                let applied = self.metrics().last_applied;
-                let ready = Linearizer::new(id, read_log_id, applied)
-                    .try_await_ready(&self.inner.raft, Some(remaining(deadline)))
-                    .await
-                    .map_err(|e| NodeError::Unavailable(e.to_string()))?;
-                ready
-                    .map(|_| ())
-                    .map_err(|_| NodeError::Timeout(self.inner.request_timeout))
-            }
+    /// Hands a write to the leader, in the next batch, and waits for its verdict.
+    #[tracing::instrument(name = "raft.forward", skip_all, fields(otel.kind = "client", leader))]
+    async fn forward_write(
+        &self,
+        leader: u64,
+        raft_url: String,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResult, NodeError> {
+        counter!(metrics::FORWARDED, "kind" => "write").increment(1);
+        let write = ForwardWrite {
+            command,
+            trace: trace::current_traceparent(),
+        };
+        let submitted = self.inner.writes.submit((leader, raft_url), write);
+        match tokio::time::timeout(remaining(deadline), submitted).await {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(NodeError::OutcomeUnknown(format!(
+                "forwarded to leader {leader}, no answer"
+            ))),
+            Err(_) => Err(NodeError::OutcomeUnknown(format!(
+                "forwarded to leader {leader}, no answer in time"
+            ))),
         }
     }
 
-    /// The leader's end of a follower's linearizable read: the log id the follower must
-    /// apply before reading, after leadership is confirmed by a quorum.
+    /// Blocks until a read of the local state machine is linearizable: gets a read index
+    /// (shared with the reads that arrived meanwhile, see [`super::batch`]) and waits
+    /// until this node has applied that far.
+    #[tracing::instrument(name = "raft.read_index", skip_all, fields(node.id = self.inner.id))]
+    async fn read_barrier(&self, target: Target, deadline: Instant) -> Result<(), NodeError> {
+        let (leader, source) = match target {
+            Target::Here => (self.inner.id, IndexSource::Here),
+            Target::Leader { id, raft_url } => {
+                counter!(metrics::FORWARDED, "kind" => "read_index").increment(1);
+                (id, IndexSource::Leader(id, raft_url))
+            }
+        };
+        let submitted = self.inner.read_indexes.submit(source, ());
+        let read_log_id = tokio::time::timeout(remaining(deadline), submitted)
+            .await
+            .map_err(|_| NodeError::Timeout(self.inner.request_timeout))?
+            .ok_or(NodeError::LeaderUnreachable { leader })??;
+        let applied = self.metrics().last_applied;
+        let ready = Linearizer::new(leader, read_log_id, applied)
+            .try_await_ready(&self.inner.raft, Some(remaining(deadline)))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        ready
+            .map(|_| ())
+            .map_err(|_| NodeError::Timeout(self.inner.request_timeout))
+    }
+
+    /// The leader's end of a follower's batch of linearizable reads: the log id the
+    /// follower must apply before reading, after leadership is confirmed by a quorum.
     pub(crate) async fn read_index_here(&self) -> Result<ReadLogId<TypeConfig>, NodeError> {
         let timeout = self.inner.request_timeout;
-        let option = LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(timeout);
-        let result = tokio::time::timeout(timeout, self.inner.raft.get_read_log_id(option))
-            .await
-            .map_err(|_| NodeError::Timeout(timeout))?;
-        result
-            .map(|(read_log_id, _)| read_log_id)
-            .map_err(read_error)
+        read_index(&self.inner.raft, timeout, timeout).await
     }
 
     /// The leader's end of a (possibly forwarded) membership change.
@@ -687,6 +699,85 @@ impl RaftNode {
         self.inner.store.close().await?;
         Ok(())
     }
+}
+
+/// The batcher of the writes a follower forwards: one `/raft/forward/writes` request
+/// per batch, one result per write.
+fn write_batcher(
+    network: PeerNetwork,
+    timeout: Duration,
+) -> Batcher<(u64, String), ForwardWrite, ForwardWriteResult> {
+    Batcher::start(
+        move |(leader, raft_url): (u64, String), writes: Vec<ForwardWrite>| {
+            let network = network.clone();
+            async move {
+                let count = writes.len();
+                let answer = network
+                    .call::<_, Vec<ForwardWriteResult>>(
+                        &raft_url,
+                        leader,
+                        rpc::FORWARD_WRITES,
+                        &writes,
+                        timeout,
+                    )
+                    .await;
+                let error = match answer {
+                    Ok(results) if results.len() == count => return results,
+                    Ok(results) => NodeError::OutcomeUnknown(format!(
+                        "leader {leader} answered {} results for {count} writes",
+                        results.len()
+                    )),
+                    Err(CallError::Unreachable(_)) => NodeError::LeaderUnreachable { leader },
+                    Err(CallError::NoAnswer(e)) => NodeError::OutcomeUnknown(format!(
+                        "forwarded to leader {leader}, no answer: {e}"
+                    )),
+                };
+                vec![Err(error); count]
+            }
+        },
+    )
+}
+
+/// The batcher of read indexes: one quorum round (on the leader) or one
+/// `/raft/forward/read-index` request (on a follower) per batch of reads.
+fn read_index_batcher(
+    raft: Raft,
+    network: PeerNetwork,
+    timeout: Duration,
+) -> Batcher<IndexSource, (), Result<ReadLogId<TypeConfig>, NodeError>> {
+    Batcher::start(move |source: IndexSource, reads: Vec<()>| {
+        let (raft, network) = (raft.clone(), network.clone());
+        async move {
+            let result = match source {
+                // Give up on the quorum a little before the reads' own deadline, so a
+                // leader that lost its quorum answers UNAVAILABLE, not TIMEOUT.
+                IndexSource::Here => read_index(&raft, timeout.mul_f32(0.8), timeout).await,
+                IndexSource::Leader(leader, raft_url) => network
+                    .call::<(), ReadIndexResult>(&raft_url, leader, rpc::READ_INDEX, &(), timeout)
+                    .await
+                    // A read has no side effects: any failure to reach the leader is
+                    // worth another try while time remains.
+                    .unwrap_or(Err(NodeError::LeaderUnreachable { leader })),
+            };
+            vec![result; reads.len()]
+        }
+    })
+}
+
+/// A read index from this node as leader, once a quorum has confirmed its leadership
+/// (openraft gives up after `quorum_wait`; this after `timeout`).
+async fn read_index(
+    raft: &Raft,
+    quorum_wait: Duration,
+    timeout: Duration,
+) -> Result<ReadLogId<TypeConfig>, NodeError> {
+    let option = LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(quorum_wait);
+    let result = tokio::time::timeout(timeout, raft.get_read_log_id(option))
+        .await
+        .map_err(|_| NodeError::Timeout(timeout))?;
+    result
+        .map(|(read_log_id, _)| read_log_id)
+        .map_err(read_error)
 }
 
 /// The `kind` label of a forwarded request.

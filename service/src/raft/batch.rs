@@ -1,0 +1,159 @@
+//! Batching of the requests a node sends on behalf of many clients at once: writes a
+//! follower forwards to the leader, and the read index linearizable reads wait for.
+//!
+//! Sending each in its own request would cost a whole exchange per client request. A
+//! [`Batcher`] instead queues them and sends what has queued up as one batch, with at
+//! most [`IN_FLIGHT`] batches outstanding. Under light load a batch holds one request
+//! and waits for nothing; under heavy load batches grow on their own.
+//!
+//! A batch is sent only after every request in it was queued, so a read index fetched
+//! for a batch was asked for after each of its reads began: sharing it keeps every read
+//! linearizable.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Batches on their way at once.
+const IN_FLIGHT: usize = 4;
+/// The most requests in one batch.
+const MAX_BATCH: usize = 256;
+
+/// A queued request: where it goes, what it is, and who waits for its result.
+type Queued<K, I, R> = (K, I, oneshot::Sender<R>);
+
+/// Queues requests of type `I` for destinations `K`; a batch for one destination
+/// yields one `R` per request, in order. Cheap to clone.
+pub(crate) struct Batcher<K, I, R> {
+    queue: mpsc::UnboundedSender<Queued<K, I, R>>,
+}
+
+impl<K, I, R> Clone for Batcher<K, I, R> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<K, I, R> Batcher<K, I, R>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    I: Send + 'static,
+    R: Send + 'static,
+{
+    /// Starts the task that sends batches with `send`, which must answer with one
+    /// result per request, in order. The task ends when every handle is dropped.
+    pub(crate) fn start<F, Fut>(send: F) -> Self
+    where
+        F: Fn(K, Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(run(queued, send));
+        Self { queue }
+    }
+
+    /// Queues `item` for `to` and waits for its result; `None` if no result came (the
+    /// sending task is gone, or `send` answered too few results).
+    pub(crate) async fn submit(&self, to: K, item: I) -> Option<R> {
+        let (reply, result) = oneshot::channel();
+        self.queue.send((to, item, reply)).ok()?;
+        result.await.ok()
+    }
+}
+
+async fn run<K, I, R, F, Fut>(mut queued: mpsc::UnboundedReceiver<Queued<K, I, R>>, send: F)
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    I: Send + 'static,
+    R: Send + 'static,
+    F: Fn(K, Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queued.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // While every slot was busy, more requests may have queued up: take them too.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let mut by_destination: HashMap<K, (Vec<I>, Vec<oneshot::Sender<R>>)> = HashMap::new();
+        for (to, item, reply) in batch {
+            let (items, replies) = by_destination.entry(to).or_default();
+            items.push(item);
+            replies.push(reply);
+        }
+        let sends: Vec<_> = by_destination
+            .into_iter()
+            .map(|(to, (items, replies))| {
+                let sent = send(to, items);
+                async move {
+                    for (reply, result) in replies.into_iter().zip(sent.await) {
+                        let _ = reply.send(result);
+                    }
+                }
+            })
+            .collect();
+        tokio::spawn(async move {
+            futures::future::join_all(sends).await;
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_request_gets_its_own_result_in_order() {
+        let batcher = Batcher::start(|to: u64, items: Vec<u64>| async move {
+            items.into_iter().map(|i| to * 1000 + i).collect::<Vec<_>>()
+        });
+        let results =
+            futures::future::join_all((0..100u64).map(|i| batcher.submit(i % 3, i))).await;
+        for (i, result) in results.into_iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(result, Some((i % 3) * 1000 + i));
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_while_slots_are_busy_share_a_batch() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        let batcher = Batcher::start(move |_to: (), items: Vec<usize>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                items
+            }
+        });
+        let results = futures::future::join_all((0..200).map(|i| batcher.submit((), i))).await;
+        assert_eq!(results, (0..200).map(Some).collect::<Vec<_>>());
+        let batches = batches.load(Ordering::SeqCst);
+        assert!(
+            (1..=IN_FLIGHT).contains(&batches),
+            "200 concurrent requests went out in {batches} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_leaves_the_rest_without_a_result() {
+        let batcher = Batcher::start(|_to: (), _items: Vec<u8>| async { Vec::<u8>::new() });
+        assert_eq!(batcher.submit((), 1).await, None);
+    }
+}
