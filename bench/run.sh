@@ -45,13 +45,34 @@ cargo build --release -q -p kvstore --bins
 KV=target/release/kvstore
 BENCH=target/release/kvbench
 
-bench() { # NAME TARGET URLS WRITES
-  local name="$1" target="$2" urls="$3" writes="$4"
-  log "$name: $([ "$writes" = 1 ] && echo writes || echo reads)"
-  "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$CONNS" \
-    --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json |
-    python3 -c "import json,sys; r=json.load(sys.stdin); r['name']='$name'; print(json.dumps(r))" >>"$RESULTS"
+cpu_ticks() { # CPU time (clock ticks) the running servers have used so far
+  local total=0 pid
+  for pid in "${PIDS[@]}"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
 }
+
+bench() { # NAME TARGET URLS WRITES
+  local name="$1" target="$2" urls="$3" writes="$4" before report server_cpu
+  log "$name: $([ "$writes" = 1 ] && echo writes || echo reads)"
+  before="$(cpu_ticks)"
+  # The generator runs as a child of Python, which adds its CPU time (getrusage) to the
+  # report; the servers' CPU time over the same run comes from /proc.
+  report="$(python3 -c 'import json, resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], check=True, capture_output=True, text=True).stdout
+r = json.loads(out)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+r["generator_cpu_s"] = u.ru_utime + u.ru_stime
+print(json.dumps(r))' "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$CONNS" \
+    --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json)"
+  server_cpu="$(( $(cpu_ticks) - before ))"
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'
+if $COUNT_CPU: r['server_cpu_s']=$server_cpu / $(getconf CLK_TCK)
+print(json.dumps(r))" "$report" >>"$RESULTS"
+}
+
+# Whether PIDS holds every server process of the system measured (not so for the
+# PostgreSQL cluster: the database's own CPU time is not counted, so no CPU column).
+COUNT_CPU=True
 
 members() { # N: the initial members of an N-node kvstore cluster on loopback
   local out=() i
@@ -118,6 +139,7 @@ if [ -n "$PG_IMAGE" ]; then
   done
   for i in 1 2 3; do PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE kv$i"; done
   start_kvstore 3 postgres
+  COUNT_CPU=False
   bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 1
   bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 0
   stop_all
