@@ -72,14 +72,20 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
         txn.open_table(SM_META)?;
         Ok(())
     })?;
-    let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
-        path: state_path.clone(),
+    let db_err = |path: &Path, e: &dyn std::fmt::Display| OpenError::Database {
+        path: path.to_owned(),
         reason: e.to_string(),
     };
+    if move_legacy_state(&log_db, &state_db).map_err(|e| db_err(&state_path, &e))? {
+        tracing::info!(
+            "moved the state machine from {DB_FILE} to {STATE_FILE} (the layout before they were split)"
+        );
+    }
     let state_machine = RedbStateMachine::new(state_db.clone(), data_dir.join("snapshots"))
-        .map_err(|e| db_err(&e))?;
+        .map_err(|e| db_err(&state_path, &e))?;
     Ok(RedbStore {
-        log_store: RedbLogStore::new(log_db.clone(), sync_writes).map_err(|e| db_err(&e))?,
+        log_store: RedbLogStore::new(log_db.clone(), sync_writes)
+            .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
         state_machine,
         handle: RedbHandle {
             log_db,
@@ -87,6 +93,43 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
             paths: [data_dir.join(DB_FILE), state_path],
         },
     })
+}
+
+/// Moves the state machine's tables out of the log's file into `state.redb`: before the
+/// two were split, `kvstore.redb` held both. The copy is committed durably before the
+/// old tables are dropped, so a crash in between only repeats the move (the copy is
+/// skipped when `state.redb` already holds state). Returns whether there was anything
+/// to move.
+fn move_legacy_state(log_db: &Database, state_db: &Database) -> Result<bool, redb::Error> {
+    let read = log_db.begin_read()?;
+    let (old_kv, old_meta) = match (read.open_table(KV), read.open_table(SM_META)) {
+        (Ok(kv), Ok(meta)) => (kv, meta),
+        (Err(redb::TableError::TableDoesNotExist(_)), _)
+        | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(false),
+        (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+    };
+    let write = state_db.begin_write()?;
+    {
+        let mut kv = write.open_table(KV)?;
+        let mut meta = write.open_table(SM_META)?;
+        if kv.is_empty()? && meta.is_empty()? {
+            for item in old_kv.iter()? {
+                let (key, value) = item?;
+                kv.insert(key.value(), value.value())?;
+            }
+            for item in old_meta.iter()? {
+                let (key, value) = item?;
+                meta.insert(key.value(), value.value())?;
+            }
+        }
+    }
+    write.commit()?;
+    drop((old_kv, old_meta, read));
+    let write = log_db.begin_write()?;
+    write.delete_table(KV)?;
+    write.delete_table(SM_META)?;
+    write.commit()?;
+    Ok(true)
 }
 
 /// Opens (creating if needed) the database file at `path` and its tables.
@@ -208,6 +251,55 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = open(&file.join("sub"), true).err().expect("must fail");
         assert!(err.to_string().contains("storage.data_dir"), "{err}");
+    }
+
+    /// Opens the store in `dir` again; the previous one's log writer may still be
+    /// letting go of the file.
+    fn reopen(dir: &Path) -> RedbStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match open(dir, true) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("already open"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_from_before_the_split_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The old layout: the state machine's tables in the log's file.
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(LOG).unwrap();
+            txn.open_table(KV).unwrap().insert("k", "v").unwrap();
+            let retired = crate::store::encode(&std::collections::BTreeSet::from([7u64])).unwrap();
+            txn.open_table(SM_META)
+                .unwrap()
+                .insert(state_machine::RETIRED, retired.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let store = reopen(dir.path());
+            assert_eq!(store.handle.get("k").unwrap().as_deref(), Some("v"));
+            assert_eq!(store.handle.retired_ids().unwrap(), [7].into());
+            assert_eq!(store.handle.len().unwrap(), 1);
+        }
+        let store = reopen(dir.path());
+        let read = store.handle.log_db.begin_read().unwrap();
+        assert!(
+            matches!(
+                read.open_table(KV),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ),
+            "the old tables are gone from {DB_FILE}"
+        );
     }
 
     #[test]
