@@ -3,8 +3,8 @@
 //!
 //! Sending each in its own request would cost a whole exchange per client request. A
 //! [`Batcher`] instead queues them and sends what has queued up as one batch, with at
-//! most [`IN_FLIGHT`] batches outstanding. Under light load a batch holds one request
-//! and waits for nothing; under heavy load batches grow on their own.
+//! most [`IN_FLIGHT`] batches outstanding per destination. Under light load a batch
+//! holds one request and waits for nothing; under heavy load batches grow on their own.
 //!
 //! A batch is sent only after every request in it was queued, so a read index fetched
 //! for a batch was asked for after each of its reads began: sharing it keeps every read
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Batches on their way at once.
+/// Batches on their way to one destination at once.
 const IN_FLIGHT: usize = 4;
 /// The most requests in one batch.
 const MAX_BATCH: usize = 256;
@@ -74,40 +74,47 @@ where
     F: Fn(K, Vec<I>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<R>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = queued.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // While every slot was busy, more requests may have queued up: take them too.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
-            }
+    // Requests waiting for a free slot, and the slots, per destination: a destination
+    // that stopped answering holds only its own slots.
+    let mut waiting: HashMap<K, Vec<(I, oneshot::Sender<R>)>> = HashMap::new();
+    let mut slots: HashMap<K, Arc<Semaphore>> = HashMap::new();
+    let (slot_freed, mut freed) = mpsc::unbounded_channel::<()>();
+    loop {
+        tokio::select! {
+            next = queued.recv() => match next {
+                Some((to, item, reply)) => waiting.entry(to).or_default().push((item, reply)),
+                None => return,
+            },
+            Some(()) = freed.recv() => {}
         }
-        let mut by_destination: HashMap<K, (Vec<I>, Vec<oneshot::Sender<R>>)> = HashMap::new();
-        for (to, item, reply) in batch {
-            let (items, replies) = by_destination.entry(to).or_default();
-            items.push(item);
-            replies.push(reply);
+        while let Ok((to, item, reply)) = queued.try_recv() {
+            waiting.entry(to).or_default().push((item, reply));
         }
-        let sends: Vec<_> = by_destination
-            .into_iter()
-            .map(|(to, (items, replies))| {
-                let sent = send(to, items);
-                async move {
+        for (to, requests) in waiting.iter_mut() {
+            // A caller that gave up (its deadline passed) needs no answer: its request
+            // is not sent at all.
+            requests.retain(|(_, reply)| !reply.is_closed());
+            let slots = slots
+                .entry(to.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT)));
+            while !requests.is_empty() {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let take = requests.len().min(MAX_BATCH);
+                let (items, replies): (Vec<I>, Vec<_>) = requests.drain(..take).unzip();
+                let sent = send(to.clone(), items);
+                let slot_freed = slot_freed.clone();
+                tokio::spawn(async move {
                     for (reply, result) in replies.into_iter().zip(sent.await) {
                         let _ = reply.send(result);
                     }
-                }
-            })
-            .collect();
-        tokio::spawn(async move {
-            futures::future::join_all(sends).await;
-            drop(slot);
-        });
+                    drop(slot);
+                    let _ = slot_freed.send(());
+                });
+            }
+        }
+        waiting.retain(|_, requests| !requests.is_empty());
     }
 }
 
@@ -148,6 +155,55 @@ mod tests {
         assert!(
             (1..=IN_FLIGHT).contains(&batches),
             "200 concurrent requests went out in {batches} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_destination_that_never_answers_does_not_hold_up_another() {
+        let batcher = Batcher::start(|to: &'static str, items: Vec<u8>| async move {
+            if to == "stuck" {
+                futures::future::pending::<()>().await;
+            }
+            items
+        });
+        // Fill every slot of the stuck destination, and more.
+        for i in 0..(IN_FLIGHT as u8 * 2) {
+            let stuck = batcher.clone();
+            tokio::spawn(async move { stuck.submit("stuck", i).await });
+            tokio::task::yield_now().await;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), batcher.submit("live", 7)).await;
+        assert_eq!(answer.expect("the live destination answers"), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_caller_gave_up_is_not_sent() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = sent.clone();
+        let batcher = Batcher::start(move |_to: (), items: Vec<u8>| {
+            counted.fetch_add(items.len(), Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                items
+            }
+        });
+        // Occupy every slot (one request per batch), then queue a request and give up
+        // on it at once.
+        let mut busy = Vec::new();
+        for i in 0..IN_FLIGHT as u8 {
+            let b = batcher.clone();
+            busy.push(tokio::spawn(async move { b.submit((), i).await }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(1), batcher.submit((), 99)).await;
+        for b in busy {
+            b.await.unwrap();
+        }
+        assert_eq!(batcher.submit((), 1).await, Some(1));
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            IN_FLIGHT + 1,
+            "the abandoned request was sent"
         );
     }
 

@@ -108,8 +108,11 @@ impl PeerNetwork {
 
 async fn decode<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp, CallError> {
     let status = resp.status();
-    if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
-        // Another node answers at that address: the request had no effect.
+    if status == reqwest::StatusCode::MISDIRECTED_REQUEST
+        || status == reqwest::StatusCode::NOT_FOUND
+    {
+        // Another node answers at that address, or a node without this route (an older
+        // version, during a rolling upgrade): either way the request had no effect.
         let text = resp.text().await.unwrap_or_default();
         return Err(CallError::Unreachable(text));
     }

@@ -204,6 +204,21 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             node_id = id,
             "raft state found on disk; rejoining the cluster"
         );
+        // After a crash the state machine may be ahead of the last snapshot and of the
+        // durable log, and openraft then purges the log up to what was applied. Until
+        // a snapshot covers the purged entries, a lagging follower could not be served:
+        // build one now.
+        let m = raft.metrics().borrow_watched().clone();
+        let snapshot = m.snapshot.as_ref().map(|l| l.index);
+        let purged = m.purged.as_ref().map(|l| l.index);
+        if purged > snapshot {
+            tracing::info!(
+                ?purged,
+                ?snapshot,
+                "log purged past the snapshot; building one"
+            );
+            raft.trigger().snapshot().await?;
+        }
     } else if !settings.cluster.bootstrap {
         tracing::info!(node_id = id, "empty node waiting to be added to a cluster");
     } else {

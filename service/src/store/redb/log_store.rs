@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -41,6 +43,8 @@ pub struct RedbLogStore {
     /// The last committed log id openraft reported; it reaches the disk with the next
     /// commit of the writer.
     committed: Arc<Mutex<Option<Option<LogId>>>>,
+    /// One past the last log index known durable on disk (0: none yet).
+    durable_end: Arc<AtomicU64>,
     writer: mpsc::UnboundedSender<Op>,
 }
 
@@ -121,16 +125,24 @@ fn put_meta(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> io::Result
     Ok(())
 }
 
+/// With `storage.sync_writes` off, how often the log is fsynced anyway.
+const LAZY_SYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// The writer thread: takes everything queued, writes it in one transaction, commits
-/// (durably if any operation needs it and `sync_writes` is on), then reports. Ends when
-/// every handle to the store is gone and the queue is drained.
+/// (durably if any operation needs it and `sync_writes` is on; with it off, at most once
+/// a second), then reports. After a failed commit it writes nothing more and fails every
+/// later operation: the log on disk must not get a hole. Ends when every handle to the
+/// store is gone and the queue is drained.
 fn run_writer(
     db: Arc<Database>,
     sync_writes: bool,
     unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    durable_end: Arc<AtomicU64>,
     mut queue: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut group = Vec::new();
+    let mut failed: Option<String> = None;
+    let mut last_sync = Instant::now();
     while let Some(op) = queue.blocking_recv() {
         group.push(op);
         while group.len() < MAX_GROUP {
@@ -139,8 +151,38 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let durable = sync_writes && group.iter().any(Op::needs_sync);
+        if let Some(error) = &failed {
+            let result = Err(format!("an earlier log write failed: {error}"));
+            for op in group.drain(..) {
+                op.finish(&result);
+            }
+            continue;
+        }
+        let durable = if sync_writes {
+            group.iter().any(Op::needs_sync)
+        } else {
+            last_sync.elapsed() >= LAZY_SYNC_EVERY
+        };
         let result = commit_group(&db, durable, &group).map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, "log write failed; the log store accepts no more writes");
+            failed = Some(error.clone());
+        } else if durable {
+            last_sync = Instant::now();
+            let mut end = durable_end.load(Ordering::SeqCst);
+            for op in &group {
+                match op {
+                    Op::Append { entries, .. } => {
+                        if let Some((last, _)) = entries.last() {
+                            end = last.index() + 1;
+                        }
+                    }
+                    Op::Truncate { from, .. } => end = end.min(*from),
+                    _ => {}
+                }
+            }
+            durable_end.store(end, Ordering::SeqCst);
+        }
         if result.is_ok() {
             let mut unflushed = lock(&unflushed);
             for op in &group {
@@ -180,17 +222,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedbLogStore {
-    pub(super) fn new(db: Arc<Database>, sync_writes: bool) -> io::Result<Self> {
+    /// `durable_end` is kept up to date with one past the last log index durable on
+    /// disk; the state machine fsyncs only applies the durable log covers.
+    pub(super) fn new(
+        db: Arc<Database>,
+        sync_writes: bool,
+        durable_end: Arc<AtomicU64>,
+    ) -> io::Result<Self> {
         let unflushed = Arc::new(Mutex::new(BTreeMap::new()));
         let (writer, queue) = mpsc::unbounded_channel();
-        let (thread_db, thread_unflushed) = (db.clone(), unflushed.clone());
+        let (thread_db, thread_unflushed, thread_end) =
+            (db.clone(), unflushed.clone(), durable_end.clone());
         std::thread::Builder::new()
             .name("redb-log-writer".into())
-            .spawn(move || run_writer(thread_db, sync_writes, thread_unflushed, queue))?;
+            .spawn(move || {
+                run_writer(thread_db, sync_writes, thread_unflushed, thread_end, queue)
+            })?;
         Ok(Self {
             db,
             unflushed,
             committed: Arc::new(Mutex::new(None)),
+            durable_end,
             writer,
         })
     }
@@ -337,14 +389,13 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        {
-            let mut unflushed = lock(&self.unflushed);
-            for entry in entries {
-                encoded.push((entry.log_id(), encode(&entry)?));
-                unflushed.insert(entry.index(), entry);
-            }
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Encode all first: an entry that cannot be written must not become readable.
+        let encoded = entries
+            .iter()
+            .map(|entry| Ok((entry.log_id(), encode(entry)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        lock(&self.unflushed).extend(entries.into_iter().map(|e| (e.index(), e)));
         // Readable from now on; durable when the writer calls `callback`.
         self.submit(Op::Append {
             entries: encoded,
@@ -354,6 +405,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.durable_end.fetch_min(from, Ordering::SeqCst);
         lock(&self.unflushed).retain(|index, _| *index < from);
         self.submit_and_wait(|done| Op::Truncate { from, done })
             .await

@@ -5,7 +5,7 @@
 //!
 //! Log appends and votes are committed with `Durability::Immediate` (an fsync) when
 //! `storage.sync_writes` is on. State machine applies are committed without an fsync,
-//! and at least once a second with one: redb commits are ordered and every durable
+//! and about once a second with one, for an apply the durable log already covers: redb commits are ordered and every durable
 //! commit also persists the ones before it, so after a crash the state machine is at a
 //! consistent earlier point and openraft re-applies the rest from the log (the log is
 //! only purged up to a snapshot, whose record is committed durably). Two files keep the
@@ -81,10 +81,15 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
             "moved the state machine from {DB_FILE} to {STATE_FILE} (the layout before they were split)"
         );
     }
-    let state_machine = RedbStateMachine::new(state_db.clone(), data_dir.join("snapshots"))
-        .map_err(|e| db_err(&state_path, &e))?;
+    let durable_log_end = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let state_machine = RedbStateMachine::new(
+        state_db.clone(),
+        data_dir.join("snapshots"),
+        durable_log_end.clone(),
+    )
+    .map_err(|e| db_err(&state_path, &e))?;
     Ok(RedbStore {
-        log_store: RedbLogStore::new(log_db.clone(), sync_writes)
+        log_store: RedbLogStore::new(log_db.clone(), sync_writes, durable_log_end)
             .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
         state_machine,
         handle: RedbHandle {

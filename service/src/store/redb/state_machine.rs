@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,15 +38,24 @@ pub struct RedbStateMachine {
     snapshot_dir: PathBuf,
     /// When an apply was last committed durably.
     last_sync: Arc<Mutex<Instant>>,
+    /// One past the last log index durable in the log (see `RedbLogStore::new`): an
+    /// apply is fsynced only if the durable log covers it, so that after a crash the
+    /// state machine is never ahead of the log and the current snapshot.
+    durable_log_end: Arc<AtomicU64>,
 }
 
 impl RedbStateMachine {
-    pub(super) fn new(db: Arc<Database>, snapshot_dir: PathBuf) -> io::Result<Self> {
+    pub(super) fn new(
+        db: Arc<Database>,
+        snapshot_dir: PathBuf,
+        durable_log_end: Arc<AtomicU64>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         Ok(Self {
             db,
             snapshot_dir,
             last_sync: Arc::new(Mutex::new(Instant::now())),
+            durable_log_end,
         })
     }
 
@@ -61,9 +71,13 @@ impl RedbStateMachine {
         db: &Database,
         entries: &[openraft::alias::EntryOf<TypeConfig>],
         last_sync: &Mutex<Instant>,
+        durable_log_end: &AtomicU64,
     ) -> io::Result<Vec<CommandResult>> {
         let mut last_sync = last_sync.lock().unwrap_or_else(|e| e.into_inner());
-        let durable = last_sync.elapsed() >= SYNC_EVERY;
+        let covered = entries
+            .last()
+            .is_some_and(|e| e.index() < durable_log_end.load(Ordering::SeqCst));
+        let durable = covered && last_sync.elapsed() >= SYNC_EVERY;
         let mut txn = db.begin_write().map_err(io_err)?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -207,8 +221,13 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let (db, last_sync) = (self.db.clone(), self.last_sync.clone());
-        let results = blocking(move || Self::apply_batch(&db, &batch, &last_sync)).await?;
+        let (db, last_sync, log_end) = (
+            self.db.clone(),
+            self.last_sync.clone(),
+            self.durable_log_end.clone(),
+        );
+        let results =
+            blocking(move || Self::apply_batch(&db, &batch, &last_sync, &log_end)).await?;
         crate::store::answer(responders, results);
         Ok(())
     }
