@@ -114,11 +114,11 @@ pub fn app(
             limits.request_timeout,
         ))
         .around(|ep, req| async move {
-            let method = req.method().to_string();
-            let path = req.uri().path().to_string();
+            // Cheap clones (the URI shares its bytes): most requests never need them.
+            let (method, uri) = (req.method().clone(), req.uri().clone());
             Ok(match ep.call(req).await {
                 Ok(resp) => resp.into_response(),
-                Err(err) => error::to_json_response(err, &method, &path),
+                Err(err) => error::to_json_response(err, method.as_str(), uri.path()),
             })
         })
         .around(|ep, req| async move {
@@ -172,8 +172,12 @@ pub fn app(
                 trace_id = tracing::field::Empty,
                 span_id = tracing::field::Empty,
             );
-            let _ = span.set_parent(trace::extract(req.headers()));
-            trace::record_ids(&span);
+            // The span is off unless logs or traces want it: then skip its upkeep.
+            let traced = !span.is_disabled();
+            if traced {
+                let _ = span.set_parent(trace::extract(req.headers()));
+                trace::record_ids(&span);
+            }
             let in_flight = gauge!(metrics::HTTP_IN_FLIGHT);
             in_flight.increment(1.0);
             let resp = ep.call(req).instrument(span.clone()).await;
@@ -182,22 +186,25 @@ pub fn app(
             let route = route_label(&resp, &path);
             let status = resp.status().as_u16();
             let elapsed = started.elapsed();
+            let method_label = method_label(&method);
             counter!(
                 metrics::HTTP_REQUESTS,
                 "route" => route,
-                "method" => method.to_string(),
+                "method" => method_label,
                 "status" => status.to_string()
             )
             .increment(1);
-            histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method.to_string())
+            histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method_label)
                 .record(elapsed.as_secs_f64());
             if let Some(code) = resp.data::<error::ErrorCode>() {
                 counter!(metrics::HTTP_ERRORS, "route" => route, "code" => code.as_label())
                     .increment(1);
             }
-            span.record("http.route", route);
-            span.record("http.response.status_code", status);
-            trace::rename(&span, format!("{method} {route}"));
+            if traced {
+                span.record("http.route", route);
+                span.record("http.response.status_code", status);
+                trace::rename(&span, format!("{method} {route}"));
+            }
             span.in_scope(|| {
                 tracing::info!(
                     method = %method,
@@ -210,6 +217,24 @@ pub fn app(
             });
             Ok(resp)
         })
+}
+
+/// The `method` label: the standard methods by name, anything else as `OTHER` (the
+/// label's values stay few, and need no allocation).
+fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 /// A low-cardinality name for the route that served `resp`: the OpenAPI operation id,

@@ -71,8 +71,8 @@ pub fn rpc_app(
                         .status(poem::http::StatusCode::MISDIRECTED_REQUEST)
                         .body(format!("this is node {node_id}, not node {target}")));
                 }
-                let method = req.method().to_string();
-                let path = req.uri().path().to_string();
+                let (method, uri) = (req.method().clone(), req.uri().clone());
+                let path = uri.path();
                 // Only requests that are part of a trace (forwarded client requests) get
                 // a span; heartbeats and replication would bury them.
                 let span = if trace::has_traceparent(req.headers()) {
@@ -93,7 +93,7 @@ pub fn rpc_app(
                 };
                 Ok(match ep.call(req).instrument(span).await {
                     Ok(resp) => resp.into_response(),
-                    Err(err) => crate::api::error::to_json_response(err, &method, &path),
+                    Err(err) => crate::api::error::to_json_response(err, method.as_str(), path),
                 })
             }
         })
