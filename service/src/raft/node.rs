@@ -427,8 +427,7 @@ impl RaftNode {
                 match target {
                     Target::Here => self.admin_until(op, deadline).await,
                     Target::Leader { id, raft_url } => {
-                        self.forward(id, &raft_url, rpc::FORWARD_ADMIN, &op, deadline)
-                            .await
+                        self.forward_admin(id, &raft_url, &op, deadline).await
                     }
                 }
             }
@@ -492,29 +491,27 @@ impl RaftNode {
         }
     }
 
-    /// Sends a request to the leader's Raft listener and returns its verdict.
-    #[tracing::instrument(name = "raft.forward", skip_all, fields(otel.kind = "client", url.path = path, leader))]
-    async fn forward<Req: Serialize, T: serde::de::DeserializeOwned>(
+    /// Hands a membership change to the leader's Raft listener and returns its verdict.
+    #[tracing::instrument(name = "raft.forward", skip_all, fields(otel.kind = "client", url.path = rpc::FORWARD_ADMIN, leader))]
+    async fn forward_admin(
         &self,
         leader: u64,
         raft_url: &str,
-        path: &str,
-        req: &Req,
+        op: &AdminOp,
         deadline: Instant,
-    ) -> Result<T, NodeError> {
-        counter!(metrics::FORWARDED, "kind" => forward_kind(path)).increment(1);
-        match self
-            .inner
+    ) -> Result<(), NodeError> {
+        counter!(metrics::FORWARDED, "kind" => "admin").increment(1);
+        self.inner
             .network
-            .call::<Req, Result<T, NodeError>>(raft_url, leader, path, req, remaining(deadline))
+            .call::<_, rpc::AdminResult>(
+                raft_url,
+                leader,
+                rpc::FORWARD_ADMIN,
+                op,
+                remaining(deadline),
+            )
             .await
-        {
-            Ok(answer) => answer,
-            Err(CallError::Unreachable(_)) => Err(NodeError::LeaderUnreachable { leader }),
-            Err(CallError::NoAnswer(e)) => Err(NodeError::OutcomeUnknown(format!(
-                "forwarded to leader {leader}, no answer: {e}"
-            ))),
-        }
+            .unwrap_or_else(|e| Err(forward_failed(leader, e)))
     }
 
     /// The leader's end of a (possibly forwarded) write. Never forwards again.
@@ -742,10 +739,7 @@ fn write_batcher(
                         "leader {leader} answered {} results for {count} writes",
                         results.len()
                     )),
-                    Err(CallError::Unreachable(_)) => NodeError::LeaderUnreachable { leader },
-                    Err(CallError::NoAnswer(e)) => NodeError::OutcomeUnknown(format!(
-                        "forwarded to leader {leader}, no answer: {e}"
-                    )),
+                    Err(e) => forward_failed(leader, e),
                 };
                 vec![Err(error); count]
             }
@@ -795,11 +789,14 @@ async fn read_index(
         .map_err(read_error)
 }
 
-/// The `kind` label of a forwarded request.
-fn forward_kind(path: &str) -> &'static str {
-    match path {
-        rpc::READ_INDEX => "read_index",
-        _ => "admin",
+/// What a forwarded change whose call to the leader failed became: not delivered (so
+/// worth another try), or of unknown outcome.
+fn forward_failed(leader: u64, e: CallError) -> NodeError {
+    match e {
+        CallError::Unreachable(_) => NodeError::LeaderUnreachable { leader },
+        CallError::NoAnswer(e) => {
+            NodeError::OutcomeUnknown(format!("forwarded to leader {leader}, no answer: {e}"))
+        }
     }
 }
 
