@@ -472,3 +472,41 @@ pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
     std::fs::write(&probe, b"ok")?;
     std::fs::remove_file(&probe)
 }
+
+/// Log entries for the backends' unit tests.
+#[cfg(test)]
+pub(crate) mod test_entries {
+    use openraft::entry::RaftEntry;
+
+    use super::{Command, Proposal};
+    use crate::raft::typ::{Entry, LogId};
+
+    pub fn entry(index: u64, command: Command) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
+        let log_id = LogId::new(leader, index);
+        Entry::new_normal(
+            log_id,
+            Proposal {
+                command,
+                trace: None,
+            },
+        )
+    }
+
+    pub fn put(index: u64, key: &str, value: &str) -> Entry {
+        entry(
+            index,
+            Command::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+        )
+    }
+
+    pub fn delete(index: u64, key: &str) -> Entry {
+        entry(index, Command::Delete { key: key.into() })
+    }
+}

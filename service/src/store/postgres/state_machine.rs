@@ -434,38 +434,8 @@ fn fold_commands<'a>(
 
 #[cfg(test)]
 mod tests {
-    use openraft::entry::RaftEntry;
-
     use super::*;
-
-    fn entry(index: u64, command: Command) -> Entry {
-        let leader = openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        };
-        let log_id = LogId::new(leader, index);
-        Entry::new_normal(
-            log_id,
-            Proposal {
-                command,
-                trace: None,
-            },
-        )
-    }
-
-    fn put(index: u64, key: &str, value: &str) -> Entry {
-        entry(
-            index,
-            Command::Put {
-                key: key.into(),
-                value: value.into(),
-            },
-        )
-    }
-
-    fn delete(index: u64, key: &str) -> Entry {
-        entry(index, Command::Delete { key: key.into() })
-    }
+    use crate::store::test_entries::{delete, put};
 
     #[test]
     fn a_batch_folds_into_each_keys_last_value_in_log_order() {

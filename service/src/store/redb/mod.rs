@@ -4,12 +4,15 @@
 //! files under `snapshots/`.
 //!
 //! Log appends and votes are committed with `Durability::Immediate` (an fsync) when
-//! `storage.sync_writes` is on. State machine applies are committed without an fsync,
-//! and about once a second with one, for an apply the durable log already covers: redb commits are ordered and every durable
-//! commit also persists the ones before it, so after a crash the state machine is at a
-//! consistent earlier point and openraft re-applies the rest from the log (the log is
-//! only purged up to a snapshot, whose record is committed durably). Two files keep the
-//! applies from queueing behind the log's fsyncs for redb's one writer.
+//! `storage.sync_writes` is on. Applied writes wait in memory for up to 200 ms (reads
+//! see them there) and then reach `state.redb` in one transaction, without an fsync,
+//! and about once a second with one, for applies the durable log already covers: redb
+//! commits are ordered and every durable commit also persists the ones before it, so
+//! after a crash the state machine is at a consistent earlier point and openraft
+//! re-applies the rest from the log (the log is only purged up to a snapshot, which is
+//! built from the flushed state and whose record is committed durably). Two files keep
+//! the state machine's commits from queueing behind the log's fsyncs for redb's one
+//! writer.
 
 mod log_store;
 mod state_machine;
@@ -91,12 +94,13 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     Ok(RedbStore {
         log_store: RedbLogStore::new(log_db.clone(), sync_writes, durable_log_end)
             .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
-        state_machine,
         handle: RedbHandle {
             log_db,
+            state: state_machine.shared(),
             state_db,
             paths: [data_dir.join(DB_FILE), state_path],
         },
+        state_machine,
     })
 }
 
@@ -158,23 +162,20 @@ fn open_db(
 #[derive(Clone)]
 pub struct RedbHandle {
     log_db: Arc<Database>,
+    /// The state machine's data: the database and the applied writes not yet in it.
+    state: Arc<state_machine::Shared>,
     state_db: Arc<Database>,
     paths: [PathBuf; 2],
 }
 
 impl RedbHandle {
     pub fn get(&self, key: &str) -> io::Result<Option<String>> {
-        let txn = self.state_db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(KV).map_err(io_err)?;
-        let value = table.get(key).map_err(io_err)?;
-        Ok(value.map(|v| v.value().to_string()))
+        self.state.get(key)
     }
 
     /// Number of keys currently stored.
     pub fn len(&self) -> io::Result<u64> {
-        let txn = self.state_db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(KV).map_err(io_err)?;
-        table.len().map_err(io_err)
+        self.state.len()
     }
 
     pub fn is_empty(&self) -> io::Result<bool> {
@@ -200,13 +201,12 @@ impl RedbHandle {
     /// Makes every earlier commit durable (state machine applies, and log writes with
     /// `storage.sync_writes` off, are committed without an fsync); called at shutdown.
     pub fn flush(&self) -> io::Result<()> {
-        for db in [&self.log_db, &self.state_db] {
-            let mut txn = db.begin_write().map_err(io_err)?;
-            txn.set_durability(redb::Durability::Immediate)
-                .map_err(io_err)?;
-            txn.commit().map_err(io_err)?;
-        }
-        Ok(())
+        let mut txn = self.log_db.begin_write().map_err(io_err)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(io_err)?;
+        txn.commit().map_err(io_err)?;
+        // After the log: the state machine is made durable only as far as the log is.
+        self.state.flush_all()
     }
 }
 
@@ -304,6 +304,97 @@ mod tests {
                 Err(redb::TableError::TableDoesNotExist(_))
             ),
             "the old tables are gone from {DB_FILE}"
+        );
+    }
+
+    /// Applies `entries` as openraft would, without waiting for the results.
+    async fn apply(sm: &mut RedbStateMachine, entries: Vec<crate::raft::typ::Entry>) {
+        use openraft::storage::RaftStateMachine;
+        let items = entries.into_iter().map(|e| Ok((e, None)));
+        sm.apply(futures::stream::iter(items)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn applied_writes_are_read_back_before_and_after_they_reach_the_file() {
+        use crate::store::test_entries::{delete, put};
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), true).unwrap();
+        let sm = &mut store.state_machine;
+        // In the file: a, b.
+        apply(sm, vec![put(1, "a", "1"), put(2, "b", "2")]).await;
+        store.handle.state.flush_all().unwrap();
+        // Pending: a overwritten, b deleted, c added, d added then deleted, a missing
+        // key deleted.
+        apply(
+            sm,
+            vec![
+                put(3, "a", "1b"),
+                delete(4, "b"),
+                put(5, "c", "3"),
+                put(6, "d", "4"),
+                delete(7, "d"),
+                delete(8, "nope"),
+            ],
+        )
+        .await;
+        let check = |h: &RedbHandle| {
+            assert_eq!(h.get("a").unwrap().as_deref(), Some("1b"));
+            assert_eq!(h.get("b").unwrap(), None);
+            assert_eq!(h.get("c").unwrap().as_deref(), Some("3"));
+            assert_eq!(h.get("d").unwrap(), None);
+            assert_eq!(h.len().unwrap(), 2);
+        };
+        check(&store.handle);
+        assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 8);
+
+        // A snapshot holds the pending writes too.
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id.unwrap().index, 8);
+        let (_, pairs) = crate::store::SnapshotReader::new(snapshot.snapshot).unwrap();
+        let pairs: Vec<(String, String)> = pairs.map(Result::unwrap).collect();
+        assert_eq!(pairs, [("a".into(), "1b".into()), ("c".into(), "3".into())]);
+        check(&store.handle);
+
+        // What shutdown flushes is there after a restart.
+        apply(sm, vec![put(9, "e", "5")]).await;
+        store.handle.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.handle.get("e").unwrap().as_deref(), Some("5"));
+        assert_eq!(store.handle.len().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_delete_reports_whether_the_key_existed_wherever_it_is() {
+        use crate::store::test_entries::{delete, put};
+        use crate::store::CommandResult;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true).unwrap();
+        let shared = store.state_machine.shared();
+        let results = |entries: Vec<_>| RedbStateMachine::apply_pending(&shared, &entries).unwrap();
+        results(vec![put(1, "in-file", "x")]);
+        shared.flush_all().unwrap();
+        assert_eq!(
+            results(vec![
+                put(2, "pending", "y"),
+                delete(3, "in-file"),
+                delete(4, "pending"),
+                delete(5, "pending"),
+                delete(6, "never"),
+            ]),
+            [
+                CommandResult::Stored,
+                CommandResult::Deleted { existed: true },
+                CommandResult::Deleted { existed: true },
+                CommandResult::Deleted { existed: false },
+                CommandResult::Deleted { existed: false },
+            ]
         );
     }
 

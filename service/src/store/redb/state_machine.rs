@@ -2,20 +2,21 @@
 //! builds and installs snapshots.
 
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
 
 use super::{read_meta, KV, SM_META};
-use crate::raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
 use crate::store::snapshot::{snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter};
 use crate::store::{
@@ -27,21 +28,190 @@ const MEMBERSHIP: &str = "membership";
 pub(super) const RETIRED: &str = "retired_node_ids";
 const SNAPSHOT: &str = "snapshot";
 
-/// How often at most an apply is committed with an fsync. In between, applies are
-/// committed without one; after a crash, openraft re-applies them from the log.
+/// How often at most the state machine is committed with an fsync. In between, its
+/// commits skip the fsync; after a crash, openraft re-applies the rest from the log.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Applied writes wait in memory (see [`Pending`]) until this many keys have piled up
+/// or the oldest of them is this old, then reach `state.redb` in one transaction.
+const FLUSH_KEYS: usize = 16 * 1024;
+const FLUSH_AGE: Duration = Duration::from_millis(200);
+
+/// A key's latest applied value, or `None` for a delete.
+type Writes = HashMap<String, Option<String>>;
+
+/// Applied writes not yet committed to `state.redb`. Committing every apply batch on
+/// its own costs a redb transaction each (copy-on-write pages, checksums, the page
+/// allocator); waiting lets one transaction carry thousands, and rewrites of the same
+/// key collapse into one. Readers consult these maps before the database.
+#[derive(Default)]
+struct Pending {
+    /// Writes applied since the last flush began.
+    active: Writes,
+    /// The writes a flush is committing right now: still read from here until the
+    /// commit is done.
+    flushing: Option<Arc<Writes>>,
+    /// The last log id applied, when it is newer than the one in the database.
+    last_applied: Option<LogId>,
+    /// When the oldest entry in `active` was applied.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// The pending value of `key`: `Some(None)` when it was deleted, `None` when there
+    /// is nothing pending for it.
+    fn lookup(&self, key: &str) -> Option<Option<&str>> {
+        self.active
+            .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
+            .map(Option::as_deref)
+    }
+
+    fn is_due(&self) -> bool {
+        self.active.len() >= FLUSH_KEYS || self.since.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+    }
+}
+
+/// What the state machine, its snapshot builder and the API's reads share.
+pub(super) struct Shared {
+    db: Arc<Database>,
+    pending: RwLock<Pending>,
+    /// Held by whoever commits pending writes, so flushes happen one at a time; holds
+    /// when the state machine was last committed durably.
+    flush: Mutex<Instant>,
+    /// One past the last log index durable in the log (see `RedbLogStore::new`): a
+    /// commit is fsynced only if the durable log covers it, so that after a crash the
+    /// state machine is never ahead of the log and the current snapshot.
+    durable_log_end: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn pending(&self) -> RwLockReadGuard<'_, Pending> {
+        self.pending.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending_mut(&self) -> RwLockWriteGuard<'_, Pending> {
+        self.pending.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` as applied so far.
+    pub(super) fn get(&self, key: &str) -> io::Result<Option<String>> {
+        if let Some(value) = self.pending().lookup(key) {
+            return Ok(value.map(str::to_owned));
+        }
+        // Not pending: a flush only ever adds newer values to the database, and any
+        // value applied after the check above is newer than this read.
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        let value = table.get(key).map_err(io_err)?;
+        Ok(value.map(|v| v.value().to_string()))
+    }
+
+    /// The number of keys as applied so far.
+    pub(super) fn len(&self) -> io::Result<u64> {
+        let pending = self.pending();
+        // Under the lock: the pending maps and the database's view agree for every key
+        // they hold, whether or not a running flush has committed yet.
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        let mut len = table.len().map_err(io_err)? as i64;
+        let flushing = pending
+            .flushing
+            .as_deref()
+            .into_iter()
+            .flat_map(|f| f.keys());
+        let keys = pending.active.keys().chain(
+            // A key in both maps counts once, with the newer value.
+            flushing.filter(|key| !pending.active.contains_key(*key)),
+        );
+        for key in keys {
+            let now = matches!(pending.lookup(key), Some(Some(_)));
+            let stored = table.get(key.as_str()).map_err(io_err)?.is_some();
+            len += i64::from(now) - i64::from(stored);
+        }
+        Ok(len.max(0) as u64)
+    }
+
+    /// Commits every pending write to the database, durably if `force_sync` or a second
+    /// has passed (and the durable log covers them). `more`, when given, writes further
+    /// changes in the same transaction, after the pending ones.
+    fn flush<T>(
+        &self,
+        force_sync: bool,
+        more: impl FnOnce(&redb::WriteTransaction) -> io::Result<(T, Option<LogId>)>,
+    ) -> io::Result<T> {
+        let mut last_sync = self.flush.lock().unwrap_or_else(|e| e.into_inner());
+        let (writes, last_applied) = {
+            let mut pending = self.pending_mut();
+            let writes = Arc::new(std::mem::take(&mut pending.active));
+            pending.flushing = Some(writes.clone());
+            pending.since = None;
+            (writes, pending.last_applied.take())
+        };
+        let result = (|| {
+            let mut txn = self.db.begin_write().map_err(io_err)?;
+            {
+                let mut kv = txn.open_table(KV).map_err(io_err)?;
+                for (key, value) in writes.iter() {
+                    match value {
+                        Some(value) => kv.insert(key.as_str(), value.as_str()).map(drop),
+                        None => kv.remove(key.as_str()).map(drop),
+                    }
+                    .map_err(io_err)?;
+                }
+            }
+            let (value, more_applied) = more(&txn)?;
+            let applied = more_applied.or(last_applied);
+            if let Some(last) = applied {
+                let mut meta = txn.open_table(SM_META).map_err(io_err)?;
+                meta.insert(LAST_APPLIED, encode(&Some(last))?.as_slice())
+                    .map_err(io_err)?;
+            }
+            let covered =
+                applied.is_none_or(|id| id.index() < self.durable_log_end.load(Ordering::SeqCst));
+            let durable = covered && (force_sync || last_sync.elapsed() >= SYNC_EVERY);
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(io_err)?;
+            txn.commit().map_err(io_err)?;
+            if durable {
+                *last_sync = Instant::now();
+            }
+            Ok(value)
+        })();
+        let mut pending = self.pending_mut();
+        pending.flushing = None;
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                // Nothing was written: put the writes back, under any newer ones.
+                let writes = Arc::try_unwrap(writes).unwrap_or_else(|w| (*w).clone());
+                for (key, value) in writes {
+                    pending.active.entry(key).or_insert(value);
+                }
+                if pending.last_applied.is_none() {
+                    pending.last_applied = last_applied;
+                }
+                pending.since.get_or_insert_with(Instant::now);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits pending writes and fsyncs the database; called at shutdown.
+    pub(super) fn flush_all(&self) -> io::Result<()> {
+        self.flush(true, |_| Ok(((), None)))
+    }
+}
 
 /// The state machine: data and its metadata in `state.redb`, snapshots as files.
 #[derive(Clone)]
 pub struct RedbStateMachine {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     snapshot_dir: PathBuf,
-    /// When an apply was last committed durably.
-    last_sync: Arc<Mutex<Instant>>,
-    /// One past the last log index durable in the log (see `RedbLogStore::new`): an
-    /// apply is fsynced only if the durable log covers it, so that after a crash the
-    /// state machine is never ahead of the log and the current snapshot.
-    durable_log_end: Arc<AtomicU64>,
 }
 
 impl RedbStateMachine {
@@ -52,41 +222,74 @@ impl RedbStateMachine {
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         Ok(Self {
-            db,
+            shared: Arc::new(Shared {
+                db,
+                pending: RwLock::new(Pending::default()),
+                flush: Mutex::new(Instant::now()),
+                durable_log_end,
+            }),
             snapshot_dir,
-            last_sync: Arc::new(Mutex::new(Instant::now())),
-            durable_log_end,
         })
     }
 
+    /// What the API's reads need.
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     fn read_sm_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
+        let txn = self.shared.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(SM_META).map_err(io_err)?;
         read_meta(&table, key)
     }
 
-    /// Applies one batch of committed entries in one transaction and returns, in order,
-    /// the result of each entry.
-    fn apply_batch(
-        db: &Database,
-        entries: &[openraft::alias::EntryOf<TypeConfig>],
-        last_sync: &Mutex<Instant>,
-        durable_log_end: &AtomicU64,
+    /// Applies a batch of client writes to the pending maps and returns, in order, the
+    /// result of each entry. Membership entries are not handled here.
+    pub(super) fn apply_pending(
+        shared: &Shared,
+        entries: &[Entry],
     ) -> io::Result<Vec<CommandResult>> {
-        let mut last_sync = last_sync.lock().unwrap_or_else(|e| e.into_inner());
-        let covered = entries
-            .last()
-            .is_some_and(|e| e.index() < durable_log_end.load(Ordering::SeqCst));
-        let durable = covered && last_sync.elapsed() >= SYNC_EVERY;
-        let mut txn = db.begin_write().map_err(io_err)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(io_err)?;
+        let mut pending = shared.pending_mut();
         let mut results = Vec::with_capacity(entries.len());
-        {
+        for entry in entries {
+            results.push(match &entry.payload {
+                EntryPayload::Normal(Proposal {
+                    command: Command::Put { key, value },
+                    ..
+                }) => {
+                    pending.active.insert(key.clone(), Some(value.clone()));
+                    CommandResult::Stored
+                }
+                EntryPayload::Normal(Proposal {
+                    command: Command::Delete { key },
+                    ..
+                }) => {
+                    let existed = match pending.lookup(key) {
+                        Some(value) => value.is_some(),
+                        None => {
+                            let txn = shared.db.begin_read().map_err(io_err)?;
+                            let table = txn.open_table(KV).map_err(io_err)?;
+                            table.get(key.as_str()).map_err(io_err)?.is_some()
+                        }
+                    };
+                    pending.active.insert(key.clone(), None);
+                    CommandResult::Deleted { existed }
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
+            });
+        }
+        if let Some(last) = entries.last() {
+            pending.last_applied = Some(last.log_id());
+            pending.since.get_or_insert_with(Instant::now);
+        }
+        Ok(results)
+    }
+
+    /// Applies a batch that changes the membership: pending writes and the whole batch
+    /// are committed in one transaction.
+    fn apply_through(shared: &Shared, entries: &[Entry]) -> io::Result<Vec<CommandResult>> {
+        shared.flush(false, |txn| {
+            let mut results = Vec::with_capacity(entries.len());
             let mut kv = txn.open_table(KV).map_err(io_err)?;
             let mut meta = txn.open_table(SM_META).map_err(io_err)?;
             for entry in entries {
@@ -126,16 +329,8 @@ impl RedbStateMachine {
                 };
                 results.push(result);
             }
-            if let Some(last) = entries.last() {
-                meta.insert(LAST_APPLIED, encode(&Some(last.log_id()))?.as_slice())
-                    .map_err(io_err)?;
-            }
-        }
-        txn.commit().map_err(io_err)?;
-        if durable {
-            *last_sync = Instant::now();
-        }
-        Ok(results)
+            Ok((results, entries.last().map(|e| e.log_id())))
+        })
     }
 
     /// The snapshot recorded as current, if its file is still there.
@@ -163,9 +358,11 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
-        let db = self.db.clone();
+        let shared = self.shared.clone();
         let dir = self.snapshot_dir.clone();
         blocking(move || {
+            shared.flush(false, |_| Ok(((), None)))?;
+            let db = &shared.db;
             // One read transaction: the data, last applied id and membership are one
             // consistent point in time, while applies continue concurrently.
             let txn = db.begin_read().map_err(io_err)?;
@@ -193,7 +390,7 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 },
                 file_id,
             };
-            Self::record_snapshot(&db, &record)?;
+            Self::record_snapshot(db, &record)?;
             Ok(Snapshot {
                 meta: record.meta,
                 snapshot: file,
@@ -208,7 +405,11 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let last_applied = self.read_sm_meta::<Option<LogId>>(LAST_APPLIED)?.flatten();
+        let pending = self.shared.pending().last_applied;
+        let last_applied = match pending {
+            Some(id) => Some(id),
+            None => self.read_sm_meta::<Option<LogId>>(LAST_APPLIED)?.flatten(),
+        };
         let membership = self.read_sm_meta(MEMBERSHIP)?.unwrap_or_default();
         Ok((last_applied, membership))
     }
@@ -221,13 +422,22 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let (db, last_sync, log_end) = (
-            self.db.clone(),
-            self.last_sync.clone(),
-            self.durable_log_end.clone(),
-        );
-        let results =
-            blocking(move || Self::apply_batch(&db, &batch, &last_sync, &log_end)).await?;
+        let membership = batch
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        let results = if membership {
+            let shared = self.shared.clone();
+            blocking(move || Self::apply_through(&shared, &batch)).await?
+        } else {
+            // In memory, on this task: only a delete of a key with nothing pending
+            // reads the database (from its cache, as the API's reads do).
+            let results = Self::apply_pending(&self.shared, &batch)?;
+            if self.shared.pending().is_due() {
+                let shared = self.shared.clone();
+                blocking(move || shared.flush(false, |_| Ok(((), None)))).await?;
+            }
+            results
+        };
         crate::store::answer(responders, results);
         Ok(())
     }
@@ -241,11 +451,16 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let db = self.db.clone();
+        let shared = self.shared.clone();
         let dir = self.snapshot_dir.clone();
         let meta = meta.clone();
         let meta_log_id = meta.last_log_id;
         blocking(move || {
+            // The snapshot replaces everything applied before it, pending or not; no
+            // flush may run meanwhile.
+            let _flush = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
+            *shared.pending_mut() = Pending::default();
+            let db = &shared.db;
             // Keep our own copy first: the received file may live elsewhere.
             let mut snapshot = snapshot;
             let file_id = snapshot_file_id(meta.last_log_id.as_ref());
