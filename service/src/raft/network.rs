@@ -2,14 +2,15 @@
 //! requests to the leader. One pooled HTTP client with keep-alive serves every peer.
 //!
 //! A peer that cannot be connected to is reported `Unreachable`, so openraft backs off
-//! instead of retrying in a tight loop.
+//! instead of retrying in a tight loop. AppendEntries travel on a long-lived stream per
+//! peer (see [`rpc::STREAM`]), or as plain requests to a peer that declines it.
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::{stream, StreamExt};
+use futures::{stream, SinkExt, StreamExt};
 use openraft::error::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -21,6 +22,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::rpc::{self, SnapshotHeader};
 use super::typ::{Snapshot, Vote};
@@ -75,10 +77,19 @@ impl PeerNetwork {
     /// A POST to node `target` carrying the secret, the target's id (a node refuses
     /// requests meant for another) and the current span's `traceparent`.
     fn post(&self, url: String, target: u64, timeout: Duration) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, url, target)
+            .timeout(timeout)
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        target: u64,
+    ) -> reqwest::RequestBuilder {
         let req = self
             .http
-            .post(url)
-            .timeout(timeout)
+            .request(method, url)
             .header(rpc::TARGET_HEADER, target)
             .headers(crate::telemetry::trace::inject_current());
         match &self.secret {
@@ -141,8 +152,18 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             net: self.clone(),
             target,
             raft_url: node.raft_addr.trim_end_matches('/').to_string(),
+            stream: tokio::sync::Mutex::new(None),
+            no_stream_until: None,
         }
     }
+}
+
+/// Why the replication stream could not be opened.
+enum OpenStream {
+    /// The peer answered, but without the upgrade: fall back to plain requests.
+    Declined(CallError),
+    /// No answer, as for any request.
+    Failed(CallError),
 }
 
 /// Raft RPC to one peer.
@@ -150,9 +171,109 @@ pub struct PeerClient {
     net: PeerNetwork,
     target: u64,
     raft_url: String,
+    /// The replication stream to the peer (see [`rpc::STREAM`]), once opened.
+    /// (A lock only because openraft wants the client `Sync`; calls take `&mut self`.)
+    stream: tokio::sync::Mutex<Option<Framed<reqwest::Upgraded, LengthDelimitedCodec>>>,
+    /// After the peer declined the stream (a version without it), AppendEntries go as
+    /// plain requests until then.
+    no_stream_until: Option<Instant>,
 }
 
+/// How long replication keeps to plain requests after a peer declined the stream.
+const STREAM_RETRY: Duration = Duration::from_secs(10);
+
 impl PeerClient {
+    /// Opens the replication stream.
+    async fn open_stream(
+        &self,
+    ) -> Result<Framed<reqwest::Upgraded, LengthDelimitedCodec>, OpenStream> {
+        let resp = self
+            .net
+            .request(
+                reqwest::Method::GET,
+                format!("{}{}", self.raft_url, rpc::STREAM),
+                self.target,
+            )
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, rpc::STREAM_PROTOCOL)
+            .send()
+            .await
+            .map_err(|e| OpenStream::Failed(classify(e)))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            // Reported as for any other request: a node that does not know the route, a
+            // wrong secret, another node at this address.
+            return Err(match decode::<serde_json::Value>(resp).await {
+                Err(e) => OpenStream::Declined(e),
+                Ok(_) => OpenStream::Declined(CallError::NoAnswer("no upgrade".into())),
+            });
+        }
+        let io = resp
+            .upgrade()
+            .await
+            .map_err(|e| OpenStream::Failed(CallError::NoAnswer(e.to_string())))?;
+        Ok(Framed::new(io, rpc::stream_codec()))
+    }
+
+    /// Sends AppendEntries on the replication stream, opening it first if needed.
+    /// `None`: the peer does not take the stream; send a plain request instead.
+    async fn append_on_stream(
+        &mut self,
+        req: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Option<Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> {
+        let deadline = tokio::time::Instant::now() + ttl;
+        let stream = self.stream.get_mut();
+        if stream.is_none() {
+            if self.no_stream_until.is_some_and(|t| Instant::now() < t) {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.open_stream()).await {
+                Ok(Ok(opened)) => *self.stream.get_mut() = Some(opened),
+                Ok(Err(OpenStream::Failed(e))) => return Some(Err(self.rpc_error(e))),
+                Ok(Err(OpenStream::Declined(e))) => {
+                    tracing::debug!(target = self.target, error = %e, "replication stream declined");
+                    self.no_stream_until = Some(Instant::now() + STREAM_RETRY);
+                    return None;
+                }
+                Err(_) => {
+                    return Some(Err(self.rpc_error(CallError::NoAnswer(
+                        "timed out opening the replication stream".into(),
+                    ))))
+                }
+            }
+        }
+        let stream = self.stream.get_mut().as_mut()?;
+        let exchange = async {
+            let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+            stream
+                .send(bytes::Bytes::from(body))
+                .await
+                .map_err(|e| e.to_string())?;
+            let frame = stream
+                .next()
+                .await
+                .ok_or_else(|| "the peer closed the replication stream".to_string())?
+                .map_err(|e| e.to_string())?;
+            serde_json::from_slice::<Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>>(&frame)
+                .map_err(|e| e.to_string())
+        };
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                *self.stream.get_mut() = None;
+                return Some(Err(self.rpc_error(CallError::NoAnswer(e))));
+            }
+            Err(_) => {
+                // An answer may still come: this stream is out of step for good.
+                *self.stream.get_mut() = None;
+                return Some(Err(self.rpc_error(CallError::NoAnswer(
+                    "timed out on the replication stream".into(),
+                ))));
+            }
+        };
+        Some(answer.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.to_string()))))
+    }
+
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -190,7 +311,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(rpc::APPEND, &rpc, &option).await
+        match self.append_on_stream(&rpc, option.hard_ttl()).await {
+            Some(answer) => answer,
+            None => self.rpc(rpc::APPEND, &rpc, &option).await,
+        }
     }
 
     async fn vote(

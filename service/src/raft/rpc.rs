@@ -4,6 +4,13 @@
 //!
 //! Bodies are JSON, except a snapshot: one JSON line ([`SnapshotHeader`]) followed by
 //! the snapshot file's bytes, streamed.
+//!
+//! Replication (AppendEntries, the bulk of the traffic) also has a long-lived stream:
+//! a GET to [`STREAM`] with `Upgrade:` [`STREAM_PROTOCOL`] (checked for the secret and
+//! target node like every request) turns the connection, TLS included, into a sequence
+//! of frames, each a 4-byte big-endian length and that many bytes of JSON. The client
+//! sends an `AppendEntriesRequest` and reads back its result before sending the next,
+//! which saves an HTTP exchange per round of replication.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +26,19 @@ pub const VOTE: &str = "/raft/vote";
 pub const PRE_VOTE: &str = "/raft/pre-vote";
 pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
+/// Upgraded to a stream of AppendEntries requests and their results.
+pub const STREAM: &str = "/raft/stream";
+/// The `Upgrade` token of [`STREAM`].
+pub const STREAM_PROTOCOL: &str = "kvstore-append/1";
+/// The largest frame on the stream: an AppendEntries batch of large values.
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// The framing of the stream.
+pub fn stream_codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
 /// A follower hands client writes to the leader, in a batch.
 pub const FORWARD_WRITES: &str = "/raft/forward/writes";
 /// A follower asks the leader for the log id a linearizable read must wait for.

@@ -10,7 +10,9 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use poem::web::{Data, Json};
-use poem::{handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
+use poem::{
+    get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use super::rpc::{
@@ -43,6 +45,7 @@ pub fn rpc_app(
         .at(rpc::PRE_VOTE, post(pre_vote))
         .at(rpc::SNAPSHOT, post(snapshot))
         .at(rpc::TRANSFER_LEADER, post(transfer_leader))
+        .at(rpc::STREAM, get(stream))
         .at(rpc::FORWARD_WRITES, post(forward_writes))
         .at(rpc::READ_INDEX, post(read_index))
         .at(rpc::FORWARD_ADMIN, post(forward_admin))
@@ -138,6 +141,54 @@ async fn transfer_leader(
             .await
             .map_err(RaftError::Fatal),
     )
+}
+
+/// Upgrades the connection to a stream of AppendEntries (see [`rpc::STREAM`]) and
+/// serves it until the peer closes it.
+#[handler]
+fn stream(req: &Request, node: Data<&RaftNode>) -> Response {
+    let wanted = req
+        .header(poem::http::header::UPGRADE)
+        .is_some_and(|p| p.eq_ignore_ascii_case(rpc::STREAM_PROTOCOL));
+    let upgrade = match req.take_upgrade() {
+        Ok(upgrade) if wanted => upgrade,
+        _ => {
+            return ApiError::InvalidParameter(format!(
+                "expected an upgrade to {}",
+                rpc::STREAM_PROTOCOL
+            ))
+            .into_response()
+        }
+    };
+    let node = node.clone();
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else { return };
+        if let Err(error) = serve_stream(&node, io).await {
+            tracing::debug!(%error, "replication stream ended");
+        }
+    });
+    Response::builder()
+        .status(poem::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(poem::http::header::CONNECTION, "upgrade")
+        .header(poem::http::header::UPGRADE, rpc::STREAM_PROTOCOL)
+        .finish()
+}
+
+async fn serve_stream(
+    node: &RaftNode,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let mut frames = tokio_util::codec::Framed::new(io, rpc::stream_codec());
+    while let Some(frame) = frames.next().await {
+        let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&frame?)?;
+        let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
+            node.raft().append_entries(req).await;
+        frames
+            .send(bytes::Bytes::from(serde_json::to_vec(&result)?))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Receives a streamed snapshot into a file, then installs it.
