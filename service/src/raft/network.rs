@@ -388,3 +388,57 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::network::RPCOption;
+    use poem::listener::{Acceptor, Listener};
+    use poem::web::Json;
+    use poem::{handler, post, Route, Server};
+
+    use super::*;
+
+    /// A peer from before the replication stream: it only knows plain AppendEntries.
+    #[handler]
+    fn plain_append(
+        Json(_): Json<AppendEntriesRequest<TypeConfig>>,
+    ) -> Json<Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>> {
+        Json(Ok(AppendEntriesResponse::Success))
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_plain_requests() {
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
+        let app = Route::new().at(rpc::APPEND, post(plain_append));
+        tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+
+        let mut net = PeerNetwork::new("", None, None).unwrap();
+        let node = NodeAddr {
+            api_addr: String::new(),
+            raft_addr: format!("http://{addr}"),
+        };
+        let mut client = net.new_client(2, &node).await;
+        for _ in 0..2 {
+            let req = AppendEntriesRequest::<TypeConfig> {
+                vote: openraft::impls::Vote::new_committed(1, 1),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            };
+            let answer = client
+                .append_entries(req, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert_eq!(answer, AppendEntriesResponse::Success);
+            assert!(client.stream.get_mut().is_none());
+            assert!(
+                client.no_stream_until.is_some(),
+                "declined: not asked again"
+            );
+        }
+    }
+}

@@ -10,9 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use harness::Cluster;
+use kvstore::raft::{rpc, TypeConfig};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde_json::json;
 use support::{eventually, get_json, put_json, put_ok};
+use tokio_util::codec::Framed;
 
 fn others(all: &[u64], but: u64) -> Vec<u64> {
     all.iter().copied().filter(|id| *id != but).collect()
@@ -498,6 +503,43 @@ async fn the_cluster_secret_guards_raft_rpc_and_membership_routes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+
+    // The replication stream: refused without the secret, and with it a working
+    // exchange of AppendEntries (this one from a stale term, so it changes nothing).
+    let open_stream = |secret: &'static str| {
+        cluster
+            .client
+            .get(cluster.raft_url(leader, rpc::STREAM))
+            .header("connection", "upgrade")
+            .header("upgrade", rpc::STREAM_PROTOCOL)
+            .header("x-kvstore-secret", secret)
+            .send()
+    };
+    assert_eq!(open_stream("wrong").await.unwrap().status(), 401);
+    let resp = open_stream("correct horse").await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut stream = Framed::new(resp.upgrade().await.unwrap(), rpc::stream_codec());
+    let stale = AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::impls::Vote::new_committed(0, 0),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    stream
+        .send(bytes::Bytes::from(serde_json::to_vec(&stale).unwrap()))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an answer on the stream")
+        .unwrap()
+        .unwrap();
+    let answer: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
+        serde_json::from_slice(&frame).unwrap();
+    assert!(
+        matches!(answer, Ok(AppendEntriesResponse::HigherVote(_))),
+        "{answer:?}"
+    );
 
     let resp = cluster
         .client
