@@ -21,5 +21,5 @@ if docker image inspect "$official" >/dev/null 2>&1 ||
   exit 0
 fi
 echo "no registry reachable: using kvstore-postgres:15 built from Debian's packages" >&2
-./build.sh postgres
+./build.sh postgres >&2  # stdout carries only the image name
 echo kvstore-postgres:15
