@@ -1,42 +1,46 @@
-//! The Raft log store on redb.
+//! The Raft log store of the embedded backend: entries in append-only segment files
+//! (`segments.rs`), the vote, committed log id and purge marker in `kvstore.redb`.
 //!
-//! Writes go through one writer thread that commits whatever has queued up in a single
-//! transaction with a single fsync (group commit), so openraft's core never waits on the
-//! disk: `append` files the entries in an in-memory tail, where readers see them at once,
-//! queues the write and returns; the writer reports each batch to openraft once it is
-//! durable. Votes, truncation and purges go through the same queue, in order, and are
-//! awaited.
+//! Writes go through one writer thread that writes whatever has queued up at once and
+//! makes it durable with a single fsync (group commit), so openraft's core never waits
+//! on the disk: `append` files the entries in an in-memory tail, where readers see them
+//! at once, queues the write and returns; the writer reports each batch to openraft
+//! once it is durable. Votes, truncation and purges go through the same queue, in
+//! order, and are awaited.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{read_meta, LOG, LOG_META};
+use super::segments::Segments;
+use super::{read_meta, LOG_META};
 use crate::raft::typ::{Entry, LogId, Vote};
 use crate::raft::TypeConfig;
 use crate::store::{decode, encode, io_err};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
+pub(super) const LAST_PURGED: &str = "last_purged";
 
 /// The most operations the writer commits in one transaction.
 const MAX_GROUP: usize = 1024;
 
-/// Raft log, vote, committed index and purge marker in `kvstore.redb`.
+/// Raft log entries in segment files; vote, committed index and purge marker in
+/// `kvstore.redb`.
 #[derive(Clone)]
 pub struct RedbLogStore {
     db: Arc<Database>,
+    log: Arc<RwLock<Segments>>,
     /// Entries handed to the writer and not yet durable, by index. Readers look here
     /// first; the writer removes entries once they are on disk.
     unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
@@ -72,37 +76,7 @@ enum Op {
 }
 
 impl Op {
-    /// Whether the operation must be on disk before it is reported done. Only the
-    /// committed log id may ride along without an fsync of its own.
-    fn needs_sync(&self) -> bool {
-        !matches!(self, Op::Meta { done: None, .. })
-    }
-
-    fn write(&self, txn: &redb::WriteTransaction) -> io::Result<()> {
-        match self {
-            Op::Append { entries, .. } => {
-                let mut table = txn.open_table(LOG).map_err(io_err)?;
-                for (log_id, bytes) in entries {
-                    table
-                        .insert(log_id.index(), bytes.as_slice())
-                        .map_err(io_err)?;
-                }
-            }
-            Op::Meta { key, bytes, .. } => put_meta(txn, key, bytes)?,
-            Op::Truncate { from, .. } => {
-                let mut table = txn.open_table(LOG).map_err(io_err)?;
-                table.retain_in(*from.., |_, _| false).map_err(io_err)?;
-            }
-            Op::Purge { upto, marker, .. } => {
-                put_meta(txn, LAST_PURGED, marker)?;
-                let mut table = txn.open_table(LOG).map_err(io_err)?;
-                table.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reports the outcome of the transaction that carried this operation.
+    /// Reports the outcome of the group that carried this operation.
     fn finish(self, result: &Result<(), String>) {
         let outcome = || result.clone().map_err(io::Error::other);
         match self {
@@ -119,30 +93,127 @@ impl Op {
     }
 }
 
-fn put_meta(txn: &redb::WriteTransaction, key: &str, bytes: &[u8]) -> io::Result<()> {
-    let mut table = txn.open_table(LOG_META).map_err(io_err)?;
-    table.insert(key, bytes).map_err(io_err)?;
-    Ok(())
-}
-
-/// With `storage.sync_writes` off, how often the log is fsynced anyway.
+/// With `storage.sync_writes` off, how often the log is fsynced anyway; and how often
+/// the committed log id is written when nothing else is.
 const LAZY_SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// The writer thread: takes everything queued, writes it in one transaction, commits
-/// (durably if any operation needs it and `sync_writes` is on; with it off, at most once
-/// a second), then reports. After a failed commit it writes nothing more and fails every
-/// later operation: the log on disk must not get a hole. Ends when every handle to the
-/// store is gone and the queue is drained.
-fn run_writer(
+/// The writer thread's own state.
+struct Writer {
     db: Arc<Database>,
+    log: Arc<RwLock<Segments>>,
     sync_writes: bool,
+    last_sync: Instant,
+    /// Whether entries were written since the last fsync.
+    dirty: bool,
+    /// The committed log id not yet written, and when one was last written.
+    committed: Option<Vec<u8>>,
+    committed_at: Instant,
+}
+
+impl Writer {
+    /// Writes one group of operations, in order, and makes them durable as they need.
+    /// Returns whether the log's entries are durable now.
+    fn write_group(&mut self, group: &[Op]) -> io::Result<bool> {
+        let mut appends: Vec<(u64, &[u8])> = Vec::new();
+        let mut meta: Vec<(&'static str, &[u8])> = Vec::new();
+        let mut meta_sync = false;
+        for op in group {
+            match op {
+                Op::Append { entries, .. } => {
+                    appends.extend(entries.iter().map(|(id, b)| (id.index(), b.as_slice())));
+                }
+                Op::Meta { key, bytes, done } => {
+                    if done.is_some() {
+                        meta.push((key, bytes));
+                        meta_sync = true;
+                    } else {
+                        self.committed = Some(bytes.clone());
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    self.append(&mut appends)?;
+                    lock_write(&self.log).truncate(*from)?;
+                }
+                Op::Purge { upto, marker, .. } => {
+                    self.append(&mut appends)?;
+                    // The marker is durable before any entry goes: a crash in between
+                    // leaves segments that the next start deletes.
+                    meta.push((LAST_PURGED, marker));
+                    self.commit_meta(&mut meta, true)?;
+                    lock_write(&self.log).purge(*upto)?;
+                }
+            }
+        }
+        self.append(&mut appends)?;
+        let durable = if self.sync_writes {
+            true
+        } else {
+            self.last_sync.elapsed() >= LAZY_SYNC_EVERY
+        };
+        if durable && self.dirty {
+            lock_read(&self.log).sync()?;
+            self.last_sync = Instant::now();
+            self.dirty = false;
+        }
+        if !meta.is_empty() || self.committed_at.elapsed() >= LAZY_SYNC_EVERY {
+            self.commit_meta(&mut meta, meta_sync && self.sync_writes)?;
+        }
+        Ok(durable)
+    }
+
+    fn append(&mut self, appends: &mut Vec<(u64, &[u8])>) -> io::Result<()> {
+        if !appends.is_empty() {
+            lock_write(&self.log).append(appends)?;
+            appends.clear();
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Commits metadata records, with the committed log id if one is waiting.
+    fn commit_meta(
+        &mut self,
+        meta: &mut Vec<(&'static str, &[u8])>,
+        durable: bool,
+    ) -> io::Result<()> {
+        let committed = self.committed.take();
+        if meta.is_empty() && committed.is_none() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(io_err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(io_err)?;
+        {
+            let mut table = txn.open_table(LOG_META).map_err(io_err)?;
+            if let Some(bytes) = &committed {
+                table.insert(COMMITTED, bytes.as_slice()).map_err(io_err)?;
+            }
+            for (key, bytes) in meta.drain(..) {
+                table.insert(key, bytes).map_err(io_err)?;
+            }
+        }
+        txn.commit().map_err(io_err)?;
+        self.committed_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// The writer thread: takes everything queued, writes it, makes it durable (with
+/// `sync_writes` off, at most once a second), then reports. After a failed write it
+/// writes nothing more and fails every later operation: the log on disk must not get a
+/// hole. Ends when every handle to the store is gone and the queue is drained.
+fn run_writer(
+    mut writer: Writer,
     unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
     durable_end: Arc<AtomicU64>,
     mut queue: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut group = Vec::new();
     let mut failed: Option<String> = None;
-    let mut last_sync = Instant::now();
     while let Some(op) = queue.blocking_recv() {
         group.push(op);
         while group.len() < MAX_GROUP {
@@ -158,30 +229,18 @@ fn run_writer(
             }
             continue;
         }
-        let durable = if sync_writes {
-            group.iter().any(Op::needs_sync)
-        } else {
-            last_sync.elapsed() >= LAZY_SYNC_EVERY
-        };
-        let result = commit_group(&db, durable, &group).map_err(|e| e.to_string());
-        if let Err(error) = &result {
-            tracing::error!(%error, "log write failed; the log store accepts no more writes");
-            failed = Some(error.clone());
-        } else if durable {
-            last_sync = Instant::now();
-            let mut end = durable_end.load(Ordering::SeqCst);
-            for op in &group {
-                match op {
-                    Op::Append { entries, .. } => {
-                        if let Some((last, _)) = entries.last() {
-                            end = last.index() + 1;
-                        }
-                    }
-                    Op::Truncate { from, .. } => end = end.min(*from),
-                    _ => {}
+        let result = writer.write_group(&group).map_err(|e| e.to_string());
+        match &result {
+            Err(error) => {
+                tracing::error!(%error, "log write failed; the log store accepts no more writes");
+                failed = Some(error.clone());
+            }
+            Ok(true) => {
+                if let Some(next) = lock_read(&writer.log).next_index() {
+                    durable_end.store(next, Ordering::SeqCst);
                 }
             }
-            durable_end.store(end, Ordering::SeqCst);
+            Ok(false) => {}
         }
         if result.is_ok() {
             let mut unflushed = lock(&unflushed);
@@ -196,24 +255,19 @@ fn run_writer(
                 }
             }
         }
+        let result = result.map(drop);
         for op in group.drain(..) {
             op.finish(&result);
         }
     }
 }
 
-fn commit_group(db: &Database, durable: bool, group: &[Op]) -> io::Result<()> {
-    let mut txn = db.begin_write().map_err(io_err)?;
-    let durability = if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    };
-    txn.set_durability(durability).map_err(io_err)?;
-    for op in group {
-        op.write(&txn)?;
-    }
-    txn.commit().map_err(io_err)
+fn lock_read(log: &RwLock<Segments>) -> std::sync::RwLockReadGuard<'_, Segments> {
+    log.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_write(log: &RwLock<Segments>) -> std::sync::RwLockWriteGuard<'_, Segments> {
+    log.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,20 +280,31 @@ impl RedbLogStore {
     /// disk; the state machine fsyncs only applies the durable log covers.
     pub(super) fn new(
         db: Arc<Database>,
+        log: Arc<RwLock<Segments>>,
         sync_writes: bool,
         durable_end: Arc<AtomicU64>,
     ) -> io::Result<Self> {
+        if let Some(next) = lock_read(&log).next_index() {
+            durable_end.store(next, Ordering::SeqCst);
+        }
         let unflushed = Arc::new(Mutex::new(BTreeMap::new()));
         let (writer, queue) = mpsc::unbounded_channel();
-        let (thread_db, thread_unflushed, thread_end) =
-            (db.clone(), unflushed.clone(), durable_end.clone());
+        let state = Writer {
+            db: db.clone(),
+            log: log.clone(),
+            sync_writes,
+            last_sync: Instant::now(),
+            dirty: false,
+            committed: None,
+            committed_at: Instant::now(),
+        };
+        let (thread_unflushed, thread_end) = (unflushed.clone(), durable_end.clone());
         std::thread::Builder::new()
             .name("redb-log-writer".into())
-            .spawn(move || {
-                run_writer(thread_db, sync_writes, thread_unflushed, thread_end, queue)
-            })?;
+            .spawn(move || run_writer(state, thread_unflushed, thread_end, queue))?;
         Ok(Self {
             db,
+            log,
             unflushed,
             committed: Arc::new(Mutex::new(None)),
             durable_end,
@@ -290,15 +355,13 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
             Some(first) => (range.0, Bound::Excluded(*first)),
             None => range,
         };
-        if is_empty(&disk_range) {
+        if bounds(&disk_range).0 >= bounds(&disk_range).1 {
             return Ok(found.into_values().collect());
         }
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(LOG).map_err(io_err)?;
-        for item in table.range::<u64>(disk_range).map_err(io_err)? {
-            let (index, bytes) = item.map_err(io_err)?;
-            if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(index.value()) {
-                slot.insert(decode(bytes.value())?);
+        let (start, end) = bounds(&disk_range);
+        for (index, bytes) in lock_read(&self.log).read(start, end)? {
+            if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(index) {
+                slot.insert(decode(&bytes)?);
             }
         }
         Ok(found.into_values().collect())
@@ -309,18 +372,19 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
     }
 }
 
-/// Whether `range` holds no index at all (redb refuses an inverted range).
-fn is_empty(range: &(Bound<u64>, Bound<u64>)) -> bool {
+/// `range` as a half-open `start..end`.
+fn bounds(range: &(Bound<u64>, Bound<u64>)) -> (u64, u64) {
     let start = match range.0 {
         Bound::Included(s) => s,
         Bound::Excluded(s) => s.saturating_add(1),
         Bound::Unbounded => 0,
     };
-    match range.1 {
-        Bound::Included(e) => e < start,
-        Bound::Excluded(e) => e <= start,
-        Bound::Unbounded => false,
-    }
+    let end = match range.1 {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 impl RaftLogStorage<TypeConfig> for RedbLogStore {
@@ -330,15 +394,17 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         let last_unflushed = lock(&self.unflushed)
             .last_key_value()
             .map(|(_, e)| e.log_id());
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let last_purged: Option<LogId> = {
-            let meta = txn.open_table(LOG_META).map_err(io_err)?;
-            read_meta(&meta, LAST_PURGED)?
+        let last_purged: Option<LogId> = self.read_log_meta(LAST_PURGED)?;
+        let last_on_disk = {
+            let log = lock_read(&self.log);
+            match log.next_index() {
+                Some(next) => log.read(next - 1, next)?.pop(),
+                None => None,
+            }
         };
-        let table = txn.open_table(LOG).map_err(io_err)?;
-        let last = match (last_unflushed, table.last().map_err(io_err)?) {
+        let last = match (last_unflushed, last_on_disk) {
             (Some(id), _) => Some(id),
-            (None, Some((_, bytes))) => Some(decode::<Entry>(bytes.value())?.log_id()),
+            (None, Some((_, bytes))) => Some(decode::<Entry>(&bytes)?.log_id()),
             (None, None) => last_purged,
         };
         Ok(LogState {

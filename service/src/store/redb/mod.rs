@@ -1,25 +1,24 @@
-//! The embedded backend, in two redb files under `storage.data_dir`: `kvstore.redb`
-//! holds the Raft log, vote, committed index and purge marker; `state.redb` holds the
-//! state machine (the key-value data, last applied log id, membership). Snapshots are
-//! files under `snapshots/`.
+//! The embedded backend, under `storage.data_dir`: the Raft log's entries in segment
+//! files under `log/` (see `segments.rs`); the vote, committed index and purge marker in
+//! `kvstore.redb`; the state machine (the key-value data, last applied log id,
+//! membership) in `state.redb`. Snapshots are files under `snapshots/`.
 //!
-//! Log appends and votes are committed with `Durability::Immediate` (an fsync) when
-//! `storage.sync_writes` is on. Applied writes wait in memory for up to 200 ms (reads
-//! see them there) and then reach `state.redb` in one transaction, without an fsync,
-//! and about once a second with one, for applies the durable log already covers: redb
-//! commits are ordered and every durable commit also persists the ones before it, so
-//! after a crash the state machine is at a consistent earlier point and openraft
-//! re-applies the rest from the log (the log is only purged up to a snapshot, which is
-//! built from the flushed state and whose record is committed durably). Two files keep
-//! the state machine's commits from queueing behind the log's fsyncs for redb's one
-//! writer.
+//! Log appends and votes are fsynced when `storage.sync_writes` is on. Applied writes
+//! wait in memory for up to 200 ms (reads see them there) and then reach `state.redb`
+//! in one transaction, without an fsync, and about once a second with one, for applies
+//! the durable log already covers: redb commits are ordered and every durable commit
+//! also persists the ones before it, so after a crash the state machine is at a
+//! consistent earlier point and openraft re-applies the rest from the log (the log is
+//! only purged up to a snapshot, which is built from the flushed state and whose
+//! record is committed durably).
 
 mod log_store;
+mod segments;
 mod state_machine;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -28,7 +27,8 @@ pub use state_machine::RedbStateMachine;
 
 use super::{check_writable, decode, io_err};
 
-/// Raft log entries by index, JSON-encoded.
+/// Raft log entries by index, JSON-encoded: where the log lived before it moved to
+/// segment files. Read once, to move a log from before then.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Log-store metadata: the vote, the committed log id and the last purged log id.
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -65,7 +65,6 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
         reason: e.to_string(),
     })?;
     let log_db = open_db(&data_dir.join(DB_FILE), |txn| {
-        txn.open_table(LOG)?;
         txn.open_table(LOG_META)?;
         Ok(())
     })?;
@@ -84,6 +83,30 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
             "moved the state machine from {DB_FILE} to {STATE_FILE} (the layout before they were split)"
         );
     }
+    let log_dir = data_dir.join(segments::LOG_DIR);
+    let log_err = |e: &dyn std::fmt::Display| OpenError::Database {
+        path: log_dir.clone(),
+        reason: e.to_string(),
+    };
+    if move_legacy_log(&log_db, data_dir).map_err(|e| log_err(&e))? {
+        tracing::info!(
+            "moved the Raft log from {DB_FILE} to {}/",
+            segments::LOG_DIR
+        );
+    }
+    let purged = {
+        let read = log_db.begin_read().map_err(|e| log_err(&e))?;
+        let meta = read.open_table(LOG_META).map_err(|e| log_err(&e))?;
+        read_meta::<openraft::alias::LogIdOf<crate::raft::TypeConfig>>(
+            &meta,
+            log_store::LAST_PURGED,
+        )
+        .map_err(|e| log_err(&e))?
+        .map(|id| id.index)
+    };
+    let log = Arc::new(RwLock::new(
+        segments::Segments::open(&log_dir, purged).map_err(|e| log_err(&e))?,
+    ));
     let durable_log_end = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let state_machine = RedbStateMachine::new(
         state_db.clone(),
@@ -92,10 +115,11 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     )
     .map_err(|e| db_err(&state_path, &e))?;
     Ok(RedbStore {
-        log_store: RedbLogStore::new(log_db.clone(), sync_writes, durable_log_end)
+        log_store: RedbLogStore::new(log_db.clone(), log.clone(), sync_writes, durable_log_end)
             .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
         handle: RedbHandle {
             log_db,
+            log,
             state: state_machine.shared(),
             state_db,
             paths: [data_dir.join(DB_FILE), state_path],
@@ -141,6 +165,52 @@ fn move_legacy_state(log_db: &Database, state_db: &Database) -> Result<bool, red
     Ok(true)
 }
 
+/// Moves the Raft log's entries out of `kvstore.redb` into segment files, where they
+/// have lived since. The segments are written in a directory of their own, made
+/// durable and renamed into place before the table is dropped, so a crash at any point
+/// either repeats the move or finds it done. Returns whether there was anything to move.
+fn move_legacy_log(log_db: &Database, data_dir: &Path) -> io::Result<bool> {
+    let read = log_db.begin_read().map_err(io_err)?;
+    let table = match read.open_table(LOG) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(io_err(e)),
+    };
+    let dir = data_dir.join(segments::LOG_DIR);
+    let moved = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if !moved {
+        let staging = data_dir.join("log.moving");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        let mut log = segments::Segments::open(&staging, None)?;
+        let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut items = table.iter().map_err(io_err)?.peekable();
+        while let Some(item) = items.next() {
+            let (index, bytes) = item.map_err(io_err)?;
+            chunk.push((index.value(), bytes.value().to_vec()));
+            if chunk.len() == 1024 || items.peek().is_none() {
+                let refs: Vec<(u64, &[u8])> =
+                    chunk.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+                log.append(&refs)?;
+                chunk.clear();
+            }
+        }
+        log.sync()?;
+        drop(log);
+        if dir.exists() {
+            std::fs::remove_dir(&dir)?;
+        }
+        std::fs::rename(&staging, &dir)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+    }
+    drop((table, read));
+    let write = log_db.begin_write().map_err(io_err)?;
+    write.delete_table(LOG).map_err(io_err)?;
+    write.commit().map_err(io_err)?;
+    Ok(true)
+}
+
 /// Opens (creating if needed) the database file at `path` and its tables.
 fn open_db(
     path: &Path,
@@ -162,6 +232,7 @@ fn open_db(
 #[derive(Clone)]
 pub struct RedbHandle {
     log_db: Arc<Database>,
+    log: Arc<RwLock<segments::Segments>>,
     /// The state machine's data: the database and the applied writes not yet in it.
     state: Arc<state_machine::Shared>,
     state_db: Arc<Database>,
@@ -182,9 +253,13 @@ impl RedbHandle {
         Ok(self.len()? == 0)
     }
 
-    /// Size of the database files.
+    /// Size of the database files and the log's segments.
     pub fn size_bytes(&self) -> io::Result<u64> {
-        let mut total = 0;
+        let mut total = self
+            .log
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .size_bytes();
         for path in &self.paths {
             total += std::fs::metadata(path)?.len();
         }
@@ -201,6 +276,7 @@ impl RedbHandle {
     /// Makes every earlier commit durable (state machine applies, and log writes with
     /// `storage.sync_writes` off, are committed without an fsync); called at shutdown.
     pub fn flush(&self) -> io::Result<()> {
+        self.log.read().unwrap_or_else(|e| e.into_inner()).sync()?;
         let mut txn = self.log_db.begin_write().map_err(io_err)?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(io_err)?;
@@ -396,6 +472,45 @@ mod tests {
                 CommandResult::Deleted { existed: false },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_log_from_before_the_segment_files_is_moved_into_them() {
+        use crate::store::test_entries::put;
+        use openraft::storage::{RaftLogReader, RaftLogStorage};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The old layout: entries 3..=5 in the log's table (1 and 2 purged).
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut log = txn.open_table(LOG).unwrap();
+            for i in 3..=5 {
+                let bytes = crate::store::encode(&put(i, "k", &i.to_string())).unwrap();
+                log.insert(i, bytes.as_slice()).unwrap();
+            }
+            drop(log);
+            let purged = crate::store::encode(&put(2, "k", "2").log_id).unwrap();
+            txn.open_table(LOG_META)
+                .unwrap()
+                .insert(log_store::LAST_PURGED, purged.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let mut store = reopen(dir.path());
+            let entries = store.log_store.try_get_log_entries(0..10).await.unwrap();
+            let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+            assert_eq!(indexes, [3, 4, 5]);
+            let state = store.log_store.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id.unwrap().index, 5);
+            assert_eq!(state.last_purged_log_id.unwrap().index, 2);
+        }
+        let store = reopen(dir.path());
+        let read = store.handle.log_db.begin_read().unwrap();
+        assert!(matches!(
+            read.open_table(LOG),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,420 @@
+//! The Raft log's entries, in append-only segment files under `<data_dir>/log/`.
+//!
+//! A segment is named after the index of its first entry (`00000000000000000001.log`)
+//! and holds consecutive entries as records: a 16-byte header (payload length as u32,
+//! CRC-32C of index and payload as u32, the entry's index as u64, all little-endian)
+//! and the encoded entry. Appending a group of entries is one write, and making it
+//! durable one `fdatasync`: no B-tree, no page bookkeeping.
+//!
+//! Only the log writer thread changes the files; readers share the index of record
+//! offsets behind a lock. At open, every segment is checked record by record. A torn
+//! or corrupt record at the end of the last segment is a write that never finished (it
+//! was never reported durable) and is cut off; anywhere else it is an error, and the
+//! files are left alone.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const HEADER: usize = 16;
+/// A segment is closed and a new one started once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Records larger than this are taken for corruption (an entry carries one value).
+const MAX_RECORD: usize = 1 << 30;
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// The name of the directory under `storage.data_dir`.
+pub const LOG_DIR: &str = "log";
+
+struct Segment {
+    path: PathBuf,
+    file: File,
+    /// Index of the first entry.
+    first: u64,
+    /// Offset of the record of entry `first + i`.
+    offsets: Vec<u64>,
+    /// Where the next record goes.
+    end: u64,
+}
+
+impl Segment {
+    /// One past the last index held.
+    fn next_index(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+}
+
+/// The segment files of one log and the offsets of their records.
+pub struct Segments {
+    dir: PathBuf,
+    /// By first index; the last one takes appends.
+    segments: BTreeMap<u64, Segment>,
+    /// Entries up to here are purged, though a segment may still hold some of them.
+    purged: Option<u64>,
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("log segment {}: {what}", path.display()),
+    )
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.log")
+}
+
+/// Makes the directory's entries (created or removed files) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Segments {
+    /// Opens the log in `dir`, creating the directory if needed. Segments wholly at or
+    /// below `purged` are deleted (a purge that a crash interrupted).
+    pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(dir)? {
+            let name = item?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(first) = name
+                .strip_suffix(".log")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                names.push(first);
+            }
+        }
+        names.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let count = names.len();
+        for (i, first) in names.into_iter().enumerate() {
+            let path = dir.join(segment_name(first));
+            let is_last = i + 1 == count;
+            let segment = Self::load(path, first, is_last)?;
+            segments.insert(first, segment);
+        }
+        let mut log = Self {
+            dir: dir.to_owned(),
+            segments,
+            purged: None,
+        };
+        if let Some(purged) = purged {
+            log.purge(purged)?;
+        }
+        // Whatever remains must be one run of consecutive entries.
+        let mut expected: Option<u64> = None;
+        for segment in log.segments.values() {
+            if let Some(expected) = expected {
+                if segment.first != expected {
+                    return Err(corrupt(
+                        &segment.path,
+                        format!("starts at index {}, expected {expected}", segment.first),
+                    ));
+                }
+            }
+            expected = Some(segment.next_index());
+        }
+        Ok(log)
+    }
+
+    /// Reads one segment's records; cuts a torn tail off the last segment.
+    fn load(path: PathBuf, first: u64, is_last: bool) -> io::Result<Segment> {
+        let bytes = std::fs::read(&path)?;
+        let mut offsets = Vec::new();
+        let mut at = 0usize;
+        let mut problem = None;
+        while at < bytes.len() {
+            let Some(header) = bytes.get(at..at + HEADER) else {
+                problem = Some("a truncated record header".to_string());
+                break;
+            };
+            let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+                problem = Some(format!("a truncated record at offset {at}"));
+                break;
+            };
+            if checksum(index, payload) != crc {
+                problem = Some(format!("a record failing its checksum at offset {at}"));
+                break;
+            }
+            let expected = first + offsets.len() as u64;
+            if index != expected {
+                problem = Some(format!("index {index} at offset {at}, expected {expected}"));
+                break;
+            }
+            offsets.push(at as u64);
+            at += HEADER + len;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        if let Some(problem) = problem {
+            if !is_last {
+                return Err(corrupt(&path, problem));
+            }
+            tracing::warn!(path = %path.display(), %problem, "cutting off an unfinished write at the end of the log");
+            file.set_len(at as u64)?;
+            file.sync_data()?;
+        }
+        Ok(Segment {
+            path,
+            file,
+            first,
+            offsets,
+            end: at as u64,
+        })
+    }
+
+    /// One past the last index held (None: no entries).
+    pub fn next_index(&self) -> Option<u64> {
+        self.segments
+            .values()
+            .next_back()
+            .map(Segment::next_index)
+            .filter(|_| !self.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.values().all(|s| s.offsets.is_empty())
+    }
+
+    /// The payloads of the entries from `start` up to `end` (exclusive) that are held,
+    /// in order, each with its index.
+    pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let start = match self.purged {
+            Some(purged) => start.max(purged + 1),
+            None => start,
+        };
+        let mut out = Vec::new();
+        let from = self
+            .segments
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(first, _)| *first);
+        for segment in self.segments.range(from..).map(|(_, s)| s) {
+            if segment.first >= end {
+                break;
+            }
+            let lo = start.max(segment.first);
+            let hi = end.min(segment.next_index());
+            for index in lo..hi {
+                let i = (index - segment.first) as usize;
+                let offset = segment.offsets[i];
+                let record_end = segment.offsets.get(i + 1).copied().unwrap_or(segment.end);
+                let mut buf = vec![0u8; (record_end - offset) as usize];
+                segment.file.read_exact_at(&mut buf, offset)?;
+                out.push((index, buf.split_off(HEADER)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `entries` (consecutive, by index) after the last one, starting a new
+    /// segment when the current one is full or the indexes do not follow on (after a
+    /// purge past the end). Not durable until [`Self::sync`].
+    pub fn append(&mut self, entries: &[(u64, &[u8])]) -> io::Result<()> {
+        let Some(&(first, _)) = entries.first() else {
+            return Ok(());
+        };
+        let needs_new = match self.segments.values().next_back() {
+            None => true,
+            Some(last) => last.end >= SEGMENT_BYTES || last.next_index() != first,
+        };
+        if needs_new {
+            self.start_segment(first)?;
+        }
+        let segment = self.segments.values_mut().next_back().expect("a segment");
+        let mut buf = Vec::with_capacity(entries.iter().map(|(_, b)| HEADER + b.len()).sum());
+        let mut offsets = Vec::with_capacity(entries.len());
+        for (index, payload) in entries {
+            if payload.len() > MAX_RECORD {
+                return Err(io::Error::other(format!(
+                    "log entry {index} is {} bytes; the limit is {MAX_RECORD}",
+                    payload.len()
+                )));
+            }
+            offsets.push(segment.end + buf.len() as u64);
+            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&checksum(*index, payload).to_le_bytes());
+            buf.extend_from_slice(&index.to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        segment.file.write_all_at(&buf, segment.end)?;
+        segment.end += buf.len() as u64;
+        segment.offsets.extend(offsets);
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first: u64) -> io::Result<()> {
+        if let Some(last) = self.segments.values().next_back() {
+            // A closed segment is complete on disk before the next one begins.
+            last.file.sync_data()?;
+            if last.offsets.is_empty() {
+                let first = last.first;
+                self.remove(first)?;
+            }
+        }
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            first,
+            Segment {
+                path,
+                file,
+                first,
+                offsets: Vec::new(),
+                end: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove(&mut self, first: u64) -> io::Result<()> {
+        if let Some(segment) = self.segments.remove(&first) {
+            std::fs::remove_file(&segment.path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        match self.segments.values().next_back() {
+            Some(last) => last.file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the entries from `from` on, durably.
+    pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        // Later segments first, so that a crash midway leaves a prefix of the log.
+        let whole: Vec<u64> = self.segments.range(from..).map(|(f, _)| *f).rev().collect();
+        let removed = !whole.is_empty();
+        for first in whole {
+            self.remove(first)?;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        if let Some(segment) = self.segments.values_mut().next_back() {
+            if from < segment.next_index() {
+                let i = (from - segment.first) as usize;
+                segment.end = segment.offsets[i];
+                segment.offsets.truncate(i);
+                segment.file.set_len(segment.end)?;
+                segment.file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the segments holding only entries at or below `upto`.
+    pub fn purge(&mut self, upto: u64) -> io::Result<()> {
+        self.purged = self.purged.max(Some(upto));
+        let done: Vec<u64> = self
+            .segments
+            .values()
+            .filter(|s| s.next_index() <= upto + 1)
+            .map(|s| s.first)
+            .collect();
+        let removed = !done.is_empty();
+        for first in done {
+            self.remove(first)?;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.end).sum()
+    }
+}
+
+fn checksum(index: u64, payload: &[u8]) -> u32 {
+    let mut digest = CRC.digest();
+    digest.update(&index.to_le_bytes());
+    digest.update(payload);
+    digest.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(log: &mut Segments, range: std::ops::Range<u64>) {
+        let payloads: Vec<(u64, Vec<u8>)> = range
+            .map(|i| (i, format!("entry {i}").into_bytes()))
+            .collect();
+        let refs: Vec<(u64, &[u8])> = payloads.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+        log.append(&refs).unwrap();
+        log.sync().unwrap();
+    }
+
+    fn indexes(log: &Segments) -> Vec<u64> {
+        let entries = log.read(0, u64::MAX).unwrap();
+        for (index, payload) in &entries {
+            assert_eq!(payload, format!("entry {index}").as_bytes());
+        }
+        entries.into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn appends_truncates_and_purges_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        append(&mut log, 1..6);
+        log.truncate(4).unwrap();
+        append(&mut log, 4..9);
+        assert_eq!(indexes(&log), (1..9).collect::<Vec<_>>());
+        assert_eq!(log.read(3, 5).unwrap().len(), 2);
+        drop(log);
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&log), (1..9).collect::<Vec<_>>());
+        // Past the end (a snapshot installed): a new segment, the old one purged.
+        log.purge(20).unwrap();
+        append(&mut log, 21..23);
+        drop(log);
+        let log = Segments::open(dir.path(), Some(20)).unwrap();
+        assert_eq!(indexes(&log), [21, 22]);
+        assert_eq!(log.next_index(), Some(23));
+    }
+
+    #[test]
+    fn a_torn_write_at_the_end_is_cut_off_and_corruption_elsewhere_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        append(&mut log, 1..4);
+        let path = dir.path().join(segment_name(1));
+        drop(log);
+        // Half a record more, as a crash during a write leaves it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        assert_eq!(indexes(&log), [1, 2, 3]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
+
+        // A flipped byte in a segment that is not the last one.
+        log.start_segment(4).unwrap();
+        append(&mut log, 4..5);
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 1] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Segments::open(dir.path(), None).err().expect("refused");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left alone");
+    }
+}
