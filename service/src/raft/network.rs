@@ -5,12 +5,13 @@
 //! instead of retrying in a tight loop. AppendEntries travel on a long-lived stream per
 //! peer (see [`rpc::STREAM`]), or as plain requests to a peer that declines it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{stream, SinkExt, StreamExt};
+use futures::{stream, FutureExt, SinkExt, StreamExt};
 use openraft::error::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -45,6 +46,14 @@ pub enum CallError {
 pub struct PeerNetwork {
     http: reqwest::Client,
     secret: Option<Arc<str>>,
+    streams: Arc<Streams>,
+}
+
+/// Idle streams by peer (Raft URL and node id), and the peers that declined one.
+#[derive(Default)]
+struct Streams {
+    idle: Mutex<HashMap<(String, u64), Vec<CallStream>>>,
+    declined: Mutex<HashMap<(String, u64), Instant>>,
 }
 
 impl PeerNetwork {
@@ -71,6 +80,7 @@ impl PeerNetwork {
         Ok(Self {
             http,
             secret: (!secret.is_empty()).then(|| Arc::from(secret)),
+            streams: Arc::default(),
         })
     }
 
@@ -98,7 +108,8 @@ impl PeerNetwork {
         }
     }
 
-    /// POSTs `body` as JSON to `base_url + path` and decodes the JSON answer.
+    /// Calls `path` on node `target` with `body` and decodes the JSON answer: on a
+    /// stream where the path takes one and the peer accepts it, else as a POST.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         base_url: &str,
@@ -107,6 +118,14 @@ impl PeerNetwork {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        if let Some(kind) = rpc::stream_kind(path) {
+            if let Some(answer) = self
+                .call_on_stream(base_url, target, kind, body, timeout)
+                .await
+            {
+                return answer;
+            }
+        }
         let resp = self
             .post(format!("{base_url}{path}"), target, timeout)
             .json(body)
@@ -115,6 +134,122 @@ impl PeerNetwork {
             .map_err(classify)?;
         decode(resp).await
     }
+
+    /// One call on a stream to the peer. `None`: the peer takes no streams; send a
+    /// plain request instead.
+    async fn call_on_stream<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base_url: &str,
+        target: u64,
+        kind: u8,
+        body: &Req,
+        timeout: Duration,
+    ) -> Option<Result<Resp, CallError>> {
+        let key = (base_url.to_string(), target);
+        if lock(&self.streams.declined)
+            .get(&key)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stream = match self.idle_stream(&key) {
+            Some(stream) => stream,
+            None => {
+                match tokio::time::timeout_at(deadline, self.open_stream(base_url, target)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(OpenStream::Failed(e))) => return Some(Err(e)),
+                    Ok(Err(OpenStream::Declined(e))) => {
+                        tracing::debug!(target, error = %e, "stream declined: plain requests");
+                        lock(&self.streams.declined).insert(key, Instant::now() + STREAM_RETRY);
+                        return None;
+                    }
+                    // Nothing was sent yet.
+                    Err(_) => {
+                        return Some(Err(CallError::Unreachable(
+                            "timed out opening a stream".into(),
+                        )))
+                    }
+                }
+            }
+        };
+        let mut frame = vec![kind];
+        if let Err(e) = serde_json::to_writer(&mut frame, body) {
+            return Some(Err(CallError::Unreachable(e.to_string())));
+        }
+        let exchange = async {
+            // A frame that could not be written whole is never acted on.
+            stream
+                .send(bytes::Bytes::from(frame))
+                .await
+                .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            match stream.next().await {
+                Some(Ok(answer)) => Ok(answer),
+                Some(Err(e)) => Err(CallError::NoAnswer(e.to_string())),
+                None => Err(CallError::NoAnswer("the peer closed the stream".into())),
+            }
+        };
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(answer)) => answer,
+            // The stream is dropped: after a timeout, an answer may still come.
+            Ok(Err(e)) => return Some(Err(e)),
+            Err(_) => return Some(Err(CallError::NoAnswer("timed out on a stream".into()))),
+        };
+        let mut idle = lock(&self.streams.idle);
+        let streams = idle.entry(key).or_default();
+        if streams.len() < MAX_IDLE_STREAMS {
+            streams.push(stream);
+        }
+        drop(idle);
+        Some(serde_json::from_slice(&answer).map_err(|e| CallError::NoAnswer(e.to_string())))
+    }
+
+    /// An idle stream to the peer that is still open. One the peer has closed (it
+    /// restarted, say) shows its end at once and is dropped.
+    fn idle_stream(&self, key: &(String, u64)) -> Option<CallStream> {
+        let mut idle = lock(&self.streams.idle);
+        let streams = idle.get_mut(key)?;
+        while let Some(mut stream) = streams.pop() {
+            // Nothing arrives unasked: anything ready is an end or an error.
+            if stream.next().now_or_never().is_none() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Opens a stream to the peer.
+    async fn open_stream(&self, base_url: &str, target: u64) -> Result<CallStream, OpenStream> {
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                format!("{base_url}{}", rpc::STREAM),
+                target,
+            )
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, rpc::STREAM_PROTOCOL)
+            .send()
+            .await
+            .map_err(|e| OpenStream::Failed(classify(e)))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            // As for any other request: a node that does not know the route, a wrong
+            // secret, another node at this address.
+            // The plain request that follows gets the same answer and reports it.
+            return Err(match decode::<serde_json::Value>(resp).await {
+                Err(e) => OpenStream::Declined(e),
+                Ok(_) => OpenStream::Declined(CallError::NoAnswer("no upgrade".into())),
+            });
+        }
+        let io = resp
+            .upgrade()
+            .await
+            .map_err(|e| OpenStream::Failed(CallError::Unreachable(e.to_string())))?;
+        Ok(Framed::new(io, rpc::stream_codec()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn decode<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp, CallError> {
@@ -152,13 +287,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             net: self.clone(),
             target,
             raft_url: node.raft_addr.trim_end_matches('/').to_string(),
-            stream: tokio::sync::Mutex::new(None),
-            no_stream_until: None,
         }
     }
 }
 
-/// Why the replication stream could not be opened.
+/// Why a stream could not be opened.
 enum OpenStream {
     /// The peer answered, but without the upgrade: fall back to plain requests.
     Declined(CallError),
@@ -171,109 +304,16 @@ pub struct PeerClient {
     net: PeerNetwork,
     target: u64,
     raft_url: String,
-    /// The replication stream to the peer (see [`rpc::STREAM`]), once opened.
-    /// (A lock only because openraft wants the client `Sync`; calls take `&mut self`.)
-    stream: tokio::sync::Mutex<Option<Framed<reqwest::Upgraded, LengthDelimitedCodec>>>,
-    /// After the peer declined the stream (a version without it), AppendEntries go as
-    /// plain requests until then.
-    no_stream_until: Option<Instant>,
 }
 
-/// How long replication keeps to plain requests after a peer declined the stream.
+/// How long calls to a peer go as plain requests after it declined a stream.
 const STREAM_RETRY: Duration = Duration::from_secs(10);
+/// Idle streams kept per peer.
+const MAX_IDLE_STREAMS: usize = 8;
+
+type CallStream = Framed<reqwest::Upgraded, LengthDelimitedCodec>;
 
 impl PeerClient {
-    /// Opens the replication stream.
-    async fn open_stream(
-        &self,
-    ) -> Result<Framed<reqwest::Upgraded, LengthDelimitedCodec>, OpenStream> {
-        let resp = self
-            .net
-            .request(
-                reqwest::Method::GET,
-                format!("{}{}", self.raft_url, rpc::STREAM),
-                self.target,
-            )
-            .header(reqwest::header::CONNECTION, "upgrade")
-            .header(reqwest::header::UPGRADE, rpc::STREAM_PROTOCOL)
-            .send()
-            .await
-            .map_err(|e| OpenStream::Failed(classify(e)))?;
-        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
-            // Reported as for any other request: a node that does not know the route, a
-            // wrong secret, another node at this address.
-            return Err(match decode::<serde_json::Value>(resp).await {
-                Err(e) => OpenStream::Declined(e),
-                Ok(_) => OpenStream::Declined(CallError::NoAnswer("no upgrade".into())),
-            });
-        }
-        let io = resp
-            .upgrade()
-            .await
-            .map_err(|e| OpenStream::Failed(CallError::NoAnswer(e.to_string())))?;
-        Ok(Framed::new(io, rpc::stream_codec()))
-    }
-
-    /// Sends AppendEntries on the replication stream, opening it first if needed.
-    /// `None`: the peer does not take the stream; send a plain request instead.
-    async fn append_on_stream(
-        &mut self,
-        req: &AppendEntriesRequest<TypeConfig>,
-        ttl: Duration,
-    ) -> Option<Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> {
-        let deadline = tokio::time::Instant::now() + ttl;
-        let stream = self.stream.get_mut();
-        if stream.is_none() {
-            if self.no_stream_until.is_some_and(|t| Instant::now() < t) {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, self.open_stream()).await {
-                Ok(Ok(opened)) => *self.stream.get_mut() = Some(opened),
-                Ok(Err(OpenStream::Failed(e))) => return Some(Err(self.rpc_error(e))),
-                Ok(Err(OpenStream::Declined(e))) => {
-                    tracing::debug!(target = self.target, error = %e, "replication stream declined");
-                    self.no_stream_until = Some(Instant::now() + STREAM_RETRY);
-                    return None;
-                }
-                Err(_) => {
-                    return Some(Err(self.rpc_error(CallError::NoAnswer(
-                        "timed out opening the replication stream".into(),
-                    ))))
-                }
-            }
-        }
-        let stream = self.stream.get_mut().as_mut()?;
-        let exchange = async {
-            let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-            stream
-                .send(bytes::Bytes::from(body))
-                .await
-                .map_err(|e| e.to_string())?;
-            let frame = stream
-                .next()
-                .await
-                .ok_or_else(|| "the peer closed the replication stream".to_string())?
-                .map_err(|e| e.to_string())?;
-            serde_json::from_slice::<Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>>(&frame)
-                .map_err(|e| e.to_string())
-        };
-        let answer = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                *self.stream.get_mut() = None;
-                return Some(Err(self.rpc_error(CallError::NoAnswer(e))));
-            }
-            Err(_) => {
-                // An answer may still come: this stream is out of step for good.
-                *self.stream.get_mut() = None;
-                return Some(Err(self.rpc_error(CallError::NoAnswer(
-                    "timed out on the replication stream".into(),
-                ))));
-            }
-        };
-        Some(answer.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.to_string()))))
-    }
-
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -311,10 +351,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.append_on_stream(&rpc, option.hard_ttl()).await {
-            Some(answer) => answer,
-            None => self.rpc(rpc::APPEND, &rpc, &option).await,
-        }
+        self.rpc(rpc::APPEND, &rpc, &option).await
     }
 
     async fn vote(
@@ -434,10 +471,10 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(answer, AppendEntriesResponse::Success);
-            assert!(client.stream.get_mut().is_none());
+            let declined = lock(&net.streams.declined);
             assert!(
-                client.no_stream_until.is_some(),
-                "declined: not asked again"
+                declined.contains_key(&(format!("http://{addr}"), 2)),
+                "declined: plain requests for a while"
             );
         }
     }

@@ -5,12 +5,13 @@
 //! Bodies are JSON, except a snapshot: one JSON line ([`SnapshotHeader`]) followed by
 //! the snapshot file's bytes, streamed.
 //!
-//! Replication (AppendEntries, the bulk of the traffic) also has a long-lived stream:
-//! a GET to [`STREAM`] with `Upgrade:` [`STREAM_PROTOCOL`] (checked for the secret and
-//! target node like every request) turns the connection, TLS included, into a sequence
-//! of frames, each a 4-byte big-endian length and that many bytes of JSON. The client
-//! sends an `AppendEntriesRequest` and reads back its result before sending the next,
-//! which saves an HTTP exchange per round of replication.
+//! The frequent calls (AppendEntries, forwarded writes, read indexes) also travel on
+//! long-lived streams: a GET to [`STREAM`] with `Upgrade:` [`STREAM_PROTOCOL`] (checked
+//! for the secret and target node like every request) turns the connection, TLS
+//! included, into a sequence of frames, each a 4-byte big-endian length and that many
+//! bytes. A request frame is one byte naming the call ([`stream_kind`]) and the same
+//! JSON body as on HTTP; the answer frame is the same JSON answer. One call at a time per
+//! stream, so a stream saves an HTTP exchange per call and nothing else changes.
 
 use std::collections::BTreeSet;
 
@@ -26,10 +27,20 @@ pub const VOTE: &str = "/raft/vote";
 pub const PRE_VOTE: &str = "/raft/pre-vote";
 pub const SNAPSHOT: &str = "/raft/snapshot";
 pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
-/// Upgraded to a stream of AppendEntries requests and their results.
+/// Upgraded to a stream of calls and their answers.
 pub const STREAM: &str = "/raft/stream";
 /// The `Upgrade` token of [`STREAM`].
-pub const STREAM_PROTOCOL: &str = "kvstore-append/1";
+pub const STREAM_PROTOCOL: &str = "kvstore-rpc/1";
+/// The byte that names a call on a stream, for the paths that can take one.
+pub fn stream_kind(path: &str) -> Option<u8> {
+    match path {
+        APPEND => Some(1),
+        FORWARD_WRITES => Some(2),
+        READ_INDEX => Some(3),
+        _ => None,
+    }
+}
+
 /// The largest frame on the stream: an AppendEntries batch of large values.
 pub const MAX_FRAME: usize = 1 << 30;
 

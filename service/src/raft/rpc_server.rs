@@ -143,8 +143,8 @@ async fn transfer_leader(
     )
 }
 
-/// Upgrades the connection to a stream of AppendEntries (see [`rpc::STREAM`]) and
-/// serves it until the peer closes it.
+/// Upgrades the connection to a stream of calls (see [`rpc::STREAM`]) and serves it
+/// until the peer closes it.
 #[handler]
 fn stream(req: &Request, node: Data<&RaftNode>) -> Response {
     let wanted = req
@@ -181,12 +181,23 @@ async fn serve_stream(
     use futures::{SinkExt, StreamExt};
     let mut frames = tokio_util::codec::Framed::new(io, rpc::stream_codec());
     while let Some(frame) = frames.next().await {
-        let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&frame?)?;
-        let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
-            node.raft().append_entries(req).await;
-        frames
-            .send(bytes::Bytes::from(serde_json::to_vec(&result)?))
-            .await?;
+        let frame = frame?;
+        let (&kind, body) = frame
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("an empty frame"))?;
+        let answer = if Some(kind) == rpc::stream_kind(rpc::APPEND) {
+            let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(body)?;
+            let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
+                node.raft().append_entries(req).await;
+            serde_json::to_vec(&result)?
+        } else if Some(kind) == rpc::stream_kind(rpc::FORWARD_WRITES) {
+            serde_json::to_vec(&forward_writes_here(node, serde_json::from_slice(body)?).await)?
+        } else if Some(kind) == rpc::stream_kind(rpc::READ_INDEX) {
+            serde_json::to_vec(&node.read_index_here().await)?
+        } else {
+            anyhow::bail!("unknown call {kind}");
+        };
+        frames.send(bytes::Bytes::from(answer)).await?;
     }
     Ok(())
 }
@@ -246,6 +257,14 @@ async fn forward_writes(
     node: Data<&RaftNode>,
     Json(writes): Json<Vec<ForwardWrite>>,
 ) -> Json<Vec<ForwardWriteResult>> {
+    Json(forward_writes_here(&node, writes).await)
+}
+
+/// Proposes a follower's batch of writes, one result per write, in order.
+async fn forward_writes_here(
+    node: &RaftNode,
+    writes: Vec<ForwardWrite>,
+) -> Vec<ForwardWriteResult> {
     // Each write is proposed on its own (Raft batches them again), under a span that
     // continues the follower's trace of that write.
     let proposals = writes.into_iter().map(|write| {
@@ -266,7 +285,7 @@ async fn forward_writes(
         };
         node.write_here(write.command).instrument(span)
     });
-    Json(futures::future::join_all(proposals).await)
+    futures::future::join_all(proposals).await
 }
 
 #[handler]

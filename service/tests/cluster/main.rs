@@ -504,8 +504,8 @@ async fn the_cluster_secret_guards_raft_rpc_and_membership_routes() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 
-    // The replication stream: refused without the secret, and with it a working
-    // exchange of AppendEntries (this one from a stale term, so it changes nothing).
+    // The call stream: refused without the secret, and with it a working exchange of
+    // AppendEntries (this one from a stale term, so it changes nothing).
     let open_stream = |secret: &'static str| {
         cluster
             .client
@@ -525,10 +525,9 @@ async fn the_cluster_secret_guards_raft_rpc_and_membership_routes() {
         entries: vec![],
         leader_commit: None,
     };
-    stream
-        .send(bytes::Bytes::from(serde_json::to_vec(&stale).unwrap()))
-        .await
-        .unwrap();
+    let mut frame = vec![rpc::stream_kind(rpc::APPEND).unwrap()];
+    frame.extend(serde_json::to_vec(&stale).unwrap());
+    stream.send(bytes::Bytes::from(frame)).await.unwrap();
     let frame = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("an answer on the stream")
