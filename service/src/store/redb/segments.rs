@@ -219,6 +219,10 @@ impl Segments {
         let Some(&(first, _)) = entries.first() else {
             return Ok(());
         };
+        if self.next_index().is_some_and(|next| first < next) {
+            // Entries written again replace what was there from that index on.
+            self.truncate(first)?;
+        }
         let needs_new = match self.segments.values().next_back() {
             None => true,
             Some(last) => last.end >= SEGMENT_BYTES || last.next_index() != first,
@@ -375,7 +379,9 @@ mod tests {
         let mut log = Segments::open(dir.path(), None).unwrap();
         append(&mut log, 1..6);
         log.truncate(4).unwrap();
-        append(&mut log, 4..9);
+        append(&mut log, 4..7);
+        // Written again without a truncation first: replaces from there on.
+        append(&mut log, 6..9);
         assert_eq!(indexes(&log), (1..9).collect::<Vec<_>>());
         assert_eq!(log.read(3, 5).unwrap().len(), 2);
         drop(log);
