@@ -34,12 +34,16 @@ pub const STREAM_PROTOCOL: &str = "kvstore-rpc/1";
 /// The byte that names a call on a stream, for the paths that can take one.
 pub fn stream_kind(path: &str) -> Option<u8> {
     match path {
-        APPEND => Some(1),
-        FORWARD_WRITES => Some(2),
-        READ_INDEX => Some(3),
+        APPEND => Some(KIND_APPEND),
+        FORWARD_WRITES => Some(KIND_FORWARD_WRITES),
+        READ_INDEX => Some(KIND_READ_INDEX),
         _ => None,
     }
 }
+
+pub const KIND_APPEND: u8 = 1;
+pub const KIND_FORWARD_WRITES: u8 = 2;
+pub const KIND_READ_INDEX: u8 = 3;
 
 /// The largest frame on the stream: an AppendEntries batch of large values.
 pub const MAX_FRAME: usize = 1 << 30;

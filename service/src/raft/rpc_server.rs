@@ -185,17 +185,18 @@ async fn serve_stream(
         let (&kind, body) = frame
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("an empty frame"))?;
-        let answer = if Some(kind) == rpc::stream_kind(rpc::APPEND) {
-            let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(body)?;
-            let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
-                node.raft().append_entries(req).await;
-            serde_json::to_vec(&result)?
-        } else if Some(kind) == rpc::stream_kind(rpc::FORWARD_WRITES) {
-            serde_json::to_vec(&forward_writes_here(node, serde_json::from_slice(body)?).await)?
-        } else if Some(kind) == rpc::stream_kind(rpc::READ_INDEX) {
-            serde_json::to_vec(&node.read_index_here().await)?
-        } else {
-            anyhow::bail!("unknown call {kind}");
+        let answer = match kind {
+            rpc::KIND_APPEND => {
+                let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(body)?;
+                let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
+                    node.raft().append_entries(req).await;
+                serde_json::to_vec(&result)?
+            }
+            rpc::KIND_FORWARD_WRITES => {
+                serde_json::to_vec(&forward_writes_here(node, serde_json::from_slice(body)?).await)?
+            }
+            rpc::KIND_READ_INDEX => serde_json::to_vec(&node.read_index_here().await)?,
+            _ => anyhow::bail!("unknown call {kind}"),
         };
         frames.send(bytes::Bytes::from(answer)).await?;
     }
