@@ -3,13 +3,18 @@
 # etcd-server, 1 and 3 members) on this machine, all on loopback, driven by the same
 # generator (kvbench) with the same settings, then one table with the ratios.
 #
-# Settings: CONNS (64), VALUE (100 bytes), KEYS (10000), DURATION (10s), WARMUP (3s).
+# Settings: CONNS (64), VALUE (100 bytes), KEYS (10000), DURATION (10s), WARMUP (3s),
+# ROUNDS (3): every system is measured once per round, rounds one after another, so a
+# drift in the machine's speed touches all systems alike; the table shows medians.
+# SYSTEMS picks some of: etcd1 kv1 etcd3 kv3 pg3 (default: all). KVSTORE_BIN measures
+# another kvstore binary (say, one built from an earlier commit) instead of this build.
 # fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNS="${CONNS:-64}" VALUE="${VALUE:-100}" KEYS="${KEYS:-10000}"
-DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}"
+DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}" ROUNDS="${ROUNDS:-3}"
+SYSTEMS="${SYSTEMS:-etcd1 kv1 etcd3 kv3 pg3}"
 WORK="$(mktemp -d)"
 RESULTS="$WORK/results.jsonl"
 PIDS=()
@@ -42,7 +47,7 @@ command -v etcd >/dev/null || {
 }
 log "building release binaries"
 cargo build --release -q -p kvstore --bins
-KV=target/release/kvstore
+KV="${KVSTORE_BIN:-target/release/kvstore}"
 BENCH=target/release/kvbench
 
 cpu_ticks() { # CPU time (clock ticks) the running servers have used so far
@@ -51,9 +56,11 @@ cpu_ticks() { # CPU time (clock ticks) the running servers have used so far
   echo "$total"
 }
 
+ROUND=0
+
 bench() { # NAME TARGET URLS WRITES
   local name="$1" target="$2" urls="$3" writes="$4" before report server_cpu
-  log "$name: $([ "$writes" = 1 ] && echo writes || echo reads)"
+  log "round $ROUND/$ROUNDS, $name: $([ "$writes" = 1 ] && echo writes || echo reads)"
   before="$(cpu_ticks)"
   # The generator runs as a child of Python, which adds its CPU time (getrusage) to the
   # report; the servers' CPU time over the same run comes from /proc.
@@ -65,7 +72,7 @@ r["generator_cpu_s"] = u.ru_utime + u.ru_stime
 print(json.dumps(r))' "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$CONNS" \
     --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json)"
   server_cpu="$(( $(cpu_ticks) - before ))"
-  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'; r['round']=$ROUND
 if $COUNT_CPU: r['server_cpu_s']=$server_cpu / $(getconf CLK_TCK)
 print(json.dumps(r))" "$report" >>"$RESULTS"
 }
@@ -86,12 +93,12 @@ start_kvstore() { # N BACKEND
   for i in $(seq "$n"); do
     local env=(KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="1808$i"
       KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="1908$i" KV_CLUSTER_INITIAL_MEMBERS="$initial"
-      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
+      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
     if [ "$backend" = postgres ]; then
-      env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv$i"
+      env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv${ROUND}_$i"
         KV_DB_USER=postgres KV_DB_PASSWORD=bench KV_DB_SSL_MODE=disable KV_DB_MAX_CONNS=8)
     fi
-    env "${env[@]}" "$KV" >"$WORK/kv-$backend-$n-$i.log" 2>&1 &
+    env "${env[@]}" "$KV" >"$WORK/kv-$backend-$n-$i-r$ROUND.log" 2>&1 &
     PIDS+=($!)
   done
   for i in $(seq "$n"); do wait_http "http://127.0.0.1:1808$i/ready"; done
@@ -102,11 +109,11 @@ start_etcd() { # N
   for i in $(seq "$n"); do cluster+=("e$i=http://127.0.0.1:2380$i"); done
   cluster="$(IFS=,; echo "${cluster[*]}")"
   for i in $(seq "$n"); do
-    etcd --name "e$i" --data-dir "$WORK/etcd-$n-$i" \
+    etcd --name "e$i" --data-dir "$WORK/etcd-$n-$i-r$ROUND" \
       --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
       --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
       --initial-cluster "$cluster" --initial-cluster-state new --log-level error \
-      >"$WORK/etcd-$n-$i.log" 2>&1 &
+      >"$WORK/etcd-$n-$i-r$ROUND.log" 2>&1 &
     PIDS+=($!)
   done
   for i in $(seq "$n"); do wait_http "http://127.0.0.1:2379$i/health"; done
@@ -118,33 +125,44 @@ urls() { # PORT_PREFIX N
   (IFS=,; echo "${out[*]}")
 }
 
-for n in 1 3; do
-  start_etcd "$n"
-  bench "etcd $n" etcd "$(urls 2379 "$n")" 1
-  bench "etcd $n" etcd "$(urls 2379 "$n")" 0
-  stop_all
-  start_kvstore "$n" redb
-  bench "kvstore $n redb" kvstore "$(urls 1808 "$n")" 1
-  bench "kvstore $n redb" kvstore "$(urls 1808 "$n")" 0
-  stop_all
-done
+wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
-PG_IMAGE="$(images/postgres-image.sh)"
-if [ -n "$PG_IMAGE" ]; then
-  PG_PORT=25432
-  PG_CONTAINER="$(docker run -d -e POSTGRES_PASSWORD=bench -p "$PG_PORT:5432" "$PG_IMAGE")"
-  for _ in $(seq 300); do
-    PGPASSWORD=bench psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'select 1' >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  for i in 1 2 3; do PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE kv$i"; done
-  start_kvstore 3 postgres
-  COUNT_CPU=False
-  bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 1
-  bench "kvstore 3 postgres" kvstore "$(urls 1808 3)" 0
+measure() { # NAME TARGET URLS: writes, then reads, then the servers stop
+  bench "$1" "$2" "$3" 1
+  bench "$1" "$2" "$3" 0
   stop_all
-else
-  log "no Docker: skipping the PostgreSQL cluster"
+}
+
+PG_PORT=""
+if wants pg3; then
+  PG_IMAGE="$(images/postgres-image.sh)"
+  if [ -n "$PG_IMAGE" ]; then
+    PG_PORT=25432
+    PG_CONTAINER="$(docker run -d -e POSTGRES_PASSWORD=bench -p "$PG_PORT:5432" "$PG_IMAGE")"
+    for _ in $(seq 300); do
+      PGPASSWORD=bench psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'select 1' >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  else
+    log "no Docker: skipping the PostgreSQL cluster"
+  fi
 fi
 
+for ROUND in $(seq "$ROUNDS"); do
+  if wants etcd1; then start_etcd 1; measure "etcd 1" etcd "$(urls 2379 1)"; fi
+  if wants kv1; then start_kvstore 1 redb; measure "kvstore 1 redb" kvstore "$(urls 1808 1)"; fi
+  if wants etcd3; then start_etcd 3; measure "etcd 3" etcd "$(urls 2379 3)"; fi
+  if wants kv3; then start_kvstore 3 redb; measure "kvstore 3 redb" kvstore "$(urls 1808 3)"; fi
+  if wants pg3 && [ -n "$PG_PORT" ]; then
+    for i in 1 2 3; do
+      PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE DATABASE kv${ROUND}_$i"
+    done
+    start_kvstore 3 postgres
+    COUNT_CPU=False
+    measure "kvstore 3 postgres" kvstore "$(urls 1808 3)"
+    COUNT_CPU=True
+  fi
+done
+
+[ -n "${KEEP_RESULTS:-}" ] && cp "$RESULTS" "$KEEP_RESULTS"
 python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION"

@@ -1,46 +1,92 @@
-"""Prints `make bench` results as one Markdown table with kvstore/etcd ratios."""
+"""Prints `make bench` results as one Markdown table with kvstore/etcd ratios.
+
+Each system ran once per round; a cell is the median over the rounds, and a ratio is
+the median kvstore figure over the median etcd figure. The rounds' own ratios (each
+round's kvstore run against the same round's etcd run) follow the table.
+"""
 import json
-import platform
 import os
+import platform
+import statistics
 import sys
 
 path, conns, value, duration = sys.argv[1:5]
-rows = {}
+runs = {}  # (name, kind) -> [report, ...] in round order
 for line in open(path):
     r = json.loads(line)
     kind = "writes" if r["writes"] == 1 else "reads"
-    rows.setdefault(r["name"], {})[kind] = r
+    runs.setdefault((r["name"], kind), []).append(r)
+rounds = max((r["round"] for rs in runs.values() for r in rs), default=0)
 
-def cell(r):
-    if not r:
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def throughput(name, kind):
+    return median([r["throughput"] for r in runs.get((name, kind), [])])
+
+
+def cell(name, kind):
+    rs = runs.get((name, kind))
+    if not rs:
         return "-", "-"
-    errors = sum(r["errors"].values())
+    errors = sum(sum(r["errors"].values()) for r in rs)
     note = f" ({errors} errors)" if errors else ""
-    return f'{r["throughput"]:,.0f}{note}', f'{r["latency_ms"]["p99"]:.1f}'
+    p99 = median([r["latency_ms"]["p99"] for r in rs])
+    return f"{throughput(name, kind):,.0f}{note}", f"{p99:.1f}"
 
-def cpu_per_write(r):
+
+def cpu_per_write(name):
     """CPU time (servers and generator together) per successful write, warm-up included."""
-    if not r or not r.get("ok_all") or "server_cpu_s" not in r:
-        return "-"
-    return f'{(r["server_cpu_s"] + r["generator_cpu_s"]) / r["ok_all"] * 1e6:.0f}'
+    def one(r):
+        if not r.get("ok_all") or "server_cpu_s" not in r:
+            return None
+        return (r["server_cpu_s"] + r["generator_cpu_s"]) / r["ok_all"] * 1e6
+    cpu = median([one(r) for r in runs.get((name, "writes"), [])])
+    return "-" if cpu is None else f"{cpu:.0f}"
+
+
+def baseline(name):
+    return None if name.startswith("etcd") else f"etcd {name.split()[1]}"
+
 
 def ratio(name, kind):
-    members = name.split()[1]
-    base = rows.get(f"etcd {members}", {}).get(kind)
-    mine = rows.get(name, {}).get(kind)
-    if not base or not mine or name.startswith("etcd"):
-        return "-"
-    return f'{mine["throughput"] / base["throughput"]:.2f}x'
+    base = baseline(name)
+    mine, theirs = throughput(name, kind), base and throughput(base, kind)
+    return f"{mine / theirs:.2f}x" if mine and theirs else "-"
+
+
+def per_round(name, kind):
+    base = baseline(name)
+    mine = {r["round"]: r["throughput"] for r in runs.get((name, kind), [])}
+    theirs = {r["round"]: r["throughput"] for r in runs.get((base, kind), [])}
+    return [f"{mine[i] / theirs[i]:.2f}x" for i in sorted(mine) if i in theirs and theirs[i]]
+
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
-      f"{conns} connections, {value}-byte values, {duration} per run, fsync on, all on loopback.\n")
+      f"{conns} connections, {value}-byte values, {duration} per run, fsync on, all on loopback; "
+      f"median of {rounds} round{'s' if rounds != 1 else ''}.\n")
 print("| system | writes/s | write p99 ms | CPU µs/write | reads/s (linearizable) | read p99 ms | writes vs etcd | reads vs etcd |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ["etcd 1", "kvstore 1 redb", "etcd 3", "kvstore 3 redb", "kvstore 3 postgres"]:
-    if name not in rows:
+names = ["etcd 1", "kvstore 1 redb", "etcd 3", "kvstore 3 redb", "kvstore 3 postgres"]
+for name in names:
+    if not any((name, kind) in runs for kind in ("writes", "reads")):
         continue
-    w, wp = cell(rows[name].get("writes"))
-    r, rp = cell(rows[name].get("reads"))
-    cpu_w = cpu_per_write(rows[name].get("writes"))
-    print(f"| {name} | {w} | {wp} | {cpu_w} | {r} | {rp} | {ratio(name, 'writes')} | {ratio(name, 'reads')} |")
+    w, wp = cell(name, "writes")
+    r, rp = cell(name, "reads")
+    print(f"| {name} | {w} | {wp} | {cpu_per_write(name)} | {r} | {rp} | "
+          f"{ratio(name, 'writes')} | {ratio(name, 'reads')} |")
+lines = []
+for name in names:
+    if baseline(name) is None:
+        continue
+    for kind in ("writes", "reads"):
+        each = per_round(name, kind)
+        if len(each) > 1:
+            lines.append(f"- {name} {kind}: {', '.join(each)}")
+if lines:
+    print("\nEach round's ratio to etcd, in round order:")
+    print("\n".join(lines))

@@ -3,6 +3,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -17,15 +19,41 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// How often the committed log id is written on its own when no log append carries it.
+const COMMITTED_EVERY: Duration = Duration::from_secs(1);
+
 /// Raft log, vote, committed index and purge marker in the node's database.
 #[derive(Clone)]
 pub struct PgLogStore {
     db: Db,
+    committed: Arc<Mutex<Committed>>,
+}
+
+/// The committed log id as openraft last reported it, and whether it is in the
+/// database yet. It is a hint for start-up (entries up to it are applied again without
+/// waiting for a leader), so it travels with the next log append, or on its own at most
+/// once a second: one statement per commit would cost as much as the append itself.
+struct Committed {
+    latest: Option<Option<LogId>>,
+    unwritten: Option<Vec<u8>>,
+    written_at: Instant,
 }
 
 impl PgLogStore {
     pub(super) fn new(db: Db) -> Self {
-        Self { db }
+        let committed = Committed {
+            latest: None,
+            unwritten: None,
+            written_at: Instant::now(),
+        };
+        Self {
+            db,
+            committed: Arc::new(Mutex::new(committed)),
+        }
+    }
+
+    fn committed(&self) -> std::sync::MutexGuard<'_, Committed> {
+        self.committed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn put_meta(&self, name: &'static str, bytes: Vec<u8>) -> io::Result<()> {
@@ -109,26 +137,37 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not waited for: losing it only means re-applying a few entries at start-up, and
-        // the next synchronous commit flushes it anyway.
-        let bytes = encode(&committed)?;
+        let bytes = {
+            let mut state = self.committed();
+            state.latest = Some(committed);
+            state.unwritten = Some(encode(&committed)?);
+            if state.written_at.elapsed() < COMMITTED_EVERY {
+                return Ok(());
+            }
+            state.written_at = Instant::now();
+            state.unwritten.take()
+        };
+        let Some(bytes) = bytes else { return Ok(()) };
+        // Not waited for on disk: the next synchronous commit flushes it anyway.
         self.db
-            .retry(COMMITTED, || async {
-                let mut txn = self.db.pool().begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *txn)
-                    .await?;
-                sqlx::query(Meta::Raft.upsert())
-                    .bind(COMMITTED)
-                    .bind(bytes.as_slice())
-                    .execute(&mut *txn)
-                    .await?;
-                txn.commit().await
+            .retry(COMMITTED, || {
+                sqlx::query(
+                    "INSERT INTO raft_meta (name, value) \
+                     SELECT $1, $2 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async \
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .bind(COMMITTED)
+                .bind(bytes.as_slice())
+                .execute(self.db.pool())
             })
             .await
+            .map(|_| ())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(latest) = self.committed().latest {
+            return Ok(latest);
+        }
         Ok(read_meta::<Option<LogId>>(&self.db, Meta::Raft, COMMITTED)
             .await?
             .flatten())
@@ -149,17 +188,29 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
             indexes.push(to_i64(entry.index()));
             bodies.push(encode(&entry)?);
         }
-        // One statement, so one transaction; an upsert, so a retry is harmless.
+        let committed = {
+            let mut state = self.committed();
+            state.written_at = Instant::now();
+            state.unwritten.take()
+        };
+        // One statement, so one transaction, with the committed log id if one is waiting;
+        // upserts, so a retry is harmless.
         let result = self
             .db
             .retry("append log entries", || {
                 sqlx::query(
-                    "INSERT INTO raft_log (log_index, entry) \
-                     SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[]) \
-                     ON CONFLICT (log_index) DO UPDATE SET entry = EXCLUDED.entry",
+                    "WITH entries AS (\
+                       INSERT INTO raft_log (log_index, entry) \
+                       SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[]) \
+                       ON CONFLICT (log_index) DO UPDATE SET entry = EXCLUDED.entry) \
+                     INSERT INTO raft_meta (name, value) \
+                     SELECT $3, $4::BYTEA WHERE $4::BYTEA IS NOT NULL \
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                 )
                 .bind(&indexes)
                 .bind(&bodies)
+                .bind(COMMITTED)
+                .bind(committed.as_deref())
                 .execute(self.db.pool())
             })
             .await

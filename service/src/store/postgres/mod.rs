@@ -3,10 +3,12 @@
 //! own database (`database.database`). Snapshot files live under `storage.data_dir`.
 //!
 //! Every statement is bound, never assembled from data. A log append batch is one
-//! statement, durable before Raft hears of it; an apply batch, with its last applied id
-//! and membership, is one transaction. Applies and the committed index do not wait for
-//! their WAL flush (`synchronous_commit = off`): as with redb, the next durable commit
-//! flushes the WAL up to them, and anything lost in a crash is re-applied from the log.
+//! statement, durable before Raft hears of it, and carries the committed log id when a
+//! new one is waiting. An apply batch with its last applied id is one statement too (a
+//! transaction with the membership records when it changes the membership). Applies and
+//! the committed index do not wait for their WAL flush (`synchronous_commit` off for
+//! that transaction): as with redb, the next durable commit flushes the WAL up to them,
+//! and anything lost in a crash is re-applied from the log.
 //!
 //! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
 //! backoff instead of failing (a failed Raft storage call would stop Raft for good).

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -34,18 +35,106 @@ const INSTALL_CHUNK: usize = 1000;
 pub struct PgStateMachine {
     db: Db,
     snapshot_dir: PathBuf,
+    /// The last applied log id in the database, as this node last wrote or read it;
+    /// `None` when unknown (at start, or after a failed apply whose commit may or may
+    /// not have happened). Only this node writes it, one apply at a time.
+    applied: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 impl PgStateMachine {
     pub(super) fn new(db: Db, snapshot_dir: PathBuf) -> Self {
-        Self { db, snapshot_dir }
+        Self {
+            db,
+            snapshot_dir,
+            applied: Arc::new(Mutex::new(None)),
+        }
     }
 
-    /// Applies `entries` in one transaction. Entries at or below the stored last
-    /// applied id are already in the database (a retry after a commit whose
-    /// acknowledgement was lost) and are skipped; their results can no longer be
-    /// observed, so a skipped delete reports that its key existed.
-    async fn apply_batch(db: &Db, entries: &[Entry]) -> Result<Vec<CommandResult>, sqlx::Error> {
+    fn known_applied(&self) -> std::sync::MutexGuard<'_, Option<Option<LogId>>> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `entries`, and records the last applied id with them. Entries at or
+    /// below the stored last applied id are already in the database (a retry after a
+    /// commit whose acknowledgement was lost) and are skipped; their results can no
+    /// longer be observed, so a skipped delete reports that its key existed.
+    async fn apply_batch(&self, entries: &[Entry]) -> Result<Vec<CommandResult>, sqlx::Error> {
+        let known = *self.known_applied();
+        let applied = match known {
+            Some(applied) => applied,
+            None => sqlx::query_scalar::<_, Vec<u8>>(Meta::StateMachine.select())
+                .bind(LAST_APPLIED)
+                .fetch_optional(self.db.pool())
+                .await?
+                .and_then(|bytes| decode::<Option<LogId>>(&bytes).ok().flatten()),
+        };
+        *self.known_applied() = None;
+        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
+        let changes_membership = entries
+            .iter()
+            .any(|e| fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
+        let results = if changes_membership {
+            Self::apply_in_transaction(&self.db, entries).await?
+        } else {
+            Self::apply_in_one_statement(&self.db, entries, applied).await?
+        };
+        let last = entries.last().map(|e| e.log_id());
+        *self.known_applied() = Some(std::cmp::max(applied, last));
+        Ok(results)
+    }
+
+    /// The common batch, key-value commands only: one statement, so one round trip
+    /// (two with deletes, whose results need the keys that existed before).
+    async fn apply_in_one_statement(
+        db: &Db,
+        entries: &[Entry],
+        applied: Option<LogId>,
+    ) -> Result<Vec<CommandResult>, sqlx::Error> {
+        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
+        let Some(last) = entries.iter().rev().find(|e| fresh(e)).map(|e| e.log_id()) else {
+            let (results, _) = fold_commands(entries, fresh, &HashSet::new());
+            return Ok(results);
+        };
+        let deleted = deleted_keys(entries, fresh);
+        let existing: HashSet<String> = if deleted.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
+                .bind(&deleted)
+                .fetch_all(db.pool())
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let (results, after) = fold_commands(entries, fresh, &existing);
+        let (put_keys, put_values, gone) = split_changes(after);
+        let last = serde_json::to_vec(&Some(last)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        // The statement does not wait for its WAL flush (see the module's notes). Its
+        // parts touch different keys: `after` holds one final value per key.
+        sqlx::query(
+            "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)), \
+             put AS (INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value), \
+             gone AS (DELETE FROM kv WHERE key = ANY($3::TEXT[])) \
+             INSERT INTO sm_meta (name, value) SELECT $4, $5 FROM async \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(&put_keys)
+        .bind(&put_values)
+        .bind(&gone)
+        .bind(LAST_APPLIED)
+        .bind(last)
+        .execute(db.pool())
+        .await?;
+        Ok(results)
+    }
+
+    /// A batch that changes the membership: in one transaction with the membership
+    /// records.
+    async fn apply_in_transaction(
+        db: &Db,
+        entries: &[Entry],
+    ) -> Result<Vec<CommandResult>, sqlx::Error> {
         let mut txn = db.pool().begin().await?;
         // Applies need not wait for their own WAL flush: a lost apply is redone from
         // the log, and the next synchronous commit (a log append, a purge) flushes the
@@ -61,17 +150,7 @@ impl PgStateMachine {
         // whatever its size. Only a delete needs the value before the batch (to say
         // whether the key existed), so only deleted keys are read first.
         let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
-        let deleted: Vec<&str> = entries
-            .iter()
-            .filter(|e| fresh(e))
-            .filter_map(|e| match &e.payload {
-                EntryPayload::Normal(Proposal {
-                    command: Command::Delete { key },
-                    ..
-                }) => Some(key.as_str()),
-                _ => None,
-            })
-            .collect();
+        let deleted = deleted_keys(entries, fresh);
         let existing: HashSet<String> = if deleted.is_empty() {
             HashSet::new()
         } else {
@@ -101,16 +180,7 @@ impl PgStateMachine {
             let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
             upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;
         }
-        let (mut put_keys, mut put_values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, value) in after {
-            match value {
-                Some(value) => {
-                    put_keys.push(key);
-                    put_values.push(value);
-                }
-                None => gone.push(key),
-            }
-        }
+        let (put_keys, put_values, gone) = split_changes(after);
         if !put_keys.is_empty() {
             sqlx::query(
                 "INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::text[], $2::text[]) \
@@ -353,7 +423,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         }
         let results = self
             .db
-            .retry("apply entries", || Self::apply_batch(&self.db, &batch))
+            .retry("apply entries", || self.apply_batch(&batch))
             .await?;
         crate::store::answer(responders, results);
         Ok(())
@@ -379,6 +449,8 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
             writer.finish().map(|_| ())
         })
         .await?;
+        // The next apply reads the last applied id the snapshot leaves.
+        *self.known_applied() = None;
         retry_snapshot(&self.db, "install snapshot", || {
             self.load_snapshot(meta, &file_id)
         })
@@ -395,6 +467,39 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         };
         record.open(&self.snapshot_dir)
     }
+}
+
+/// The keys the batch's fresh entries delete.
+fn deleted_keys(entries: &[Entry], fresh: impl Fn(&Entry) -> bool) -> Vec<&str> {
+    entries
+        .iter()
+        .filter(|e| fresh(e))
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(Proposal {
+                command: Command::Delete { key },
+                ..
+            }) => Some(key.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch's final values, split into the keys to upsert with their values, and the
+/// keys to delete.
+type Changes<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
+
+fn split_changes<'a>(after: HashMap<&'a str, Option<&'a str>>) -> Changes<'a> {
+    let (mut put_keys, mut put_values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in after {
+        match value {
+            Some(value) => {
+                put_keys.push(key);
+                put_values.push(value);
+            }
+            None => gone.push(key),
+        }
+    }
+    (put_keys, put_values, gone)
 }
 
 /// The key-value commands of an apply batch, in log order: each entry's result, and
