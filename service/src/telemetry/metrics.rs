@@ -183,6 +183,9 @@ fn describe() {
     }
 }
 
+/// The shortest pause between two updates of the Raft gauges.
+const METRICS_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs.
 pub fn watch_raft(node: &crate::raft::RaftNode) {
     gauge!(
@@ -231,7 +234,10 @@ pub fn watch_raft(node: &crate::raft::RaftNode) {
                     }
                 }
             }
-            // Wake on every change, and at least once a second for the ages.
+            // Wake on a change, and at least once a second for the ages; but no more
+            // than ten times a second: under load Raft's metrics change on every
+            // commit, and scrapes come seconds apart.
+            tokio::time::sleep(METRICS_MIN_INTERVAL).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
         }
     });

@@ -53,7 +53,9 @@ impl PgLogStore {
     }
 
     fn committed(&self) -> std::sync::MutexGuard<'_, Committed> {
-        self.committed.lock().unwrap_or_else(PoisonError::into_inner)
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn put_meta(&self, name: &'static str, bytes: Vec<u8>) -> io::Result<()> {
