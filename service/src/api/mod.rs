@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ::metrics::{counter, gauge, histogram};
 use percent_encoding::percent_decode_str;
 use poem::http::uri::PathAndQuery;
-use poem::http::Uri;
+use poem::http::{header, HeaderValue, StatusCode, Uri};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 use tokio::sync::Semaphore;
@@ -103,6 +103,7 @@ pub fn app(
     let docs = service.swagger_ui();
     let spec_json = service.spec_endpoint();
     let spec_yaml = service.spec_endpoint_yaml();
+    let allowed = Arc::new(AllowedMethods::from_spec(&service.spec()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     Route::new()
         .nest("/docs", docs)
@@ -113,13 +114,22 @@ pub fn app(
             limits.max_value_bytes,
             limits.request_timeout,
         ))
-        .around(|ep, req| async move {
-            // Cheap clones (the URI shares its bytes): most requests never need them.
-            let (method, uri) = (req.method().clone(), req.uri().clone());
-            Ok(match ep.call(req).await {
-                Ok(resp) => resp.into_response(),
-                Err(err) => error::to_json_response(err, method.as_str(), uri.path()),
-            })
+        .around(move |ep, req| {
+            let allowed = allowed.clone();
+            async move {
+                // Cheap clones (the URI shares its bytes): most requests never need them.
+                let (method, uri) = (req.method().clone(), req.uri().clone());
+                Ok(match ep.call(req).await {
+                    Ok(resp) => resp.into_response(),
+                    Err(err) => {
+                        let mut resp = error::to_json_response(err, method.as_str(), uri.path());
+                        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                            allowed.set_allow(uri.path(), &mut resp);
+                        }
+                        resp
+                    }
+                })
+            }
         })
         .around(|ep, req| async move {
             match route_key_path(req) {
@@ -219,6 +229,65 @@ pub fn app(
         })
 }
 
+/// The operations an OpenAPI path item can hold.
+const HTTP_METHODS: &[&str] = &[
+    "GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE",
+];
+
+/// The methods each documented path answers, read from the OpenAPI spec, for the
+/// `Allow` header a 405 answer must carry (RFC 9110, section 15.5.6).
+struct AllowedMethods {
+    /// Path templates split into segments (`{key}` matches any one segment), each with
+    /// its methods as an `Allow` value.
+    paths: Vec<(Vec<String>, HeaderValue)>,
+}
+
+impl AllowedMethods {
+    fn from_spec(spec: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let paths = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(template, operations)| {
+                let mut methods: Vec<String> = operations
+                    .as_object()?
+                    .keys()
+                    .map(|m| m.to_ascii_uppercase())
+                    // An OpenAPI path item also holds `parameters`, `summary`, ...
+                    .filter(|m| HTTP_METHODS.contains(&m.as_str()))
+                    .collect();
+                methods.sort();
+                let allow = HeaderValue::from_str(&methods.join(", ")).ok()?;
+                Some((segments(template).map(str::to_owned).collect(), allow))
+            })
+            .collect();
+        Self { paths }
+    }
+
+    fn for_path(&self, path: &str) -> Option<&HeaderValue> {
+        let wanted: Vec<&str> = segments(path).collect();
+        self.paths.iter().find_map(|(template, allow)| {
+            let matches = template.len() == wanted.len()
+                && template
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(t, w)| t == w || (t.starts_with('{') && t.ends_with('}')));
+            matches.then_some(allow)
+        })
+    }
+
+    fn set_allow(&self, path: &str, resp: &mut Response) {
+        if let Some(allow) = self.for_path(path) {
+            resp.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+    }
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
 /// The `method` label: the standard methods by name, anything else as `OTHER` (the
 /// label's values stay few, and need no allocation).
 fn method_label(method: &poem::http::Method) -> &'static str {
@@ -300,7 +369,27 @@ pub fn secret_matches(given: &str, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::secret_matches;
+    use super::{secret_matches, AllowedMethods};
+
+    #[test]
+    fn allow_lists_the_methods_of_the_matching_path_template() {
+        let spec = r#"{"paths": {
+            "/kv/{key}": {"put": {}, "get": {}, "delete": {}, "parameters": []},
+            "/health": {"get": {}},
+            "/cluster/members/{id}/promote": {"post": {}}
+        }}"#;
+        let allowed = AllowedMethods::from_spec(spec);
+        let allow = |path| {
+            allowed
+                .for_path(path)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(allow("/kv/a%2Fb").as_deref(), Some("DELETE, GET, PUT"));
+        assert_eq!(allow("/health").as_deref(), Some("GET"));
+        assert_eq!(allow("/cluster/members/3/promote").as_deref(), Some("POST"));
+        assert_eq!(allow("/cluster/members/3"), None);
+        assert_eq!(allow("/nope"), None);
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

@@ -113,9 +113,11 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     let app = spawn_app(backend).await;
     let resp = app.client.get(app.url("/nope")).send().await.unwrap();
     error(resp, 404, "NOT_FOUND").await;
-    let resp = app.client.post(app.url("/kv/k")).send().await.unwrap();
+    let resp = app.client.post(app.url("/kv/a/b")).send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "DELETE, GET, PUT");
     error(resp, 405, "METHOD_NOT_ALLOWED").await;
     let resp = app.client.delete(app.url("/health")).send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "GET");
     error(resp, 405, "METHOD_NOT_ALLOWED").await;
     app.stop().await;
 }
