@@ -33,15 +33,26 @@ enum Command {
         /// The node's health URL.
         #[arg(long, default_value = "http://127.0.0.1:8080/health")]
         url: String,
+        /// For an https:// URL: the CA certificates (PEM) the node's certificate must
+        /// chain to; by default the node's own `tls.ca_file` setting.
+        #[arg(long, value_name = "PEM", env = "KV_TLS_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
 }
 
 /// `kvstore health`: a health probe that needs no curl in the image.
-async fn probe(url: &str) -> ExitCode {
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(3))
-        .build()
-    {
+async fn probe(url: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3));
+    if let Some(ca_file) = ca_file {
+        match kvstore::tls::tool_client_config("--ca-file", ca_file) {
+            Ok(tls) => builder = builder.use_preconfigured_tls(tls),
+            Err(e) => {
+                eprintln!("kvstore health: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let client = match builder.build() {
         Ok(client) => client,
         Err(e) => {
             eprintln!("kvstore health: {e}");
@@ -64,8 +75,8 @@ async fn probe(url: &str) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health { url }) = &cli.command {
-        return probe(url).await;
+    if let Some(Command::Health { url, ca_file }) = &cli.command {
+        return probe(url, ca_file.as_deref()).await;
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

@@ -57,11 +57,16 @@ fn key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    roots_named("tls.ca_file", path)
+}
+
+/// The CA certificates in `path`; `setting` names where the path came from.
+fn roots_named(setting: &str, path: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    for cert in certs("tls.ca_file", path)? {
+    for cert in certs(setting, path)? {
         roots
             .add(cert)
-            .map_err(|e| anyhow::anyhow!("invalid setting `tls.ca_file`: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("invalid setting `{setting}`: {e}"))?;
     }
     Ok(roots)
 }
@@ -118,6 +123,19 @@ pub fn client_config(tls: &TlsSettings) -> anyhow::Result<Option<ClientConfig>> 
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(config))
+}
+
+/// The client side for the command-line tools (`kvstore health`, `kvbench`): trusts
+/// the CA certificates in `ca_file` (PEM, such as the cluster's `tls.ca_file`), which
+/// `option` names in errors.
+pub fn tool_client_config(option: &str, ca_file: &Path) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots_named(option, ca_file)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Accepts TCP connections and completes their TLS handshakes in their own tasks;

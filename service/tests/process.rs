@@ -387,3 +387,100 @@ async fn bearer_tokens_are_never_logged() {
     assert!(stderr.contains("auth.tokens"), "{stderr}");
     assert!(!format!("{stdout}{stderr}").contains("tok-"), "{stderr}");
 }
+
+/// Runs `kvbench` to completion (it stops by itself after warm-up plus duration; the
+/// test fails if it has not exited within 30 s).
+fn kvbench(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvbench");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kvbench {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// The load generator against a real node with client authentication: with a token it
+/// reports operations, latencies and no errors; without one, every operation is an
+/// error counted under the API's code; a bad `--ca-file` stops it before any request.
+#[tokio::test]
+async fn kvbench_reports_throughput_latency_and_errors_by_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[("KV_AUTH_TOKENS", "bench-tok-41:write")]);
+    wait_ready(&node, &client).await;
+    let url = node.url("");
+    let common = [
+        "--urls",
+        &url,
+        "--connections",
+        "4",
+        "--keys",
+        "50",
+        "--writes",
+        "0.5",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+
+    let (status, out, err) = kvbench(&[&common[..], &["--token", "bench-tok-41"]].concat());
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let ok = report["ok"].as_u64().unwrap();
+    assert!(ok > 0, "{report}");
+    assert!(report["ok_all"].as_u64().unwrap() >= ok, "{report}");
+    assert!(report["throughput"].as_f64().unwrap() > 0.0, "{report}");
+    let latency = &report["latency_ms"];
+    let at = |q: &str| latency[q].as_f64().unwrap();
+    assert!(
+        at("p50") > 0.0 && at("p50") <= at("p99") && at("p99") <= at("max"),
+        "{report}"
+    );
+    // The generator really wrote: its keys are there.
+    let stored = client
+        .get(node.url("/status"))
+        .bearer_auth("bench-tok-41")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(stored["key_count"].as_u64().unwrap() > 0, "{stored}");
+
+    let refused = client.get(node.url("/kv/x")).send().await.unwrap();
+    let code = refused.json::<Value>().await.unwrap()["code"].clone();
+    let (status, out, err) = kvbench(&common);
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["ok"], 0, "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert_eq!(errors.len(), 1, "{report}");
+    assert!(
+        errors[code.as_str().unwrap()].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    let missing = dir.path().join("no-such-ca.pem");
+    let (status, _, err) =
+        kvbench(&[&common[..], &["--ca-file", missing.to_str().unwrap()]].concat());
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+}

@@ -148,6 +148,38 @@ async fn the_api_is_served_over_tls_only() {
         err.is_err(),
         "a certificate from an unknown CA was accepted"
     );
+
+    // `kvstore health` checks an HTTPS node when it trusts the node's CA: given with
+    // --ca-file, or taken from KV_TLS_CA_FILE as a container's health check would.
+    let health = format!("{api}/health");
+    let probe = |ca: Option<&Path>, env_ca: Option<&Path>| {
+        let mut cmd = tokio::process::Command::new(support::BIN);
+        cmd.env_clear().args(["health", "--url", &health]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        if let Some(ca) = env_ca {
+            cmd.env("KV_TLS_CA_FILE", ca);
+        }
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+                .await
+                .expect("kvstore health did not exit within 20 s")
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, err) = probe(Some(&ca.pem_path), None).await;
+    assert!(ok, "health with --ca-file failed: {err}");
+    let (ok, err) = probe(None, Some(&ca.pem_path)).await;
+    assert!(ok, "health with KV_TLS_CA_FILE failed: {err}");
+    let (ok, _) = probe(Some(&other.pem_path), None).await;
+    assert!(!ok, "health trusted a certificate from another CA");
+    let (ok, _) = probe(None, None).await;
+    assert!(!ok, "health trusted the node's certificate without its CA");
     let _ = stop.send(());
 }
 

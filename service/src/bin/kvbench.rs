@@ -7,6 +7,8 @@
 //! histogram; errors are counted by their code.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +57,34 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// For https:// URLs: the CA certificates (PEM) the nodes' certificates chain to.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// A bearer token sent with every request (kvstore with `auth.tokens`).
+    #[arg(long, env = "KVBENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// One HTTP client per worker (so one connection each), with `--ca-file` and
+/// `--token` applied.
+fn http_client(args: &Args) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10));
+    if let Some(ca_file) = &args.ca_file {
+        builder =
+            builder.use_preconfigured_tls(kvstore::tls::tool_client_config("--ca-file", ca_file)?);
+    }
+    if let Some(token) = &args.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder.build()?)
 }
 
 /// What one worker saw.
@@ -124,16 +154,11 @@ async fn one_op(
 
 async fn worker(
     id: usize,
+    client: reqwest::Client,
     args: Arc<Args>,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Tally {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client");
     let url = args.urls[id % args.urls.len()]
         .trim_end_matches('/')
         .to_string();
@@ -164,12 +189,27 @@ async fn worker(
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
+    let mut clients = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        match http_client(&args) {
+            Ok(client) => clients.push(client),
+            Err(e) => {
+                eprintln!("kvbench: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..args.connections)
-        .map(|id| tokio::spawn(worker(id, args.clone(), measuring.clone(), stop.clone())))
+    let workers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(id, client)| {
+            let (args, measuring, stop) = (args.clone(), measuring.clone(), stop.clone());
+            tokio::spawn(worker(id, client, args, measuring, stop))
+        })
         .collect();
     tokio::time::sleep(args.warmup).await;
     measuring.store(true, Ordering::Relaxed);
@@ -226,4 +266,5 @@ async fn main() {
             errors
         );
     }
+    ExitCode::SUCCESS
 }
