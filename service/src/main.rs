@@ -30,14 +30,35 @@ struct Cli {
 enum Command {
     /// Check a node's /health and exit 0 if it answers 200 (for container health checks).
     Health {
-        /// The node's health URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
-        url: String,
+        /// The node's health URL. By default, from the node's own settings (--config
+        /// and KV_* variables, as the node reads them): its client port on loopback,
+        /// https:// when it serves TLS.
+        #[arg(long)]
+        url: Option<String>,
         /// For an https:// URL: the CA certificates (PEM) the node's certificate must
-        /// chain to; by default the node's own `tls.ca_file` setting.
-        #[arg(long, value_name = "PEM", env = "KV_TLS_CA_FILE")]
+        /// chain to. By default the node's own `tls.ca_file` setting.
+        #[arg(long, value_name = "PEM")]
         ca_file: Option<PathBuf>,
     },
+}
+
+/// Where `kvstore health` looks by default: this node's API as its settings describe
+/// it, or `http://127.0.0.1:8080/health` when they cannot be read.
+fn own_health_url(settings: Option<&Settings>) -> String {
+    let Some(settings) = settings else {
+        return "http://127.0.0.1:8080/health".into();
+    };
+    let scheme = if settings.tls.cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = match settings.server.host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => settings.server.host.clone(),
+    };
+    format!("{scheme}://{host}:{}/health", settings.server.port)
 }
 
 /// `kvstore health`: a health probe that needs no curl in the image.
@@ -76,7 +97,10 @@ async fn probe(url: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Health { url, ca_file }) = &cli.command {
-        return probe(url, ca_file.as_deref()).await;
+        let own = Settings::load(cli.config.as_deref()).ok();
+        let url = url.clone().unwrap_or_else(|| own_health_url(own.as_ref()));
+        let ca_file = ca_file.clone().or_else(|| own.and_then(|s| s.tls.ca_file));
+        return probe(&url, ca_file.as_deref()).await;
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

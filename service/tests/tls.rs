@@ -120,8 +120,14 @@ async fn wait_ready(client: &reqwest::Client, api: &str) {
 async fn the_api_is_served_over_tls_only() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "node1");
-    let (api, _, stop) = start(&settings(&dir.path().join("data"), &ca, cert, false)).await;
+    let node_cert = ca.issue(dir.path(), "node1");
+    let (api, _, stop) = start(&settings(
+        &dir.path().join("data"),
+        &ca,
+        node_cert.clone(),
+        false,
+    ))
+    .await;
     let https = client(&ca);
     wait_ready(&https, &api).await;
 
@@ -149,18 +155,28 @@ async fn the_api_is_served_over_tls_only() {
         "a certificate from an unknown CA was accepted"
     );
 
-    // `kvstore health` checks an HTTPS node when it trusts the node's CA: given with
-    // --ca-file, or taken from KV_TLS_CA_FILE as a container's health check would.
+    // `kvstore health` checks an HTTPS node when it trusts the node's CA, given with
+    // --ca-file or read from the node's settings; and with no --url it finds the node
+    // from those settings, as the image's health check does.
     let health = format!("{api}/health");
-    let probe = |ca: Option<&Path>, env_ca: Option<&Path>| {
+    let port = api.rsplit(':').next().unwrap().to_string();
+    let ca_pem = ca.pem_path.to_str().unwrap().to_string();
+    let (cert_file, key_file) = (
+        node_cert.0.to_str().unwrap().to_string(),
+        node_cert.1.to_str().unwrap().to_string(),
+    );
+    let node_env = [
+        ("KV_SERVER_PORT", port.as_str()),
+        ("KV_TLS_CERT_FILE", cert_file.as_str()),
+        ("KV_TLS_KEY_FILE", key_file.as_str()),
+        ("KV_TLS_CA_FILE", ca_pem.as_str()),
+    ];
+    let probe = |args: Vec<&str>, env: &[(&str, &str)]| {
         let mut cmd = tokio::process::Command::new(support::BIN);
-        cmd.env_clear().args(["health", "--url", &health]);
-        if let Some(ca) = ca {
-            cmd.arg("--ca-file").arg(ca);
-        }
-        if let Some(ca) = env_ca {
-            cmd.env("KV_TLS_CA_FILE", ca);
-        }
+        cmd.env_clear()
+            .arg("health")
+            .args(args)
+            .envs(env.iter().copied());
         async move {
             let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
                 .await
@@ -172,13 +188,16 @@ async fn the_api_is_served_over_tls_only() {
             )
         }
     };
-    let (ok, err) = probe(Some(&ca.pem_path), None).await;
+    let other_pem = other.pem_path.to_str().unwrap();
+    let (ok, err) = probe(vec!["--url", &health, "--ca-file", &ca_pem], &[]).await;
     assert!(ok, "health with --ca-file failed: {err}");
-    let (ok, err) = probe(None, Some(&ca.pem_path)).await;
-    assert!(ok, "health with KV_TLS_CA_FILE failed: {err}");
-    let (ok, _) = probe(Some(&other.pem_path), None).await;
+    let (ok, err) = probe(vec![], &node_env).await;
+    assert!(ok, "health from the node's own settings failed: {err}");
+    let (ok, _) = probe(vec!["--url", &health, "--ca-file", other_pem], &[]).await;
     assert!(!ok, "health trusted a certificate from another CA");
-    let (ok, _) = probe(None, None).await;
+    let (ok, _) = probe(vec!["--ca-file", other_pem], &node_env).await;
+    assert!(!ok, "--ca-file did not override the node's CA");
+    let (ok, _) = probe(vec!["--url", &health], &[]).await;
     assert!(!ok, "health trusted the node's certificate without its CA");
     let _ = stop.send(());
 }
