@@ -276,3 +276,74 @@ async fn a_broken_database_answers_internal() {
     let (code, _) = get_json(&client, &node.url("/health")).await.unwrap();
     assert_eq!(code, 200, "the node stays up");
 }
+
+/// A database that lost applies, as PostgreSQL does when it crashes before flushing
+/// commits made with `synchronous_commit` off, is noticed at the next apply: the node
+/// acknowledges nothing more instead of building on the hole, and a restart applies the
+/// missing entries again from its Raft log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_applies_stop_the_node_until_a_restart_applies_them_again() {
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    let database = server.create_database().await;
+    let mut env = server.env(&database);
+    env.push(("KV_SERVER_REQUEST_TIMEOUT".into(), "3s".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut node = NodeProcess::start(dir.path(), &env_refs(&env));
+    wait_ready(&node, &client).await;
+    for i in 0..20 {
+        let (code, _) = put_json(&client, &node.url(&format!("/kv/k{i}")), &format!("v{i}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 201);
+    }
+
+    // What such a crash leaves: an older last applied id, and the data without the
+    // latest applies.
+    server
+        .execute(
+            &database,
+            "UPDATE sm_meta SET value = convert_to('null', 'UTF8') WHERE name = 'last_applied'",
+        )
+        .await;
+    server.execute(&database, "DELETE FROM kv").await;
+    let (code, body) = put_json(&client, &node.url("/kv/after"), "x")
+        .await
+        .unwrap();
+    assert!(
+        code == 503 || code == 504,
+        "a write on a database that lost applies answered {code} {body}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the log line naming the cause",
+        || async {
+            node.logged_containing("PostgreSQL lost recent commits")
+                .then_some(())
+        },
+    )
+    .await;
+
+    node.signal("KILL");
+    node.wait_exit(Duration::from_secs(10));
+    let node = NodeProcess::start(dir.path(), &env_refs(&env));
+    wait_ready(&node, &client).await;
+    for i in 0..20 {
+        let (code, body) = get_json(&client, &node.url(&format!("/kv/k{i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            (code, body["value"].as_str()),
+            (200, Some(&*format!("v{i}")))
+        );
+    }
+    let (code, _) = put_json(&client, &node.url("/kv/after"), "y")
+        .await
+        .unwrap();
+    assert_eq!(code, 201);
+}

@@ -126,6 +126,11 @@ impl NodeProcess {
     pub fn logged(&self, message: &str) -> bool {
         self.log_lines().iter().any(|l| l["message"] == message)
     }
+
+    /// Whether any line logged so far contains `text`, anywhere in it.
+    pub fn logged_containing(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(text))
+    }
 }
 
 impl Drop for NodeProcess {

@@ -5,10 +5,14 @@
 //! Every statement is bound, never assembled from data. A log append batch is one
 //! statement, durable before Raft hears of it, and carries the committed log id when a
 //! new one is waiting. An apply batch with its last applied id is one statement too (a
-//! transaction with the membership records when it changes the membership). Applies and
-//! the committed index do not wait for their WAL flush (`synchronous_commit` off for
-//! that transaction): as with redb, the next durable commit flushes the WAL up to them,
-//! and anything lost in a crash is re-applied from the log.
+//! transaction with the membership records when it changes the membership). Applies, and
+//! the committed index when it is written on its own, do not wait for their WAL flush
+//! (`synchronous_commit` off for that transaction): as with redb, the next durable
+//! commit flushes the WAL up to them, and what a crash of the node loses is applied
+//! again from the log at start. A crash of PostgreSQL alone can lose applies the running
+//! node counts as done: the next apply notices (the stored last applied id is not the
+//! one the node wrote) and fails, which stops Raft on this node until it restarts and
+//! applies them again.
 //!
 //! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
 //! backoff instead of failing (a failed Raft storage call would stop Raft for good).

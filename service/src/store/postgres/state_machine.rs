@@ -36,9 +36,42 @@ pub struct PgStateMachine {
     db: Db,
     snapshot_dir: PathBuf,
     /// The last applied log id in the database, as this node last wrote or read it;
-    /// `None` when unknown (at start, or after a failed apply whose commit may or may
-    /// not have happened). Only this node writes it, one apply at a time.
-    applied: Arc<Mutex<Option<Option<LogId>>>>,
+    /// `None` when unknown: at start, during an apply (which may fail after its commit
+    /// happened), and after a snapshot is installed. Only this node writes it, one
+    /// apply at a time.
+    applied: Arc<Mutex<Option<Applied>>>,
+}
+
+/// The stored last applied log id: the id, and the row's bytes exactly as stored
+/// (`None`: no row yet), which the next apply expects to find unchanged.
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    id: Option<LogId>,
+    stored: Option<Vec<u8>>,
+}
+
+impl Applied {
+    fn read(stored: Option<Vec<u8>>) -> Self {
+        let id = stored
+            .as_deref()
+            .and_then(|bytes| decode::<Option<LogId>>(bytes).ok().flatten());
+        Self { id, stored }
+    }
+
+    fn fresh(&self, entry: &Entry) -> bool {
+        self.id.as_ref().is_none_or(|a| entry.index() > a.index)
+    }
+}
+
+/// The database does not hold the last applied id this node wrote.
+fn lost_applies() -> sqlx::Error {
+    sqlx::Error::InvalidArgument(
+        "the last applied log id in the database is not the one this node wrote: \
+         PostgreSQL lost recent commits (it crashed, and applies do not wait for their \
+         WAL flush), or another process writes this node's database. Restart the node: \
+         it applies the missing entries again from its Raft log"
+            .into(),
+    )
 }
 
 impl PgStateMachine {
@@ -50,7 +83,7 @@ impl PgStateMachine {
         }
     }
 
-    fn known_applied(&self) -> std::sync::MutexGuard<'_, Option<Option<LogId>>> {
+    fn known_applied(&self) -> std::sync::MutexGuard<'_, Option<Applied>> {
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -58,28 +91,32 @@ impl PgStateMachine {
     /// below the stored last applied id are already in the database (a retry after a
     /// commit whose acknowledgement was lost) and are skipped; their results can no
     /// longer be observed, so a skipped delete reports that its key existed.
+    ///
+    /// The write of the last applied id checks that the stored one is still the one
+    /// this node last wrote or read. If it is not, the database lost applies that
+    /// openraft already counts as done, and nothing here can redo them: the apply
+    /// fails, and Raft stops, rather than build on a hole.
     async fn apply_batch(&self, entries: &[Entry]) -> Result<Vec<CommandResult>, sqlx::Error> {
-        let known = *self.known_applied();
+        // Unknown while this attempt runs: it may fail after its commit happened.
+        let known = self.known_applied().take();
         let applied = match known {
             Some(applied) => applied,
-            None => sqlx::query_scalar::<_, Vec<u8>>(Meta::StateMachine.select())
-                .bind(LAST_APPLIED)
-                .fetch_optional(self.db.pool())
-                .await?
-                .and_then(|bytes| decode::<Option<LogId>>(&bytes).ok().flatten()),
+            None => Applied::read(
+                sqlx::query_scalar::<_, Vec<u8>>(Meta::StateMachine.select())
+                    .bind(LAST_APPLIED)
+                    .fetch_optional(self.db.pool())
+                    .await?,
+            ),
         };
-        *self.known_applied() = None;
-        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
         let changes_membership = entries
             .iter()
-            .any(|e| fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
-        let results = if changes_membership {
-            Self::apply_in_transaction(&self.db, entries).await?
+            .any(|e| applied.fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
+        let (results, now) = if changes_membership {
+            Self::apply_in_transaction(&self.db, entries, applied).await?
         } else {
             Self::apply_in_one_statement(&self.db, entries, applied).await?
         };
-        let last = entries.last().map(|e| e.log_id());
-        *self.known_applied() = Some(std::cmp::max(applied, last));
+        *self.known_applied() = Some(now);
         Ok(results)
     }
 
@@ -88,12 +125,12 @@ impl PgStateMachine {
     async fn apply_in_one_statement(
         db: &Db,
         entries: &[Entry],
-        applied: Option<LogId>,
-    ) -> Result<Vec<CommandResult>, sqlx::Error> {
-        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
+        applied: Applied,
+    ) -> Result<(Vec<CommandResult>, Applied), sqlx::Error> {
+        let fresh = |entry: &Entry| applied.fresh(entry);
         let Some(last) = entries.iter().rev().find(|e| fresh(e)).map(|e| e.log_id()) else {
             let (results, _) = fold_commands(entries, fresh, &HashSet::new());
-            return Ok(results);
+            return Ok((results, applied));
         };
         let deleted = deleted_keys(entries, fresh);
         let existing: HashSet<String> = if deleted.is_empty() {
@@ -108,25 +145,41 @@ impl PgStateMachine {
         };
         let (results, after) = fold_commands(entries, fresh, &existing);
         let (put_keys, put_values, gone) = split_changes(after);
-        let last = serde_json::to_vec(&Some(last)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let stored =
+            serde_json::to_vec(&Some(last)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         // The statement does not wait for its WAL flush (see the module's notes). Its
-        // parts touch different keys: `after` holds one final value per key.
-        sqlx::query(
+        // parts touch different keys: `after` holds one final value per key. The last
+        // applied id is written only over the value this node expects ($6; NULL: no
+        // row), so a database that lost applies writes no row here. Should that
+        // happen, the batch's own changes stay: applying the log again from the stored
+        // id, in order, gives the same data.
+        let written = sqlx::query(
             "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)), \
              put AS (INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) \
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value), \
              gone AS (DELETE FROM kv WHERE key = ANY($3::TEXT[])) \
              INSERT INTO sm_meta (name, value) SELECT $4, $5 FROM async \
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+             WHERE $6::BYTEA IS NULL \
+                OR EXISTS (SELECT 1 FROM sm_meta WHERE name = $4 AND value = $6::BYTEA) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value \
+             WHERE sm_meta.value IS NOT DISTINCT FROM $6::BYTEA",
         )
         .bind(&put_keys)
         .bind(&put_values)
         .bind(&gone)
         .bind(LAST_APPLIED)
-        .bind(last)
+        .bind(stored.as_slice())
+        .bind(applied.stored.as_deref())
         .execute(db.pool())
         .await?;
-        Ok(results)
+        if written.rows_affected() != 1 {
+            return Err(lost_applies());
+        }
+        let now = Applied {
+            id: Some(last),
+            stored: Some(stored),
+        };
+        Ok((results, now))
     }
 
     /// A batch that changes the membership: in one transaction with the membership
@@ -134,7 +187,8 @@ impl PgStateMachine {
     async fn apply_in_transaction(
         db: &Db,
         entries: &[Entry],
-    ) -> Result<Vec<CommandResult>, sqlx::Error> {
+        expected: Applied,
+    ) -> Result<(Vec<CommandResult>, Applied), sqlx::Error> {
         let mut txn = db.pool().begin().await?;
         // Applies need not wait for their own WAL flush: a lost apply is redone from
         // the log, and the next synchronous commit (a log append, a purge) flushes the
@@ -142,14 +196,15 @@ impl PgStateMachine {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *txn)
             .await?;
-        let applied: Option<LogId> = select_meta(&mut txn, LAST_APPLIED)
-            .await?
-            .and_then(|bytes| decode::<Option<LogId>>(&bytes).ok().flatten());
+        let applied = Applied::read(select_meta(&mut txn, LAST_APPLIED).await?);
+        if applied.stored != expected.stored {
+            return Err(lost_applies());
+        }
         // The key-value commands are folded in memory, in log order, into the final
         // value of each key they touch; the batch then costs one upsert and one delete
         // whatever its size. Only a delete needs the value before the batch (to say
         // whether the key existed), so only deleted keys are read first.
-        let fresh = |entry: &Entry| applied.as_ref().is_none_or(|a| entry.index() > a.index);
+        let fresh = |entry: &Entry| applied.fresh(entry);
         let deleted = deleted_keys(entries, fresh);
         let existing: HashSet<String> = if deleted.is_empty() {
             HashSet::new()
@@ -197,13 +252,17 @@ impl PgStateMachine {
                 .execute(&mut *txn)
                 .await?;
         }
-        if let Some(last) = entries.last() {
-            if applied.as_ref().is_none_or(|a| last.index() > a.index) {
-                upsert_meta(&mut txn, LAST_APPLIED, &Some(last.log_id())).await?;
-            }
+        let mut now = applied;
+        if let Some(last) = entries.last().filter(|e| now.fresh(e)) {
+            let id = Some(last.log_id());
+            let stored = upsert_meta(&mut txn, LAST_APPLIED, &id).await?;
+            now = Applied {
+                id,
+                stored: Some(stored),
+            };
         }
         txn.commit().await?;
-        Ok(results)
+        Ok((results, now))
     }
 
     async fn record_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
@@ -371,18 +430,19 @@ async fn select_meta(
         .await
 }
 
+/// Writes one metadata value; returns the bytes stored.
 async fn upsert_meta<T: serde::Serialize>(
     txn: &mut Transaction<'_, Postgres>,
     name: &str,
     value: &T,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<u8>, sqlx::Error> {
     let bytes = serde_json::to_vec(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(Meta::StateMachine.upsert())
         .bind(name)
-        .bind(bytes)
+        .bind(bytes.as_slice())
         .execute(&mut **txn)
         .await?;
-    Ok(())
+    Ok(bytes)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for PgStateMachine {
