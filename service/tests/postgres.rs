@@ -315,9 +315,10 @@ async fn lost_applies_stop_the_node_until_a_restart_applies_them_again() {
     let (code, body) = put_json(&client, &node.url("/kv/after"), "x")
         .await
         .unwrap();
-    assert!(
-        code == 503 || code == 504,
-        "a write on a database that lost applies answered {code} {body}"
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "a write on a database that lost applies: {body}"
     );
     eventually(
         Duration::from_secs(10),
@@ -328,6 +329,21 @@ async fn lost_applies_stop_the_node_until_a_restart_applies_them_again() {
         },
     )
     .await;
+    // From then on, requests are refused at once.
+    let started = std::time::Instant::now();
+    let (code, body) = put_json(&client, &node.url("/kv/later"), "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     node.signal("KILL");
     node.wait_exit(Duration::from_secs(10));
