@@ -257,6 +257,10 @@ impl AllowedMethods {
                     // An OpenAPI path item also holds `parameters`, `summary`, ...
                     .filter(|m| HTTP_METHODS.contains(&m.as_str()))
                     .collect();
+                // poem answers HEAD wherever it answers GET.
+                if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                    methods.push("HEAD".into());
+                }
                 methods.sort();
                 let allow = HeaderValue::from_str(&methods.join(", ")).ok()?;
                 Some((segments(template).map(str::to_owned).collect(), allow))
@@ -384,8 +388,11 @@ mod tests {
                 .for_path(path)
                 .map(|v| v.to_str().unwrap().to_owned())
         };
-        assert_eq!(allow("/kv/a%2Fb").as_deref(), Some("DELETE, GET, PUT"));
-        assert_eq!(allow("/health").as_deref(), Some("GET"));
+        assert_eq!(
+            allow("/kv/a%2Fb").as_deref(),
+            Some("DELETE, GET, HEAD, PUT")
+        );
+        assert_eq!(allow("/health").as_deref(), Some("GET, HEAD"));
         assert_eq!(allow("/cluster/members/3/promote").as_deref(), Some("POST"));
         assert_eq!(allow("/cluster/members/3"), None);
         assert_eq!(allow("/nope"), None);

@@ -114,11 +114,14 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     let resp = app.client.get(app.url("/nope")).send().await.unwrap();
     error(resp, 404, "NOT_FOUND").await;
     let resp = app.client.post(app.url("/kv/a/b")).send().await.unwrap();
-    assert_eq!(resp.headers()["allow"], "DELETE, GET, PUT");
+    assert_eq!(resp.headers()["allow"], "DELETE, GET, HEAD, PUT");
     error(resp, 405, "METHOD_NOT_ALLOWED").await;
     let resp = app.client.delete(app.url("/health")).send().await.unwrap();
-    assert_eq!(resp.headers()["allow"], "GET");
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
     error(resp, 405, "METHOD_NOT_ALLOWED").await;
+    // What Allow promises holds: HEAD is answered where GET is.
+    let resp = app.client.head(app.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     app.stop().await;
 }
 
