@@ -1,5 +1,6 @@
 //! The `kvstore` binary: parse flags, load config, start logging, serve.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "kvstore", version, about)]
 struct Cli {
     /// YAML configuration file.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", env = "KV_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -42,28 +43,67 @@ enum Command {
     },
 }
 
+/// What `kvstore health` probes.
+struct HealthTarget {
+    url: String,
+    /// A host name in `url` to reach at this address instead of looking it up: with
+    /// TLS, the node's certificate names its advertised host, not the loopback address
+    /// the probe connects to.
+    resolve: Option<(String, SocketAddr)>,
+}
+
 /// Where `kvstore health` looks by default: this node's API as its settings describe
 /// it, or `http://127.0.0.1:8080/health` when they cannot be read.
-fn own_health_url(settings: Option<&Settings>) -> String {
+fn own_health_target(settings: Option<&Settings>) -> HealthTarget {
     let Some(settings) = settings else {
-        return "http://127.0.0.1:8080/health".into();
+        return HealthTarget {
+            url: "http://127.0.0.1:8080/health".into(),
+            resolve: None,
+        };
     };
-    let scheme = if settings.tls.cert_file.is_some() {
+    let (scheme, port) = (scheme(settings), settings.server.port);
+    let ip = match settings.server.host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Ok(ip) => ip,
+        Err(_) => {
+            let host = &settings.server.host;
+            return HealthTarget {
+                url: format!("{scheme}://{host}:{port}/health"),
+                resolve: None,
+            };
+        }
+    };
+    // The advertised API host, when it is a name: the one a certificate would carry.
+    let advertised = reqwest::Url::parse(&settings.cluster.advertise_api)
+        .ok()
+        .and_then(|url| url.domain().map(str::to_owned));
+    match advertised {
+        Some(name) if scheme == "https" => HealthTarget {
+            url: format!("https://{name}:{port}/health"),
+            resolve: Some((name, SocketAddr::new(ip, port))),
+        },
+        _ => HealthTarget {
+            url: format!("{scheme}://{}/health", SocketAddr::new(ip, port)),
+            resolve: None,
+        },
+    }
+}
+
+fn scheme(settings: &Settings) -> &'static str {
+    if settings.tls.cert_file.is_some() {
         "https"
     } else {
         "http"
-    };
-    let host = match settings.server.host.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
-        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        _ => settings.server.host.clone(),
-    };
-    format!("{scheme}://{host}:{}/health", settings.server.port)
+    }
 }
 
 /// `kvstore health`: a health probe that needs no curl in the image.
-async fn probe(url: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
+async fn probe(target: &HealthTarget, ca_file: Option<&std::path::Path>) -> ExitCode {
+    let url = &target.url;
     let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3));
+    if let Some((name, addr)) = &target.resolve {
+        builder = builder.resolve(name, *addr);
+    }
     if let Some(ca_file) = ca_file {
         match kvstore::tls::tool_client_config("--ca-file", ca_file) {
             Ok(tls) => builder = builder.use_preconfigured_tls(tls),
@@ -87,7 +127,15 @@ async fn probe(url: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("kvstore health: {url}: {e}");
+            // The causes too: "error sending request" alone does not say that the
+            // certificate was refused or the connection was.
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                reason.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("kvstore health: {url}: {reason}");
             ExitCode::FAILURE
         }
     }
@@ -97,10 +145,23 @@ async fn probe(url: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Health { url, ca_file }) = &cli.command {
-        let own = Settings::load(cli.config.as_deref()).ok();
-        let url = url.clone().unwrap_or_else(|| own_health_url(own.as_ref()));
+        let own = match Settings::load(cli.config.as_deref()) {
+            Ok(settings) => Some(settings),
+            Err(e) if url.is_none() => {
+                eprintln!("kvstore health: the node's settings: {e}; probing the defaults");
+                None
+            }
+            Err(_) => None,
+        };
+        let target = match url {
+            Some(url) => HealthTarget {
+                url: url.clone(),
+                resolve: None,
+            },
+            None => own_health_target(own.as_ref()),
+        };
         let ca_file = ca_file.clone().or_else(|| own.and_then(|s| s.tls.ca_file));
-        return probe(&url, ca_file.as_deref()).await;
+        return probe(&target, ca_file.as_deref()).await;
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

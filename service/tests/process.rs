@@ -183,6 +183,10 @@ fn missing_config_file_exits_non_zero() {
     let (status, _, stderr) = run_to_exit(dir.path(), &[], &["--config", "/no/such.yaml"]);
     assert!(!status.success());
     assert!(stderr.contains("/no/such.yaml"), "{stderr}");
+    // KV_CONFIG names the file as well.
+    let (status, _, stderr) = run_to_exit(dir.path(), &[("KV_CONFIG", "/no/other.yaml")], &[]);
+    assert!(!status.success());
+    assert!(stderr.contains("/no/other.yaml"), "{stderr}");
 }
 
 #[test]

@@ -39,11 +39,12 @@ impl Ca {
         }
     }
 
-    /// A certificate for 127.0.0.1 and localhost, good for serving and as a client;
-    /// returns the paths of its PEM certificate and key.
+    /// A certificate for 127.0.0.1, localhost and kv1.test (a name no resolver knows),
+    /// good for serving and as a client; returns the paths of its PEM certificate and
+    /// key.
     fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let names = ["127.0.0.1", "localhost", "kv1.test"].map(String::from);
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -157,7 +158,8 @@ async fn the_api_is_served_over_tls_only() {
 
     // `kvstore health` checks an HTTPS node when it trusts the node's CA, given with
     // --ca-file or read from the node's settings; and with no --url it finds the node
-    // from those settings, as the image's health check does.
+    // from those settings, as the image's health check does: on loopback, checking the
+    // certificate against the advertised host name.
     let health = format!("{api}/health");
     let port = api.rsplit(':').next().unwrap().to_string();
     let ca_pem = ca.pem_path.to_str().unwrap().to_string();
@@ -165,7 +167,9 @@ async fn the_api_is_served_over_tls_only() {
         node_cert.0.to_str().unwrap().to_string(),
         node_cert.1.to_str().unwrap().to_string(),
     );
+    let advertised = format!("https://kv1.test:{port}");
     let node_env = [
+        ("KV_CLUSTER_ADVERTISE_API", advertised.as_str()),
         ("KV_SERVER_PORT", port.as_str()),
         ("KV_TLS_CERT_FILE", cert_file.as_str()),
         ("KV_TLS_KEY_FILE", key_file.as_str()),
@@ -193,12 +197,22 @@ async fn the_api_is_served_over_tls_only() {
     assert!(ok, "health with --ca-file failed: {err}");
     let (ok, err) = probe(vec![], &node_env).await;
     assert!(ok, "health from the node's own settings failed: {err}");
-    let (ok, _) = probe(vec!["--url", &health, "--ca-file", other_pem], &[]).await;
-    assert!(!ok, "health trusted a certificate from another CA");
-    let (ok, _) = probe(vec!["--ca-file", other_pem], &node_env).await;
-    assert!(!ok, "--ca-file did not override the node's CA");
-    let (ok, _) = probe(vec!["--url", &health], &[]).await;
-    assert!(!ok, "health trusted the node's certificate without its CA");
+    let refused = |err: &str| err.contains("certificate") && err.contains("UnknownIssuer");
+    let (ok, err) = probe(vec!["--url", &health, "--ca-file", other_pem], &[]).await;
+    assert!(
+        !ok && refused(&err),
+        "health trusted a certificate from another CA: {err}"
+    );
+    let (ok, err) = probe(vec!["--ca-file", other_pem], &node_env).await;
+    assert!(
+        !ok && refused(&err),
+        "--ca-file did not override the node's CA: {err}"
+    );
+    let (ok, err) = probe(vec!["--url", &health], &[]).await;
+    assert!(
+        !ok && refused(&err),
+        "health trusted the node's certificate without its CA: {err}"
+    );
     let _ = stop.send(());
 }
 
