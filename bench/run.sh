@@ -161,6 +161,11 @@ for ROUND in $(seq "$ROUNDS"); do
     COUNT_CPU=False
     measure "kvstore 3 postgres" kvstore "$(urls 1808 3)"
     COUNT_CPU=True
+    # The next round starts from an empty server, not after this round's leftovers.
+    for i in 1 2 3; do
+      PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "DROP DATABASE kv${ROUND}_$i"
+    done
+    PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c CHECKPOINT
   fi
 done
 

@@ -33,7 +33,7 @@ def cell(name, kind):
     if not rs:
         return "-", "-"
     errors = sum(sum(r["errors"].values()) for r in rs)
-    note = f" ({errors} errors)" if errors else ""
+    note = f" ({errors} errors in all rounds)" if errors else ""
     p99 = median([r["latency_ms"]["p99"] for r in rs])
     return f"{throughput(name, kind):,.0f}{note}", f"{p99:.1f}"
 
