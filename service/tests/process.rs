@@ -397,6 +397,7 @@ async fn bearer_tokens_are_never_logged() {
 fn kvbench(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvbench"))
         .args(args)
+        .env_remove("KVBENCH_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
