@@ -132,17 +132,7 @@ impl PgStateMachine {
             let (results, _) = fold_commands(entries, fresh, &HashSet::new());
             return Ok((results, applied));
         };
-        let deleted = deleted_keys(entries, fresh);
-        let existing: HashSet<String> = if deleted.is_empty() {
-            HashSet::new()
-        } else {
-            sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
-                .bind(&deleted)
-                .fetch_all(db.pool())
-                .await?
-                .into_iter()
-                .collect()
-        };
+        let existing = existing_keys(db.pool(), &deleted_keys(entries, fresh)).await?;
         let (results, after) = fold_commands(entries, fresh, &existing);
         let (put_keys, put_values, gone) = split_changes(after);
         let stored =
@@ -205,17 +195,7 @@ impl PgStateMachine {
         // whatever its size. Only a delete needs the value before the batch (to say
         // whether the key existed), so only deleted keys are read first.
         let fresh = |entry: &Entry| applied.fresh(entry);
-        let deleted = deleted_keys(entries, fresh);
-        let existing: HashSet<String> = if deleted.is_empty() {
-            HashSet::new()
-        } else {
-            sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
-                .bind(&deleted)
-                .fetch_all(&mut *txn)
-                .await?
-                .into_iter()
-                .collect()
-        };
+        let existing = existing_keys(&mut *txn, &deleted_keys(entries, fresh)).await?;
         let (results, after) = fold_commands(entries, fresh, &existing);
         for entry in entries.iter().filter(|e| fresh(e)) {
             let EntryPayload::Membership(membership) = &entry.payload else {
@@ -527,6 +507,21 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         };
         record.open(&self.snapshot_dir)
     }
+}
+
+/// Which of `keys` exist now (no query when there are none).
+async fn existing_keys<'e, E>(executor: E, keys: &[&str]) -> Result<HashSet<String>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found = sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
+        .bind(keys)
+        .fetch_all(executor)
+        .await?;
+    Ok(found.into_iter().collect())
 }
 
 /// The keys the batch's fresh entries delete.
