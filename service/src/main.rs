@@ -1,6 +1,6 @@
 //! The `kvstore` binary: parse flags, load config, start logging, serve.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,45 +55,27 @@ struct HealthTarget {
 /// Where `kvstore health` looks by default: this node's API as its settings describe
 /// it, or `http://127.0.0.1:8080/health` when they cannot be read.
 fn own_health_target(settings: Option<&Settings>) -> HealthTarget {
-    let Some(settings) = settings else {
+    let Some((settings, bound)) = settings.and_then(|s| Some((s, s.listen_addr().ok()?))) else {
         return HealthTarget {
             url: "http://127.0.0.1:8080/health".into(),
             resolve: None,
         };
     };
-    let (scheme, port) = (scheme(settings), settings.server.port);
-    let ip = match settings.server.host.parse::<IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Ok(ip) => ip,
-        Err(_) => {
-            let host = &settings.server.host;
-            return HealthTarget {
-                url: format!("{scheme}://{host}:{port}/health"),
-                resolve: None,
-            };
-        }
-    };
+    let addr = kvstore::startup::reachable_locally(bound);
+    let tls = settings.tls.cert_file.is_some();
     // The advertised API host, when it is a name: the one a certificate would carry.
     let advertised = reqwest::Url::parse(&settings.cluster.advertise_api)
         .ok()
         .and_then(|url| url.domain().map(str::to_owned));
     match advertised {
-        Some(name) if scheme == "https" => HealthTarget {
-            url: format!("https://{name}:{port}/health"),
-            resolve: Some((name, SocketAddr::new(ip, port))),
+        Some(name) if tls => HealthTarget {
+            url: format!("https://{name}:{}/health", addr.port()),
+            resolve: Some((name, addr)),
         },
         _ => HealthTarget {
-            url: format!("{scheme}://{}/health", SocketAddr::new(ip, port)),
+            url: format!("{}://{addr}/health", if tls { "https" } else { "http" }),
             resolve: None,
         },
-    }
-}
-
-fn scheme(settings: &Settings) -> &'static str {
-    if settings.tls.cert_file.is_some() {
-        "https"
-    } else {
-        "http"
     }
 }
 
@@ -127,15 +109,9 @@ async fn probe(target: &HealthTarget, ca_file: Option<&std::path::Path>) -> Exit
             ExitCode::FAILURE
         }
         Err(e) => {
-            // The causes too: "error sending request" alone does not say that the
+            // With its causes: "error sending request" alone does not say that the
             // certificate was refused or the connection was.
-            let mut reason = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                reason.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("kvstore health: {url}: {reason}");
+            eprintln!("kvstore health: {url}: {:#}", anyhow::Error::new(e));
             ExitCode::FAILURE
         }
     }

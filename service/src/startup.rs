@@ -148,12 +148,18 @@ fn advertised_url(configured: &str, scheme: &str, bound: SocketAddr) -> String {
     if !configured.is_empty() {
         return configured.trim_end_matches('/').to_string();
     }
+    format!("{scheme}://{}", reachable_locally(bound))
+}
+
+/// Where a listener bound to `bound` is reached from this machine: a wildcard address
+/// becomes loopback of the same family.
+pub fn reachable_locally(bound: SocketAddr) -> SocketAddr {
     let ip = match bound.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".parse().expect("literal"),
         ip if ip.is_unspecified() => "::1".parse().expect("literal"),
         ip => ip,
     };
-    format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
+    SocketAddr::new(ip, bound.port())
 }
 
 /// Completes on SIGINT or SIGTERM.
