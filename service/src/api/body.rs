@@ -1,5 +1,7 @@
 //! A JSON request body extractor whose every failure is an [`ApiError`] with its own
-//! code (poem-openapi's `Json<T>` answers these cases with plain-text errors).
+//! code (poem-openapi's `Json<T>` answers these cases with plain-text errors). The
+//! answers are the seed's: 400 for a `Content-Type` that is not JSON (a body without
+//! one is read as JSON), `EMPTY_BODY`, and `INVALID_JSON` with `details`.
 //!
 //! The body size is bounded before reading: a `Content-Length` over the limit is refused
 //! at once, and a chunked body is cut off as soon as it passes the limit.
@@ -12,7 +14,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, InvalidJsonDetails};
 
 /// How request bodies are read; set once at start-up from the `server` settings.
 #[derive(Debug, Clone, Copy)]
@@ -84,14 +86,14 @@ where
             .map_err(|_| ApiError::BodyTimeout(rules.read_timeout))?
             .map_err(|e| match e {
                 poem::error::ReadBodyError::PayloadTooLarge => too_large(limit),
-                other => ApiError::InvalidJson(other.to_string()),
+                other => ApiError::InvalidJson(InvalidJsonDetails::new(other.to_string(), b"")),
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::EmptyBody.into());
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::InvalidJson(e.to_string()).into())
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::InvalidJson(InvalidJsonDetails::new(e.to_string(), &bytes)).into()
+        })
     }
 }
 
@@ -103,10 +105,12 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::ValueTooLarge(format!("request body exceeds the limit of {limit} bytes"))
 }
 
-/// Accepts `application/json` and any `application/*+json`, with or without parameters.
+/// Accepts `application/json` and any `application/*+json`, with or without parameters,
+/// and a body without a `Content-Type` (or with an empty one), which is read as JSON, as
+/// the seed does.
 fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
-    let Some(raw) = content_type else {
-        return Err(ApiError::InvalidContentType("(none)".into()));
+    let Some(raw) = content_type.filter(|ct| !ct.trim().is_empty()) else {
+        return Ok(());
     };
     match raw.parse::<mime::Mime>() {
         Ok(m)
@@ -133,17 +137,14 @@ mod tests {
         ] {
             assert!(check_content_type(Some(ct)).is_ok(), "{ct}");
         }
+        assert!(check_content_type(None).is_ok());
+        assert!(check_content_type(Some("")).is_ok());
     }
 
     #[test]
     fn other_content_types_are_refused() {
-        for ct in [
-            None,
-            Some("text/plain"),
-            Some("application/x-www-form-urlencoded"),
-            Some("json"),
-        ] {
-            assert!(check_content_type(ct).is_err(), "{ct:?}");
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "json"] {
+            assert!(check_content_type(Some(ct)).is_err(), "{ct:?}");
         }
     }
 }

@@ -52,6 +52,38 @@ pub struct ErrorBody {
     /// The current leader's node id, when the error is about leadership and one is known.
     #[oai(skip_serializing_if_is_none)]
     pub leader_id: Option<u64>,
+    /// With `INVALID_JSON`: what the parser found, and the start of the body it read.
+    #[oai(skip_serializing_if_is_none)]
+    pub details: Option<InvalidJsonDetails>,
+}
+
+/// The seed's `details` of an `INVALID_JSON` answer, so a client can see what it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct InvalidJsonDetails {
+    /// The JSON parser's message, with the line and column where it stopped.
+    pub message: String,
+    /// The length of the body, in bytes.
+    pub body_length: u64,
+    /// The first 100 characters of the body (bytes that are not UTF-8 show as U+FFFD).
+    pub body_preview: String,
+}
+
+/// How much of a bad body `details.body_preview` shows, in characters.
+const BODY_PREVIEW_CHARS: usize = 100;
+
+impl InvalidJsonDetails {
+    pub fn new(message: impl Into<String>, body: &[u8]) -> Self {
+        // 100 characters take at most 400 bytes of UTF-8: decode no more than that.
+        let head = &body[..body.len().min(BODY_PREVIEW_CHARS * 4)];
+        InvalidJsonDetails {
+            message: message.into(),
+            body_length: body.len() as u64,
+            body_preview: String::from_utf8_lossy(head)
+                .chars()
+                .take(BODY_PREVIEW_CHARS)
+                .collect(),
+        }
+    }
 }
 
 impl Example for ErrorBody {
@@ -61,6 +93,7 @@ impl Example for ErrorBody {
             code: ErrorCode::KeyNotFound,
             key: Some("user:1".into()),
             leader_id: None,
+            details: None,
         }
     }
 }
@@ -68,13 +101,15 @@ impl Example for ErrorBody {
 /// Every way a request can fail.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    #[error("invalid JSON body: {0}")]
-    InvalidJson(String),
-    #[error("request body is empty; send {{\"value\": \"...\"}}")]
+    // The seed's texts, word for word: its clients may show them.
+    #[error("Invalid JSON format")]
+    InvalidJson(InvalidJsonDetails),
+    #[error("Request body is required")]
     EmptyBody,
-    #[error("value must not be empty")]
+    #[error("Value is required and cannot be empty")]
     EmptyValue,
-    #[error("unsupported content type {0}; send application/json")]
+    /// A body whose `Content-Type` is given and is not JSON (the type is kept for logs).
+    #[error("Content-Type must be application/json")]
     InvalidContentType(String),
     #[error("invalid key: {0}")]
     InvalidKey(String),
@@ -132,6 +167,7 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::EmptyBody
             | ApiError::EmptyValue
+            | ApiError::InvalidContentType(_)
             | ApiError::InvalidKey(_)
             | ApiError::KeyTooLarge { .. }
             | ApiError::InvalidMembership(_)
@@ -140,7 +176,6 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::InvalidContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ValueTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -195,6 +230,10 @@ impl ApiError {
             },
             leader_id: match self {
                 ApiError::NoLeader { leader, .. } => *leader,
+                _ => None,
+            },
+            details: match self {
+                ApiError::InvalidJson(details) => Some(details.clone()),
                 _ => None,
             },
         }
@@ -295,13 +334,12 @@ const RETRY_AFTER_SECS: u16 = 1;
 
 /// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
 const DOCUMENTED: &[(u16, &str)] = &[
-    (400, "Bad request: INVALID_JSON, EMPTY_BODY, EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
+    (400, "Bad request: INVALID_JSON (with `details`), EMPTY_BODY, EMPTY_VALUE, INVALID_CONTENT_TYPE (a body that is not application/json), INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
     (401, "UNAUTHORIZED: no valid bearer token (`Authorization: Bearer <token>`) while `auth.tokens` is set, or a cluster route without the right `x-kvstore-secret` header"),
     (403, "FORBIDDEN: the bearer token's role does not allow this route (read < write < admin)"),
-    (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route)"),
+    (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route, and for `/kv/` without a key)"),
     (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
-    (415, "INVALID_CONTENT_TYPE: the body is not application/json"),
     (500, "INTERNAL: an unexpected failure on this node"),
     (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests in flight; nothing was done, retry after the `Retry-After` seconds)"),
     (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
@@ -368,10 +406,21 @@ mod tests {
     }
 
     #[test]
+    fn body_preview_is_the_first_hundred_characters() {
+        let body = "é".repeat(150);
+        let details = InvalidJsonDetails::new("m", body.as_bytes());
+        assert_eq!(details.body_length, 300);
+        assert_eq!(details.body_preview, "é".repeat(100));
+        let short = InvalidJsonDetails::new("m", b"{\"value\": \xff");
+        assert_eq!(short.body_length, 11);
+        assert_eq!(short.body_preview, "{\"value\": \u{fffd}");
+    }
+
+    #[test]
     fn every_variant_keeps_its_code_and_status_through_poem() {
         let errors = [
             ApiError::EmptyBody,
-            ApiError::InvalidJson("x".into()),
+            ApiError::InvalidJson(InvalidJsonDetails::new("x", b"{")),
             ApiError::KeyTooLarge { len: 2, max: 1 },
             ApiError::NoLeader {
                 message: "m".into(),

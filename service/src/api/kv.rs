@@ -41,7 +41,14 @@ impl Key {
 pub struct PutRequest {
     /// The value to store: a non-empty UTF-8 string of at most `server.max_value_bytes`
     /// bytes (1 MiB by default).
+    // A missing or null `value` reads as empty, so `{}`, `{"value": null}` and
+    // `{"val": "x"}` answer `EMPTY_VALUE` like `{"value": ""}`, as in the seed.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub value: String,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Example for PutRequest {
@@ -267,6 +274,22 @@ mod tests {
             Key::parse(String::new(), 4),
             Err(ApiError::InvalidKey(_))
         ));
+    }
+
+    #[test]
+    fn a_missing_or_null_value_reads_as_empty() {
+        for body in [
+            r#"{}"#,
+            r#"{"value": null}"#,
+            r#"{"val": "x"}"#,
+            r#"{"value": ""}"#,
+        ] {
+            let req: PutRequest = serde_json::from_str(body).unwrap();
+            assert_eq!(req.value, "", "{body}");
+        }
+        for body in [r#"{"value": 42}"#, "[1]", r#""x""#] {
+            assert!(serde_json::from_str::<PutRequest>(body).is_err(), "{body}");
+        }
     }
 
     #[test]

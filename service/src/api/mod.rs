@@ -326,14 +326,15 @@ fn route_label(resp: &Response, path: &str) -> &'static str {
 
 /// Lets keys contain `/`: the router matches `/kv/{key}` on one path segment, so the
 /// rest of a `/kv/...` path is re-escaped into one segment before routing (poem
-/// percent-decodes it again for the handler). Keys that cannot be decoded to UTF-8, and
-/// the empty key, are refused here with `INVALID_KEY`.
+/// percent-decodes it again for the handler). Keys that cannot be decoded to UTF-8 are
+/// refused here with `INVALID_KEY`. `/kv/` itself names no key and is no route: 404
+/// `NOT_FOUND` for every method, as in the seed.
 fn route_key_path(mut req: Request) -> Result<Request, ApiError> {
     let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX) else {
         return Ok(req);
     };
     if raw_key.is_empty() {
-        return Err(ApiError::InvalidKey("key must not be empty".into()));
+        return Err(ApiError::NotFound(format!("{} {KV_PREFIX}", req.method())));
     }
     if percent_decode_str(raw_key).decode_utf8().is_err() {
         return Err(ApiError::InvalidKey(

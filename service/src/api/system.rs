@@ -57,6 +57,12 @@ pub struct FollowerView {
 #[derive(Debug, Clone, Object)]
 #[oai(example)]
 pub struct StatusResponse {
+    /// Always `kvstore`: which server answers (a field the seed's clients read).
+    pub server: String,
+    /// `healthy` when this node can serve reads and writes (what `/ready` answers 200
+    /// for), otherwise `degraded`: no leader known, applying behind, storage
+    /// unreachable, or Raft stopped.
+    pub status: String,
     pub node_id: u64,
     /// leader, follower, candidate, learner or shutdown.
     pub role: String,
@@ -101,6 +107,8 @@ pub struct StatusResponse {
 impl Example for StatusResponse {
     fn example() -> Self {
         StatusResponse {
+            server: SERVER_NAME.into(),
+            status: HEALTHY.into(),
             node_id: 1,
             role: "leader".into(),
             term: 1,
@@ -154,6 +162,12 @@ pub struct SystemApi {
     pub node: RaftNode,
 }
 
+/// `/status`'s `server`.
+const SERVER_NAME: &str = "kvstore";
+/// `/status`'s `status` while the node can serve, and otherwise.
+const HEALTHY: &str = "healthy";
+const DEGRADED: &str = "degraded";
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -187,27 +201,7 @@ impl SystemApi {
     /// be committed; otherwise 503 `NOT_READY` with the reason.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<ReadyResult, ApiError> {
-        let m = self.node.metrics();
-        if let Err(e) = &m.running_state {
-            return Err(ApiError::NotReady(format!("raft has stopped: {e}")));
-        }
-        if !self.node.storage_available() {
-            return Err(ApiError::NotReady(
-                "the storage backend is unreachable".into(),
-            ));
-        }
-        let Some(leader_id) = m.current_leader else {
-            return Err(ApiError::NotReady("no leader is known".into()));
-        };
-        let committed = m.local_committed.as_ref().map(|id| id.index);
-        let applied = m.last_applied.as_ref().map(|id| id.index);
-        if applied < committed {
-            return Err(ApiError::NotReady(format!(
-                "applied index {} is behind committed index {}",
-                applied.map_or("none".into(), |i| i.to_string()),
-                committed.map_or("none".into(), |i| i.to_string()),
-            )));
-        }
+        let leader_id = self.readiness().map_err(ApiError::NotReady)?;
         Ok(ReadyResult::Ok(Json(ReadyResponse {
             ready: true,
             node_id: self.node.id(),
@@ -251,7 +245,14 @@ impl SystemApi {
                 })
                 .collect()
         });
+        let status = if self.readiness().is_ok() {
+            HEALTHY
+        } else {
+            DEGRADED
+        };
         Ok(StatusResult::Ok(Json(StatusResponse {
+            server: SERVER_NAME.into(),
+            status: status.into(),
             node_id: self.node.id(),
             role: role_name(m.state).into(),
             term: m.current_term,
@@ -270,5 +271,31 @@ impl SystemApi {
             uptime_seconds: self.node.uptime().as_secs_f64(),
             timestamp: now_rfc3339(),
         })))
+    }
+}
+
+impl SystemApi {
+    /// Whether this node can serve: the leader it follows, or why it cannot.
+    fn readiness(&self) -> Result<u64, String> {
+        let m = self.node.metrics();
+        if let Err(e) = &m.running_state {
+            return Err(format!("raft has stopped: {e}"));
+        }
+        if !self.node.storage_available() {
+            return Err("the storage backend is unreachable".into());
+        }
+        let Some(leader_id) = m.current_leader else {
+            return Err("no leader is known".into());
+        };
+        let committed = m.local_committed.as_ref().map(|id| id.index);
+        let applied = m.last_applied.as_ref().map(|id| id.index);
+        if applied < committed {
+            return Err(format!(
+                "applied index {} is behind committed index {}",
+                applied.map_or("none".into(), |i| i.to_string()),
+                committed.map_or("none".into(), |i| i.to_string()),
+            ));
+        }
+        Ok(leader_id)
     }
 }

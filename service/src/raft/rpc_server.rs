@@ -20,7 +20,7 @@ use super::rpc::{
 };
 use super::typ::Snapshot;
 use super::{RaftNode, TypeConfig};
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, InvalidJsonDetails};
 use crate::api::secret_matches;
 use crate::telemetry::trace;
 use tracing::Instrument;
@@ -300,7 +300,8 @@ async fn forward_admin(node: Data<&RaftNode>, Json(op): Json<AdminOp>) -> Json<A
 }
 
 fn bad_request(e: impl std::fmt::Display) -> poem::Error {
-    ApiError::InvalidJson(format!("bad snapshot stream: {e}")).into()
+    let details = InvalidJsonDetails::new(format!("bad snapshot stream: {e}"), b"");
+    ApiError::InvalidJson(details).into()
 }
 
 fn internal(e: impl std::fmt::Display) -> poem::Error {

@@ -4,49 +4,71 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{error, spawn_app, spawn_app_with, Backend};
+use reqwest::Method;
+
+use crate::helpers::{error, json, spawn_app, spawn_app_with, Backend};
+
+// The seed's error contract, row by row: the same status, `code` and `error` text as
+// the seed's reference server.
 
 async fn empty_body_is_empty_body(backend: Backend) {
     let app = spawn_app(backend).await;
-    error(
-        app.put_raw("k", Some("application/json"), "").await,
-        400,
-        "EMPTY_BODY",
-    )
-    .await;
-    error(
-        app.put_raw("k", Some("application/json"), "  \n").await,
-        400,
-        "EMPTY_BODY",
-    )
-    .await;
+    for body in ["", "  \n"] {
+        let resp = app.put_raw("k", Some("application/json"), body).await;
+        let body = error(resp, 400, "EMPTY_BODY").await;
+        assert_eq!(body["error"], "Request body is required");
+    }
     app.stop().await;
 }
 
-async fn empty_value_is_empty_value(backend: Backend) {
+async fn missing_null_or_empty_values_are_empty_value(backend: Backend) {
     let app = spawn_app(backend).await;
-    error(app.put("k", "").await, 400, "EMPTY_VALUE").await;
+    for body in [
+        r#"{}"#,
+        r#"{"value": null}"#,
+        r#"{"value": ""}"#,
+        r#"{"val": "x"}"#,
+    ] {
+        let resp = app.put_raw("k", Some("application/json"), body).await;
+        let answer = error(resp, 400, "EMPTY_VALUE").await;
+        assert_eq!(
+            answer["error"], "Value is required and cannot be empty",
+            "{body}"
+        );
+    }
+    error(app.get("k").await, 404, "KEY_NOT_FOUND").await;
     app.stop().await;
 }
 
-async fn malformed_or_mistyped_json_is_invalid_json(backend: Backend) {
+async fn malformed_or_mistyped_json_is_invalid_json_with_details(backend: Backend) {
     let app = spawn_app(backend).await;
     for body in [
         "{bad",
         "[1,2]",
         "\"just a string\"",
         "{\"value\": 42}",
-        "{\"value\": null}",
-        "{\"other\": \"x\"}",
         "{\"value\": \"x\"} trailing",
     ] {
-        error(
-            app.put_raw("k", Some("application/json"), body).await,
-            400,
-            "INVALID_JSON",
-        )
-        .await;
+        let resp = app.put_raw("k", Some("application/json"), body).await;
+        let answer = error(resp, 400, "INVALID_JSON").await;
+        assert_eq!(answer["error"], "Invalid JSON format", "{body}");
+        let details = &answer["details"];
+        assert!(
+            details["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+        assert_eq!(details["body_length"], body.len(), "{answer}");
+        assert_eq!(details["body_preview"], body, "{answer}");
     }
+    // The preview is the first 100 characters of a longer body.
+    let long = format!("{{\"value\": \"{}", "é".repeat(200));
+    let resp = app
+        .put_raw("k", Some("application/json"), long.clone())
+        .await;
+    let answer = error(resp, 400, "INVALID_JSON").await;
+    assert_eq!(answer["details"]["body_length"], long.len());
+    let preview: String = long.chars().take(100).collect();
+    assert_eq!(answer["details"]["body_preview"], preview.as_str());
     // Invalid UTF-8 inside the JSON text.
     let bytes: Vec<u8> = b"{\"value\": \"\xff\xfe\"}".to_vec();
     error(
@@ -71,28 +93,15 @@ async fn unknown_fields_are_ignored(backend: Backend) {
     app.stop().await;
 }
 
-async fn wrong_or_missing_content_type_is_invalid_content_type(backend: Backend) {
+async fn a_content_type_that_is_not_json_is_invalid_content_type(backend: Backend) {
     let app = spawn_app(backend).await;
     let body = "{\"value\": \"v\"}";
-    error(
-        app.put_raw("k", Some("text/plain"), body).await,
-        415,
-        "INVALID_CONTENT_TYPE",
-    )
-    .await;
-    error(
-        app.put_raw("k", None, body).await,
-        415,
-        "INVALID_CONTENT_TYPE",
-    )
-    .await;
-    error(
-        app.put_raw("k", Some("application/x-www-form-urlencoded"), body)
-            .await,
-        415,
-        "INVALID_CONTENT_TYPE",
-    )
-    .await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let resp = app.put_raw("k", Some(content_type), body).await;
+        let answer = error(resp, 400, "INVALID_CONTENT_TYPE").await;
+        assert_eq!(answer["error"], "Content-Type must be application/json");
+    }
+    error(app.get("k").await, 404, "KEY_NOT_FOUND").await;
     let ok = app
         .put_raw("k", Some("application/json; charset=utf-8"), body)
         .await;
@@ -100,12 +109,35 @@ async fn wrong_or_missing_content_type_is_invalid_content_type(backend: Backend)
     app.stop().await;
 }
 
-async fn undecodable_or_empty_keys_are_invalid_key(backend: Backend) {
+/// As with the seed, a body without a `Content-Type` is read as JSON.
+async fn a_body_without_content_type_is_read_as_json(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let resp = app.put_raw("k", None, "{\"value\": \"v\"}").await;
+    assert_eq!(json(resp, 201).await["value"], "v");
+    assert_eq!(json(app.get("k").await, 200).await["value"], "v");
+    error(app.put_raw("k", None, "{bad").await, 400, "INVALID_JSON").await;
+    app.stop().await;
+}
+
+async fn kv_without_a_key_is_not_found_for_every_method(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for method in [Method::GET, Method::PUT, Method::DELETE, Method::POST] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url("/kv/"))
+            .json(&serde_json::json!({"value": "v"}))
+            .send()
+            .await
+            .unwrap();
+        error(resp, 404, "NOT_FOUND").await;
+    }
+    app.stop().await;
+}
+
+async fn undecodable_keys_are_invalid_key(backend: Backend) {
     let app = spawn_app(backend).await;
     error(app.get("%FF").await, 400, "INVALID_KEY").await;
     error(app.put("%C3%28", "v").await, 400, "INVALID_KEY").await;
-    error(app.get("").await, 400, "INVALID_KEY").await;
-    error(app.put("", "v").await, 400, "INVALID_KEY").await;
     app.stop().await;
 }
 
@@ -168,11 +200,13 @@ async fn a_stalled_body_times_out(backend: Backend) {
 
 crate::backend_tests!(
     empty_body_is_empty_body,
-    empty_value_is_empty_value,
-    malformed_or_mistyped_json_is_invalid_json,
+    missing_null_or_empty_values_are_empty_value,
+    malformed_or_mistyped_json_is_invalid_json_with_details,
     unknown_fields_are_ignored,
-    wrong_or_missing_content_type_is_invalid_content_type,
-    undecodable_or_empty_keys_are_invalid_key,
+    a_content_type_that_is_not_json_is_invalid_content_type,
+    a_body_without_content_type_is_read_as_json,
+    kv_without_a_key_is_not_found_for_every_method,
+    undecodable_keys_are_invalid_key,
     unknown_routes_and_methods_answer_json,
     bad_query_parameter_is_invalid_parameter,
     a_stalled_body_times_out,

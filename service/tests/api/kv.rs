@@ -47,6 +47,7 @@ async fn delete_of_missing_key_is_404_with_the_key(backend: Backend) {
     let app = spawn_app(backend).await;
     let body = error(app.delete("ghost").await, 404, "KEY_NOT_FOUND").await;
     assert_eq!(body["key"], "ghost");
+    assert_eq!(body["error"], "Key not found");
     app.stop().await;
 }
 

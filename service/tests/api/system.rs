@@ -43,6 +43,8 @@ async fn status_reports_raft_and_node_facts(backend: Backend) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
+    assert_eq!(body["server"], "kvstore");
+    assert_eq!(body["status"], "healthy");
     assert_eq!(body["node_id"], 1);
     assert_eq!(body["role"], "leader");
     assert_eq!(body["leader_id"], 1);
