@@ -153,7 +153,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "starting kvstore");
+    // The path as text (no field without --config), not Rust's `Some("...")`.
+    let config_file = cli.config.as_deref().map(|p| p.display().to_string());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = config_file.as_deref(),
+        "starting kvstore"
+    );
     let app = match Application::build(&settings).await {
         Ok(app) => app,
         Err(e) => {

@@ -115,6 +115,68 @@ async fn logging_file_receives_the_logs() {
     child.wait().unwrap();
 }
 
+/// `logging.file` in a directory that does not exist yet (as in a fresh clone's
+/// `config/cluster/node1.yaml`): the node creates the directory, and its start-up line
+/// names the config file as plain text.
+#[tokio::test]
+async fn a_missing_log_directory_is_created_and_the_start_up_line_names_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("logs/node1/kv.log");
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!("logging:\n  file: {:?}\n", log_file.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut child = command(&dir.path().join("data"), &[])
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if text.lines().any(|l| l.contains("serving the client API")) {
+            break text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the node exited with {status} before it served");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start-up line in {log_file:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "starting kvstore")
+        .expect("a start-up line");
+    assert_eq!(start["config"], config.to_str().unwrap(), "{start}");
+}
+
+/// A node that knows no leader (one waiting to be added to a cluster) says so in
+/// `/status`, as `/ready` does.
+#[tokio::test]
+async fn status_is_degraded_while_no_leader_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[("KV_CLUSTER_BOOTSTRAP", "false")]);
+    let resp = client.get(node.url("/status")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["server"], "kvstore", "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    let ready = client.get(node.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
 #[test]
 fn invalid_config_exits_non_zero_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();

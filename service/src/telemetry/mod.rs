@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod trace;
 
 use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::Mutex;
 
 use tracing::Level;
@@ -40,10 +41,9 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
     let filter = EnvFilter::try_new(&logging.level)?;
     let fmt: BoxedLayer = match &logging.file {
         Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            // Like the data dir, the log file's directory is created when missing.
+            let file = create_parent_dir(path)
+                .and_then(|()| OpenOptions::new().create(true).append(true).open(path))
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "invalid setting `logging.file`: cannot open {}: {e}",
@@ -73,6 +73,13 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(Guard { provider })
+}
+
+fn create_parent_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+        _ => Ok(()),
+    }
 }
 
 fn fmt_layer<W>(format: LogFormat, writer: W) -> BoxedLayer
