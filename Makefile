@@ -24,7 +24,7 @@ cluster: ## Start a 3-node cluster on loopback (API :8081-8083, Raft :9001-9003)
 	  echo $$! > data/cluster/node$$i.pid; \
 	done
 	@for i in 1 2 3; do \
-	  for t in $$(seq 100); do curl -sf http://127.0.0.1:808$$i/ready >/dev/null && break; sleep 0.1; done; \
+	  for t in $$(seq 300); do curl -sf http://127.0.0.1:808$$i/ready >/dev/null && break; sleep 0.1; done; \
 	  curl -sf http://127.0.0.1:808$$i/ready >/dev/null || { echo "node$$i is not ready; see data/cluster/node$$i.log"; exit 1; }; \
 	done
 	@echo "cluster ready: http://127.0.0.1:8081 http://127.0.0.1:8082 http://127.0.0.1:8083"

@@ -258,9 +258,6 @@ class Sandbox:
                 except (OSError, ValueError):
                     pass
 
-    def shell(self, command):
-        return ["bash", "-c", SHELL_PRELUDE + command]
-
     def run(self, command):
         """Runs one README command; returns (exit code, curl status or None, body)."""
         for path in (self.body, self.status):
@@ -269,18 +266,13 @@ class Sandbox:
         self.log.write(f"$ {command}\n")
         self.log.flush()
         self.note_cluster_pids()
+        proc = self.spawn(command)
         try:
-            rc = subprocess.run(
-                self.shell(command),
-                cwd=self.dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=self.log,
-                stderr=self.log,
-                timeout=COMMAND_TIMEOUT,
-            ).returncode
+            rc = proc.wait(timeout=COMMAND_TIMEOUT)
         except subprocess.TimeoutExpired:
-            rc = "timeout"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = f"a timeout ({COMMAND_TIMEOUT} s)"
         self.log.write("\n")
         self.note_cluster_pids()
         status = body = None
@@ -295,8 +287,12 @@ class Sandbox:
         """Starts a command that keeps running (a node in the foreground)."""
         self.log.write(f"$ {command} &\n")
         self.log.flush()
+        return self.spawn(command)
+
+    def spawn(self, command):
+        """`command` in bash, in its own process group (so that it can be stopped whole)."""
         return subprocess.Popen(
-            self.shell(command),
+            ["bash", "-c", SHELL_PRELUDE + command],
             cwd=self.dir,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -304,6 +300,12 @@ class Sandbox:
             stderr=self.log,
             start_new_session=True,
         )
+
+    def output_since(self, offset, limit=4000):
+        self.log.flush()
+        with open(self.log.name) as f:
+            f.seek(offset)
+            return f.read()[-limit:]
 
     def log_tail(self, lines=40):
         self.log.flush()
@@ -396,6 +398,8 @@ class Checker:
         self.checked = 0
 
     def check(self, cmd):
+        self.sandbox.log.flush()
+        output_from = self.sandbox.log.tell()
         rc, status, body = self.sandbox.run(cmd.text)
         where = f"README.md:{cmd.line}: {cmd.text}"
         expected = cmd.expectation()
@@ -423,7 +427,7 @@ class Checker:
         self.checked += 1
         if problem:
             self.failures.append(f"{where}\n    {problem}")
-            say(f"FAIL {where}\n    {problem}")
+            say(f"FAIL {where}\n    {problem}\n    its output:\n{self.sandbox.output_since(output_from)}")
         else:
             say(f"ok   {where}")
 

@@ -99,20 +99,34 @@ async fn logging_file_receives_the_logs() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let lines = logged_until_serving(&log_file, &mut child).await;
+    assert!(lines.iter().any(|l| l["message"] == "starting kvstore"));
+}
+
+/// The JSON lines of `log_file` once it has the line that says the node serves; the
+/// node is then killed.
+async fn logged_until_serving(log_file: &Path, child: &mut std::process::Child) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let lines = loop {
+        let text = std::fs::read_to_string(log_file).unwrap_or_default();
         if text.lines().any(|l| l.contains("serving the client API")) {
-            break;
+            break text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the node exited with {status} before it served");
         }
         assert!(
             Instant::now() < deadline,
-            "log file never got the start-up line"
+            "no start-up line in {log_file:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     child.kill().unwrap();
     child.wait().unwrap();
+    lines
 }
 
 /// `logging.file` in a directory that does not exist yet (as in a fresh clone's
@@ -134,26 +148,7 @@ async fn a_missing_log_directory_is_created_and_the_start_up_line_names_the_conf
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let lines: Vec<Value> = loop {
-        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if text.lines().any(|l| l.contains("serving the client API")) {
-            break text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the node exited with {status} before it served");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no start-up line in {log_file:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let lines = logged_until_serving(&log_file, &mut child).await;
     let start = lines
         .iter()
         .find(|l| l["message"] == "starting kvstore")
