@@ -6,6 +6,8 @@ mod support;
 
 #[path = "cluster/harness.rs"]
 mod harness;
+#[path = "cluster/large_values.rs"]
+mod large_values;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -246,6 +248,22 @@ async fn three_nodes_sharing_one_server_form_a_cluster() {
             .unwrap();
         assert_eq!(code, 404, "node {id}");
     }
+}
+
+/// The bursts of 1 MiB writes of the cluster tests, on three nodes each with its own
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_1mib_writes_never_stop_a_postgres_cluster() {
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    let mut node_env = BTreeMap::new();
+    for id in 1..=3 {
+        let database = server.create_database().await;
+        node_env.insert(id, server.env(&database));
+    }
+    let cluster = harness::Cluster::start_with_node_env(3, large_values::ENV, node_env);
+    large_values::bursts_of_large_values(&cluster).await;
 }
 
 /// A storage failure that is not an outage (here, a table dropped under the node) is a

@@ -89,7 +89,7 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::EmptyBody.into());
         }
-        serde_json::from_slice(&bytes)
+        crate::cpu::heavy(bytes.len(), || serde_json::from_slice(&bytes))
             .map(JsonBody)
             .map_err(|e| ApiError::InvalidJson(e.to_string()).into())
     }
