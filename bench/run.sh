@@ -8,6 +8,9 @@
 # drift in the machine's speed touches all systems alike; the table shows medians.
 # SYSTEMS picks some of: etcd1 kv1 etcd3 kv3 pg3 (default: all). KVSTORE_BIN measures
 # another kvstore binary (say, one built from an earlier commit) instead of this build.
+# Large values: after the main runs, each round measures the 3-node systems (etcd3,
+# kv3) again with each size of LARGE_VALUES ("65536 1048576" bytes; empty skips it),
+# LARGE_CONNS (16) connections and LARGE_KEYS (64) keys, so reads find what was written.
 # fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,7 @@ cd "$(dirname "$0")/.."
 CONNS="${CONNS:-64}" VALUE="${VALUE:-100}" KEYS="${KEYS:-10000}"
 DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}" ROUNDS="${ROUNDS:-3}"
 SYSTEMS="${SYSTEMS:-etcd1 kv1 etcd3 kv3 pg3}"
+LARGE_VALUES="${LARGE_VALUES-65536 1048576}" LARGE_CONNS="${LARGE_CONNS:-16}" LARGE_KEYS="${LARGE_KEYS:-64}"
 WORK="$(mktemp -d)"
 RESULTS="$WORK/results.jsonl"
 PIDS=()
@@ -34,6 +38,8 @@ stop_all() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   PIDS=()
+  # The data dirs (large values fill them quickly); the logs stay until the end.
+  find "$WORK" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 }
 
 wait_http() { # URL: until it answers 200, up to 60 s
@@ -58,9 +64,10 @@ cpu_ticks() { # CPU time (clock ticks) the running servers have used so far
 
 ROUND=0
 
-bench() { # NAME TARGET URLS WRITES
-  local name="$1" target="$2" urls="$3" writes="$4" before report server_cpu
-  log "round $ROUND/$ROUNDS, $name: $([ "$writes" = 1 ] && echo writes || echo reads)"
+bench() { # NAME TARGET URLS WRITES VALUE_SIZE CONNECTIONS KEYS
+  local name="$1" target="$2" urls="$3" writes="$4" value="$5" conns="$6" keys="$7"
+  local before report server_cpu
+  log "round $ROUND/$ROUNDS, $name, $value-byte values: $([ "$writes" = 1 ] && echo writes || echo reads)"
   before="$(cpu_ticks)"
   # The generator runs as a child of Python, which adds its CPU time (getrusage) to the
   # report; the servers' CPU time over the same run comes from /proc.
@@ -69,10 +76,10 @@ out = subprocess.run(sys.argv[1:], check=True, capture_output=True, text=True).s
 r = json.loads(out)
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 r["generator_cpu_s"] = u.ru_utime + u.ru_stime
-print(json.dumps(r))' "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$CONNS" \
-    --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json)"
+print(json.dumps(r))' "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$conns" \
+    --keys "$keys" --value-size "$value" --duration "$DURATION" --warmup "$WARMUP" --json)"
   server_cpu="$(( $(cpu_ticks) - before ))"
-  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'; r['round']=$ROUND
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'; r['round']=$ROUND; r['workload']='$WORKLOAD'
 if $COUNT_CPU: r['server_cpu_s']=$server_cpu / $(getconf CLK_TCK)
 print(json.dumps(r))" "$report" >>"$RESULTS"
 }
@@ -87,18 +94,25 @@ members() { # N: the initial members of an N-node kvstore cluster on loopback
   (IFS=,; echo "${out[*]}")
 }
 
+# Which table a run belongs to: main or large (values).
+WORKLOAD=main
+
+# Counts the systems started, so each gets fresh data dirs.
+RUN=0
+
 start_kvstore() { # N BACKEND
   local n="$1" backend="$2" i initial
+  RUN=$((RUN + 1))
   initial="$(members "$n")"
   for i in $(seq "$n"); do
     local env=(KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="1808$i"
       KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="1908$i" KV_CLUSTER_INITIAL_MEMBERS="$initial"
-      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
+      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND-$RUN" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
     if [ "$backend" = postgres ]; then
       env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv${ROUND}_$i"
         KV_DB_USER=postgres KV_DB_PASSWORD=bench KV_DB_SSL_MODE=disable KV_DB_MAX_CONNS=8)
     fi
-    env "${env[@]}" "$KV" >"$WORK/kv-$backend-$n-$i-r$ROUND.log" 2>&1 &
+    env "${env[@]}" "$KV" >"$WORK/kv-$backend-$n-$i-r$ROUND-$RUN.log" 2>&1 &
     PIDS+=($!)
   done
   for i in $(seq "$n"); do wait_http "http://127.0.0.1:1808$i/ready"; done
@@ -106,14 +120,17 @@ start_kvstore() { # N BACKEND
 
 start_etcd() { # N
   local n="$1" i cluster=()
+  RUN=$((RUN + 1))
   for i in $(seq "$n"); do cluster+=("e$i=http://127.0.0.1:2380$i"); done
   cluster="$(IFS=,; echo "${cluster[*]}")"
   for i in $(seq "$n"); do
-    etcd --name "e$i" --data-dir "$WORK/etcd-$n-$i-r$ROUND" \
+    # A larger backend quota: a run of 1 MiB writes keeps every version (no compaction)
+    # and would pass the 2 GiB default.
+    etcd --name "e$i" --data-dir "$WORK/etcd-$n-$i-r$ROUND-$RUN" --quota-backend-bytes 8589934592 \
       --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
       --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
       --initial-cluster "$cluster" --initial-cluster-state new --log-level error \
-      >"$WORK/etcd-$n-$i-r$ROUND.log" 2>&1 &
+      >"$WORK/etcd-$n-$i-r$ROUND-$RUN.log" 2>&1 &
     PIDS+=($!)
   done
   for i in $(seq "$n"); do wait_http "http://127.0.0.1:2379$i/health"; done
@@ -127,9 +144,10 @@ urls() { # PORT_PREFIX N
 
 wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
-measure() { # NAME TARGET URLS: writes, then reads, then the servers stop
-  bench "$1" "$2" "$3" 1
-  bench "$1" "$2" "$3" 0
+measure() { # NAME TARGET URLS [VALUE_SIZE CONNECTIONS KEYS]: writes, then reads, then the servers stop
+  local value="${4:-$VALUE}" conns="${5:-$CONNS}" keys="${6:-$KEYS}"
+  bench "$1" "$2" "$3" 1 "$value" "$conns" "$keys"
+  bench "$1" "$2" "$3" 0 "$value" "$conns" "$keys"
   stop_all
 }
 
@@ -167,7 +185,19 @@ for ROUND in $(seq "$ROUNDS"); do
     done
     PGPASSWORD=bench psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c CHECKPOINT
   fi
+  WORKLOAD=large
+  for size in $LARGE_VALUES; do
+    if wants etcd3; then
+      start_etcd 3
+      measure "etcd 3" etcd "$(urls 2379 3)" "$size" "$LARGE_CONNS" "$LARGE_KEYS"
+    fi
+    if wants kv3; then
+      start_kvstore 3 redb
+      measure "kvstore 3 redb" kvstore "$(urls 1808 3)" "$size" "$LARGE_CONNS" "$LARGE_KEYS"
+    fi
+  done
+  WORKLOAD=main
 done
 
 [ -n "${KEEP_RESULTS:-}" ] && cp "$RESULTS" "$KEEP_RESULTS"
-python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION"
+python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION" "$LARGE_CONNS" "$LARGE_KEYS"

@@ -1,8 +1,9 @@
-"""Prints `make bench` results as one Markdown table with kvstore/etcd ratios.
+"""Prints `make bench` results as Markdown tables with kvstore/etcd ratios: the main
+workload, then the large-value workload (3-node systems, one row per value size).
 
 Each system ran once per round; a cell is the median over the rounds, and a ratio is
 the median kvstore figure over the median etcd figure. The rounds' own ratios (each
-round's kvstore run against the same round's etcd run) follow the table.
+round's kvstore run against the same round's etcd run) follow the main table.
 """
 import json
 import os
@@ -10,12 +11,16 @@ import platform
 import statistics
 import sys
 
-path, conns, value, duration = sys.argv[1:5]
-runs = {}  # (name, kind) -> [report, ...] in round order
+path, conns, value, duration, large_conns, large_keys = sys.argv[1:7]
+runs = {}  # (name, kind) -> [report, ...] in round order, main workload
+large = {}  # (name, kind, value size) -> [report, ...], large values
 for line in open(path):
     r = json.loads(line)
     kind = "writes" if r["writes"] == 1 else "reads"
-    runs.setdefault((r["name"], kind), []).append(r)
+    if r.get("workload", "main") == "large":
+        large.setdefault((r["name"], kind, r["value_size"]), []).append(r)
+    else:
+        runs.setdefault((r["name"], kind), []).append(r)
 rounds = max((r["round"] for rs in runs.values() for r in rs), default=0)
 
 
@@ -90,3 +95,44 @@ for name in names:
 if lines:
     print("\nEach round's ratio to etcd, in round order:")
     print("\n".join(lines))
+
+
+def size_label(size):
+    for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def large_cell(name, kind, size):
+    rs = large.get((name, kind, size))
+    if not rs:
+        return None, "-", "-"
+    errors = {}
+    for r in rs:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    note = f" ({', '.join(f'{n} {c}' for c, n in sorted(errors.items()))})" if errors else ""
+    ops = median([r["throughput"] for r in rs])
+    p99 = median([r["latency_ms"]["p99"] for r in rs])
+    return ops, f"{ops:,.0f} ({ops * size / (1 << 20):,.0f} MiB/s){note}", f"{p99:.0f}"
+
+
+if large:
+    sizes = sorted({size for (_, _, size) in large})
+    print(f"\nLarge values: {large_conns} connections, {large_keys} keys (reads find values "
+          f"written), otherwise as above; median of {rounds} round{'s' if rounds != 1 else ''}.\n")
+    print("| system | value | writes/s | write p99 ms | reads/s (linearizable) | read p99 ms | writes vs etcd | reads vs etcd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in sizes:
+        for name in ["etcd 3", "kvstore 3 redb"]:
+            w_ops, w, wp = large_cell(name, "writes", size)
+            r_ops, r, rp = large_cell(name, "reads", size)
+            if w_ops is None and r_ops is None:
+                continue
+            ratios = []
+            for kind, mine in (("writes", w_ops), ("reads", r_ops)):
+                base = baseline(name)
+                theirs = base and large_cell(base, kind, size)[0]
+                ratios.append(f"{mine / theirs:.2f}x" if mine and theirs else "-")
+            print(f"| {name} | {size_label(size)} | {w} | {wp} | {r} | {rp} | {ratios[0]} | {ratios[1]} |")

@@ -25,6 +25,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_SERVER_MAX_KEY_BYTES", "server.max_key_bytes"),
     ("KV_SERVER_MAX_VALUE_BYTES", "server.max_value_bytes"),
     ("KV_SERVER_MAX_IN_FLIGHT", "server.max_in_flight"),
+    (
+        "KV_SERVER_MAX_IN_FLIGHT_BYTES",
+        "server.max_in_flight_bytes",
+    ),
     ("KV_STORAGE_TYPE", "storage.type"),
     ("KV_STORAGE_DATA_DIR", "storage.data_dir"),
     ("KV_STORAGE_SYNC_WRITES", "storage.sync_writes"),
@@ -124,7 +128,20 @@ pub struct ServerSettings {
     /// `Retry-After` at once instead of waiting in a queue. `/health`, `/ready` and
     /// `/metrics` are not counted.
     pub max_in_flight: usize,
+    /// Bytes of write request bodies a node serves at once (charged by their declared
+    /// length, before they are read), and bytes of keys and values the leader has in
+    /// Raft at once, from every node; beyond it a write gets 503 `OVERLOADED` with
+    /// `Retry-After` at once. Bounds memory and the time a burst of large values takes
+    /// to replicate, which a count of requests cannot.
+    pub max_in_flight_bytes: usize,
 }
+
+/// The largest `server.max_value_bytes` accepted: one write must always fit one
+/// node-to-node message (see `raft::rpc::MAX_FRAME`). etcd suggests at most 10 MiB per
+/// request; Consul takes 512 KiB per value.
+pub const MAX_VALUE_BYTES_CEILING: usize = 8 << 20;
+/// The largest `server.max_key_bytes` accepted, for the same reason.
+pub const MAX_KEY_BYTES_CEILING: usize = 64 << 10;
 
 /// Which backend keeps the Raft log and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -514,6 +531,7 @@ server:
   max_key_bytes: 1024
   max_value_bytes: 1048576
   max_in_flight: 1024
+  max_in_flight_bytes: 67108864
 storage:
   type: "file"
   data_dir: "./data"
@@ -646,6 +664,31 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "server.max_value_bytes",
                 "must be at least 1",
+            ));
+        }
+        if self.server.max_key_bytes > MAX_KEY_BYTES_CEILING {
+            return Err(ConfigError::invalid(
+                "server.max_key_bytes",
+                format!("must be at most {MAX_KEY_BYTES_CEILING} (64 KiB)"),
+            ));
+        }
+        if self.server.max_value_bytes > MAX_VALUE_BYTES_CEILING {
+            return Err(ConfigError::invalid(
+                "server.max_value_bytes",
+                format!(
+                    "must be at most {MAX_VALUE_BYTES_CEILING} (8 MiB), so that one write \
+                     fits one message between nodes"
+                ),
+            ));
+        }
+        let one_write = self.server.max_key_bytes + self.server.max_value_bytes;
+        if self.server.max_in_flight_bytes < one_write {
+            return Err(ConfigError::invalid(
+                "server.max_in_flight_bytes",
+                format!(
+                    "must be at least server.max_key_bytes + server.max_value_bytes \
+                     ({one_write}), or the largest write could never be admitted"
+                ),
             ));
         }
         if self.server.max_in_flight == 0 {
@@ -1165,6 +1208,27 @@ mod tests {
         assert!(msg.contains("server.max_in_flight"), "{msg}");
         let s = load(None, &[("KV_SERVER_MAX_IN_FLIGHT", "8")]).unwrap();
         assert_eq!(s.server.max_in_flight, 8);
+    }
+
+    #[test]
+    fn value_and_in_flight_byte_limits_are_bounded() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.server.max_in_flight_bytes, 64 << 20);
+        let msg = error_text(None, &[("KV_SERVER_MAX_VALUE_BYTES", "8388609")]);
+        assert!(msg.contains("server.max_value_bytes"), "{msg}");
+        let msg = error_text(None, &[("KV_SERVER_MAX_KEY_BYTES", "65537")]);
+        assert!(msg.contains("server.max_key_bytes"), "{msg}");
+        let msg = error_text(None, &[("KV_SERVER_MAX_IN_FLIGHT_BYTES", "1048576")]);
+        assert!(msg.contains("server.max_in_flight_bytes"), "{msg}");
+        let s = load(
+            None,
+            &[
+                ("KV_SERVER_MAX_VALUE_BYTES", "8388608"),
+                ("KV_SERVER_MAX_IN_FLIGHT_BYTES", "8389632"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.server.max_in_flight_bytes, 8389632);
     }
 
     #[test]

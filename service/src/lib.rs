@@ -1,5 +1,7 @@
 //! kvstore: a distributed, strongly consistent key-value store on Raft.
 //!
+//! - [`admission`] bounds the bytes of writes in flight.
+//! - [`cpu`] runs heavy encoding and decoding without stalling other tasks.
 //! - [`config`] holds the settings from YAML and `KV_*` variables.
 //! - [`api`] is the HTTP API (poem-openapi), Swagger UI and the OpenAPI spec.
 //! - [`raft`] is the openraft wiring and the running node.
@@ -7,8 +9,10 @@
 //! - [`startup`] binds the listener and serves until shutdown.
 //! - [`telemetry`] sets up logging.
 
+pub mod admission;
 pub mod api;
 pub mod config;
+pub mod cpu;
 pub mod raft;
 pub mod startup;
 pub mod store;

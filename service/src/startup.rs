@@ -62,6 +62,7 @@ impl Application {
                 max_key_bytes: settings.server.max_key_bytes,
                 max_value_bytes: settings.server.max_value_bytes,
                 max_in_flight: settings.server.max_in_flight,
+                max_in_flight_bytes: settings.server.max_in_flight_bytes,
                 request_timeout: settings.server.request_timeout,
             },
             shutdown_timeout: settings.server.shutdown_timeout,

@@ -6,6 +6,8 @@ mod support;
 
 #[path = "cluster/harness.rs"]
 mod harness;
+#[path = "cluster/large_values.rs"]
+mod large_values;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -202,16 +204,22 @@ async fn bad_credentials_or_host_exit_non_zero_without_the_password() {
     assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
 }
 
+/// For nodes 1 to `n`: settings that give each its own database on `server`.
+async fn own_databases(server: &PgServer, n: u64) -> BTreeMap<u64, Vec<(String, String)>> {
+    let mut node_env = BTreeMap::new();
+    for id in 1..=n {
+        let database = server.create_database().await;
+        node_env.insert(id, server.env(&database));
+    }
+    node_env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_sharing_one_server_form_a_cluster() {
     let Some(server) = PgServer::start().await else {
         return;
     };
-    let mut node_env = BTreeMap::new();
-    for id in 1..=3 {
-        let database = server.create_database().await;
-        node_env.insert(id, server.env(&database));
-    }
+    let node_env = own_databases(&server, 3).await;
     let cluster = harness::Cluster::start_with_node_env(3, &[], node_env);
     let leader = cluster
         .wait_leader(&[1, 2, 3], Duration::from_secs(5))
@@ -246,6 +254,18 @@ async fn three_nodes_sharing_one_server_form_a_cluster() {
             .unwrap();
         assert_eq!(code, 404, "node {id}");
     }
+}
+
+/// The bursts of 1 MiB writes of the cluster tests, on three nodes each with its own
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_1mib_writes_never_stop_a_postgres_cluster() {
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    let node_env = own_databases(&server, 3).await;
+    let cluster = harness::Cluster::start_with_node_env(3, large_values::ENV, node_env);
+    large_values::bursts_of_large_values(&cluster).await;
 }
 
 /// A storage failure that is not an outage (here, a table dropped under the node) is a

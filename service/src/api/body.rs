@@ -91,9 +91,11 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::EmptyBody.into());
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiError::InvalidJson(InvalidJsonDetails::new(e.to_string(), &bytes)).into()
-        })
+        crate::cpu::heavy(bytes.len(), || serde_json::from_slice(&bytes))
+            .map(JsonBody)
+            .map_err(|e| {
+                ApiError::InvalidJson(InvalidJsonDetails::new(e.to_string(), &bytes)).into()
+            })
     }
 }
 

@@ -155,8 +155,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("not ready: {0}")]
     NotReady(String),
-    #[error("overloaded: {0} requests are in flight (server.max_in_flight); retry shortly")]
-    Overloaded(usize),
+    #[error("overloaded: {0}; nothing was done, retry shortly")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -279,6 +279,7 @@ impl From<NodeError> for ApiError {
             NodeError::InvalidMembership(_) => ApiError::InvalidMembership(message),
             NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             NodeError::Timeout(_) => ApiError::Timeout(message),
+            NodeError::Overloaded(_) => ApiError::Overloaded(message),
             NodeError::Unavailable(_) => ApiError::Unavailable(message),
             NodeError::StorageUnavailable(_) => ApiError::StorageUnavailable(message),
             NodeError::Storage(_) => ApiError::Internal(message),
@@ -341,7 +342,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
     (500, "INTERNAL: an unexpected failure on this node"),
-    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests in flight; nothing was done, retry after the `Retry-After` seconds)"),
+    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests, or too many bytes of writes, in flight; nothing was done, retry after the `Retry-After` seconds)"),
     (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
 ];
 

@@ -25,6 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub use self::auth::Auth;
 use self::body::BodyRules;
 use self::error::ApiError;
+use crate::admission::ByteBudget;
 use crate::raft::RaftNode;
 use crate::telemetry::{metrics, trace};
 
@@ -37,6 +38,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Client requests served at once (`server.max_in_flight`).
     pub max_in_flight: usize,
+    /// Bytes of write bodies served at once (`server.max_in_flight_bytes`).
+    pub max_in_flight_bytes: usize,
 }
 
 /// Routes that answer even when the node is at `max_in_flight`: probes and metrics
@@ -105,15 +108,14 @@ pub fn app(
     let spec_yaml = service.spec_endpoint_yaml();
     let allowed = Arc::new(AllowedMethods::from_spec(&service.spec()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let write_bytes = ByteBudget::new(limits.max_in_flight_bytes);
+    let body_rules = BodyRules::new(limits.max_value_bytes, limits.request_timeout);
     Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .nest("/", service)
-        .data(BodyRules::new(
-            limits.max_value_bytes,
-            limits.request_timeout,
-        ))
+        .data(body_rules)
         .around(move |ep, req| {
             let allowed = allowed.clone();
             async move {
@@ -137,9 +139,9 @@ pub fn app(
                 Err(e) => Ok(e.into_response()),
             }
         })
-        // Load shedding: a request beyond the bound is refused at once, never queued.
-        .around(move |ep, req| {
-            let in_flight = in_flight.clone();
+        // Load shedding: a request beyond the bounds is refused at once, never queued.
+        .around(move |ep, mut req| {
+            let (in_flight, write_bytes) = (in_flight.clone(), write_bytes.clone());
             async move {
                 if UNBOUNDED.contains(&req.uri().path()) {
                     return ep.call(req).await;
@@ -147,7 +149,22 @@ pub fn app(
                 // Counted in kvstore_http_errors_total{code="OVERLOADED"} by the layer
                 // outside this one.
                 let Ok(_permit) = in_flight.try_acquire_owned() else {
-                    return Ok(ApiError::Overloaded(limits.max_in_flight).into_response());
+                    return Ok(ApiError::Overloaded(format!(
+                        "{} requests are in flight (server.max_in_flight)",
+                        limits.max_in_flight
+                    ))
+                    .into_response());
+                };
+                let _bytes = match write_body_bytes(&req, &limits) {
+                    None => None,
+                    Some(bytes) => match write_bytes.admit(bytes) {
+                        Some(admitted) => Some(admitted),
+                        None => {
+                            let refused = ApiError::Overloaded(write_bytes.refusal("on this node"));
+                            discard_body(&mut req, body_rules).await;
+                            return Ok(refused.into_response());
+                        }
+                    },
                 };
                 ep.call(req).await
             }
@@ -227,6 +244,33 @@ pub fn app(
             });
             Ok(resp)
         })
+}
+
+/// What a write charges against `server.max_in_flight_bytes`, before its body is
+/// read: its declared length, or, for a chunked body, the largest key and value.
+/// `None` for requests that are not writes.
+fn write_body_bytes(req: &Request, limits: &Limits) -> Option<usize> {
+    if req.method() != poem::http::Method::PUT || !req.uri().path().starts_with(KV_PREFIX) {
+        return None;
+    }
+    let declared = req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<usize>().ok());
+    Some(declared.unwrap_or(limits.max_key_bytes + limits.max_value_bytes))
+}
+
+/// Reads and drops the body of a refused request (up to the body limit, within the
+/// request timeout) so that the client, still sending, reads the answer instead of a
+/// reset connection. Nothing of it is kept or parsed.
+async fn discard_body(req: &mut Request, rules: BodyRules) {
+    use tokio::io::AsyncReadExt;
+    let body = req.take_body().into_async_read();
+    let limit = u64::try_from(rules.max_bytes).unwrap_or(u64::MAX);
+    let _ = tokio::time::timeout(
+        rules.read_timeout,
+        tokio::io::copy(&mut body.take(limit), &mut tokio::io::sink()),
+    )
+    .await;
 }
 
 /// The operations an OpenAPI path item can hold.

@@ -4,7 +4,9 @@
 //! Sending each in its own request would cost a whole exchange per client request. A
 //! [`Batcher`] instead queues them and sends what has queued up as one batch, with at
 //! most [`IN_FLIGHT`] batches outstanding per destination. Under light load a batch
-//! holds one request and waits for nothing; under heavy load batches grow on their own.
+//! holds one request and waits for nothing; under heavy load batches grow on their own,
+//! up to [`MAX_BATCH`] requests and a bound on their bytes (so that a batch of large
+//! values stays one message of bounded size; a request larger than the bound goes alone).
 //!
 //! A batch is sent only after every request in it was queued, so a read index fetched
 //! for a batch was asked for after each of its reads began: sharing it keeps every read
@@ -24,6 +26,38 @@ const MAX_BATCH: usize = 256;
 
 /// A queued request: where it goes, what it is, and who waits for its result.
 type Queued<K, I, R> = (K, I, oneshot::Sender<R>);
+
+/// How a batch is bounded by bytes: what one request weighs, and the most a batch may
+/// weigh.
+#[derive(Clone, Copy)]
+pub(crate) struct ByteBound<I> {
+    pub weigh: fn(&I) -> usize,
+    pub max_bytes: usize,
+}
+
+impl<I> ByteBound<I> {
+    /// For requests that carry no data of their own: only [`MAX_BATCH`] bounds a batch.
+    pub(crate) fn weightless() -> Self {
+        ByteBound {
+            weigh: |_| 0,
+            max_bytes: 0,
+        }
+    }
+
+    /// How many of `requests`, from the front, make the next batch: at least one.
+    fn batch_len<T>(&self, requests: &[(I, T)]) -> usize {
+        let mut bytes = 0usize;
+        let mut take = 0;
+        for (item, _) in requests.iter().take(MAX_BATCH) {
+            bytes = bytes.saturating_add((self.weigh)(item));
+            if take > 0 && bytes > self.max_bytes {
+                break;
+            }
+            take += 1;
+        }
+        take
+    }
+}
 
 /// Queues requests of type `I` for destinations `K`; a batch for one destination
 /// yields one `R` per request, in order. Cheap to clone.
@@ -47,13 +81,13 @@ where
 {
     /// Starts the task that sends batches with `send`, which must answer with one
     /// result per request, in order. The task ends when every handle is dropped.
-    pub(crate) fn start<F, Fut>(send: F) -> Self
+    pub(crate) fn start<F, Fut>(bound: ByteBound<I>, send: F) -> Self
     where
         F: Fn(K, Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
         let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(run(queued, send));
+        tokio::spawn(run(queued, bound, send));
         Self { queue }
     }
 
@@ -66,8 +100,11 @@ where
     }
 }
 
-async fn run<K, I, R, F, Fut>(mut queued: mpsc::UnboundedReceiver<Queued<K, I, R>>, send: F)
-where
+async fn run<K, I, R, F, Fut>(
+    mut queued: mpsc::UnboundedReceiver<Queued<K, I, R>>,
+    bound: ByteBound<I>,
+    send: F,
+) where
     K: Eq + Hash + Clone + Send + 'static,
     I: Send + 'static,
     R: Send + 'static,
@@ -101,7 +138,7 @@ where
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let take = requests.len().min(MAX_BATCH);
+                let take = bound.batch_len(requests);
                 let (items, replies): (Vec<I>, Vec<_>) = requests.drain(..take).unzip();
                 let sent = send(to.clone(), items);
                 let slot_freed = slot_freed.clone();
@@ -127,9 +164,12 @@ mod tests {
 
     #[tokio::test]
     async fn each_request_gets_its_own_result_in_order() {
-        let batcher = Batcher::start(|to: u64, items: Vec<u64>| async move {
-            items.into_iter().map(|i| to * 1000 + i).collect::<Vec<_>>()
-        });
+        let batcher = Batcher::start(
+            ByteBound::weightless(),
+            |to: u64, items: Vec<u64>| async move {
+                items.into_iter().map(|i| to * 1000 + i).collect::<Vec<_>>()
+            },
+        );
         let results =
             futures::future::join_all((0..100u64).map(|i| batcher.submit(i % 3, i))).await;
         for (i, result) in results.into_iter().enumerate() {
@@ -142,13 +182,16 @@ mod tests {
     async fn requests_queued_while_slots_are_busy_share_a_batch() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = batches.clone();
-        let batcher = Batcher::start(move |_to: (), items: Vec<usize>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                items
-            }
-        });
+        let batcher = Batcher::start(
+            ByteBound::weightless(),
+            move |_to: (), items: Vec<usize>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    items
+                }
+            },
+        );
         let results = futures::future::join_all((0..200).map(|i| batcher.submit((), i))).await;
         assert_eq!(results, (0..200).map(Some).collect::<Vec<_>>());
         let batches = batches.load(Ordering::SeqCst);
@@ -160,12 +203,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_destination_that_never_answers_does_not_hold_up_another() {
-        let batcher = Batcher::start(|to: &'static str, items: Vec<u8>| async move {
-            if to == "stuck" {
-                futures::future::pending::<()>().await;
-            }
-            items
-        });
+        let batcher = Batcher::start(
+            ByteBound::weightless(),
+            |to: &'static str, items: Vec<u8>| async move {
+                if to == "stuck" {
+                    futures::future::pending::<()>().await;
+                }
+                items
+            },
+        );
         // Fill every slot of the stuck destination, and more.
         for i in 0..(IN_FLIGHT as u8 * 2) {
             let stuck = batcher.clone();
@@ -180,7 +226,7 @@ mod tests {
     async fn a_request_whose_caller_gave_up_is_not_sent() {
         let sent = Arc::new(AtomicUsize::new(0));
         let counted = sent.clone();
-        let batcher = Batcher::start(move |_to: (), items: Vec<u8>| {
+        let batcher = Batcher::start(ByteBound::weightless(), move |_to: (), items: Vec<u8>| {
             counted.fetch_add(items.len(), Ordering::SeqCst);
             async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -207,9 +253,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_batch_stops_before_its_bytes_pass_the_bound_but_holds_at_least_one() {
+        let bound = ByteBound {
+            weigh: |n: &usize| *n,
+            max_bytes: 10,
+        };
+        let requests = |sizes: &[usize]| sizes.iter().map(|s| (*s, ())).collect::<Vec<_>>();
+        assert_eq!(bound.batch_len(&requests(&[4, 4, 4])), 2);
+        assert_eq!(bound.batch_len(&requests(&[4, 6, 1])), 2);
+        assert_eq!(bound.batch_len(&requests(&[50, 1])), 1);
+        assert_eq!(bound.batch_len(&requests(&[1; 300])), 10);
+        let weightless = ByteBound::weightless();
+        assert_eq!(weightless.batch_len(&requests(&[7; 300])), MAX_BATCH);
+    }
+
     #[tokio::test]
     async fn a_short_answer_leaves_the_rest_without_a_result() {
-        let batcher = Batcher::start(|_to: (), _items: Vec<u8>| async { Vec::<u8>::new() });
+        let batcher = Batcher::start(ByteBound::weightless(), |_to: (), _items: Vec<u8>| async {
+            Vec::<u8>::new()
+        });
         assert_eq!(batcher.submit((), 1).await, None);
     }
 }

@@ -19,11 +19,12 @@ use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, ByteBound};
 use super::network::CallError;
 use super::rpc::{self, AdminOp, ForwardWrite, ForwardWriteResult, ReadIndexResult};
 use super::typ::RaftMetrics;
 use super::{NodeAddr, PeerNetwork, TypeConfig};
+use crate::admission::ByteBudget;
 use crate::config::{Settings, StorageType};
 use crate::store::{self, StateMachine, StoreHandle};
 use crate::store::{Command, CommandResult, Proposal};
@@ -64,6 +65,10 @@ pub enum NodeError {
     /// outcome is unknown.
     #[error("request did not complete within {0:?}")]
     Timeout(Duration),
+    /// Too many bytes of writes are in flight (`server.max_in_flight_bytes`); the write
+    /// was not proposed.
+    #[error("{0}")]
+    Overloaded(String),
     /// The quorum could not be confirmed, or Raft has stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
@@ -138,6 +143,8 @@ struct Inner {
     writes: Batcher<(u64, String), ForwardWrite, ForwardWriteResult>,
     /// Read indexes for linearizable reads, one per batch of concurrent reads.
     read_indexes: Batcher<IndexSource, (), Result<ReadLogId<TypeConfig>, NodeError>>,
+    /// Bytes of the writes proposed to Raft on this node as leader, from any node.
+    proposal_bytes: ByteBudget,
     storage_type: StorageType,
     request_timeout: Duration,
     started_at: Instant,
@@ -256,6 +263,7 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             writes: write_batcher(network.clone(), settings.server.request_timeout),
             read_indexes,
             network,
+            proposal_bytes: ByteBudget::new(settings.server.max_in_flight_bytes),
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
             started_at: Instant::now(),
@@ -507,7 +515,7 @@ impl RaftNode {
                 raft_url,
                 leader,
                 rpc::FORWARD_ADMIN,
-                op,
+                (op, 0),
                 remaining(deadline),
             )
             .await
@@ -526,6 +534,10 @@ impl RaftNode {
         command: Command,
         deadline: Instant,
     ) -> Result<CommandResult, NodeError> {
+        let proposals = &self.inner.proposal_bytes;
+        let Some(_admitted) = proposals.admit(command.payload_bytes()) else {
+            return Err(NodeError::Overloaded(proposals.refusal("on the leader")));
+        };
         let budget = remaining(deadline);
         let span = tracing::info_span!("raft.propose", node.id = self.inner.id);
         let proposal = span.in_scope(|| Proposal {
@@ -719,17 +731,23 @@ fn write_batcher(
     network: PeerNetwork,
     timeout: Duration,
 ) -> Batcher<(u64, String), ForwardWrite, ForwardWriteResult> {
+    let bound = ByteBound {
+        weigh: rpc::forward_bytes,
+        max_bytes: rpc::MAX_MESSAGE_BYTES,
+    };
     Batcher::start(
+        bound,
         move |(leader, raft_url): (u64, String), writes: Vec<ForwardWrite>| {
             let network = network.clone();
             async move {
                 let count = writes.len();
+                let data_bytes = writes.iter().map(rpc::forward_bytes).sum();
                 let answer = network
                     .call::<_, Vec<ForwardWriteResult>>(
                         &raft_url,
                         leader,
                         rpc::FORWARD_WRITES,
-                        &writes,
+                        (&writes, data_bytes),
                         timeout,
                     )
                     .await;
@@ -754,23 +772,34 @@ fn read_index_batcher(
     network: PeerNetwork,
     timeout: Duration,
 ) -> Batcher<IndexSource, (), Result<ReadLogId<TypeConfig>, NodeError>> {
-    Batcher::start(move |source: IndexSource, reads: Vec<()>| {
-        let (raft, network) = (raft.clone(), network.clone());
-        async move {
-            let result = match source {
-                // Give up on the quorum a little before the reads' own deadline, so a
-                // leader that lost its quorum answers UNAVAILABLE, not TIMEOUT.
-                IndexSource::Here => read_index(&raft, timeout.mul_f32(0.8), timeout).await,
-                IndexSource::Leader(leader, raft_url) => network
-                    .call::<(), ReadIndexResult>(&raft_url, leader, rpc::READ_INDEX, &(), timeout)
-                    .await
-                    // A read has no side effects: any failure to reach the leader is
-                    // worth another try while time remains.
-                    .unwrap_or(Err(NodeError::LeaderUnreachable { leader })),
-            };
-            vec![result; reads.len()]
-        }
-    })
+    // A read index batch carries nothing per read (the values are read locally), so its
+    // count alone bounds its bytes.
+    Batcher::start(
+        ByteBound::weightless(),
+        move |source: IndexSource, reads: Vec<()>| {
+            let (raft, network) = (raft.clone(), network.clone());
+            async move {
+                let result = match source {
+                    // Give up on the quorum a little before the reads' own deadline, so a
+                    // leader that lost its quorum answers UNAVAILABLE, not TIMEOUT.
+                    IndexSource::Here => read_index(&raft, timeout.mul_f32(0.8), timeout).await,
+                    IndexSource::Leader(leader, raft_url) => network
+                        .call::<(), ReadIndexResult>(
+                            &raft_url,
+                            leader,
+                            rpc::READ_INDEX,
+                            (&(), 0),
+                            timeout,
+                        )
+                        .await
+                        // A read has no side effects: any failure to reach the leader is
+                        // worth another try while time remains.
+                        .unwrap_or(Err(NodeError::LeaderUnreachable { leader })),
+                };
+                vec![result; reads.len()]
+            }
+        },
+    )
 }
 
 /// A read index from this node as leader, once a quorum has confirmed its leadership
@@ -805,6 +834,7 @@ fn failure_reason(e: &NodeError) -> &'static str {
     match e {
         NodeError::NoLeader { .. } | NodeError::LeaderUnreachable { .. } => "no_leader",
         NodeError::Timeout(_) => "timeout",
+        NodeError::Overloaded(_) => "overloaded",
         NodeError::OutcomeUnknown(_) => "outcome_unknown",
         NodeError::StorageUnavailable(_) | NodeError::Storage(_) => "storage",
         NodeError::Unavailable(_) | NodeError::InvalidMembership(_) => "other",

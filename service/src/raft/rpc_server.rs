@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::error::RaftError;
 use openraft::raft::{
@@ -14,6 +15,7 @@ use poem::{
     get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::Semaphore;
 
 use super::rpc::{
     self, AdminOp, AdminResult, ForwardWrite, ForwardWriteResult, ReadIndexResult, SnapshotHeader,
@@ -51,6 +53,7 @@ pub fn rpc_app(
         .at(rpc::FORWARD_ADMIN, post(forward_admin))
         .data(node)
         .data(IncomingDir(incoming_dir))
+        .data(StreamSlots(Arc::new(Semaphore::new(rpc::MAX_STREAMS))))
         .around(move |ep, req| {
             let allowed = secret.is_empty()
                 || req
@@ -102,6 +105,10 @@ pub fn rpc_app(
         })
 }
 
+/// The streams this node may still serve (see [`rpc::MAX_STREAMS`]).
+#[derive(Clone)]
+struct StreamSlots(Arc<Semaphore>);
+
 /// Where received snapshots are spooled before they are installed.
 #[derive(Clone)]
 struct IncomingDir(PathBuf);
@@ -146,7 +153,7 @@ async fn transfer_leader(
 /// Upgrades the connection to a stream of calls (see [`rpc::STREAM`]) and serves it
 /// until the peer closes it.
 #[handler]
-fn stream(req: &Request, node: Data<&RaftNode>) -> Response {
+fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Response {
     let wanted = req
         .header(poem::http::header::UPGRADE)
         .is_some_and(|p| p.eq_ignore_ascii_case(rpc::STREAM_PROTOCOL));
@@ -160,8 +167,16 @@ fn stream(req: &Request, node: Data<&RaftNode>) -> Response {
             .into_response()
         }
     };
+    let Ok(slot) = slots.0 .0.clone().try_acquire_owned() else {
+        return ApiError::Overloaded(format!(
+            "{} streams are open; send plain requests",
+            rpc::MAX_STREAMS
+        ))
+        .into_response();
+    };
     let node = node.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let Ok(io) = upgrade.await else { return };
         if let Err(error) = serve_stream(&node, io).await {
             tracing::debug!(%error, "replication stream ended");
@@ -180,27 +195,32 @@ async fn serve_stream(
 ) -> anyhow::Result<()> {
     use futures::{SinkExt, StreamExt};
     let mut frames = tokio_util::codec::Framed::new(io, rpc::stream_codec());
-    while let Some(frame) = frames.next().await {
-        let frame = frame?;
+    loop {
+        let frame = match tokio::time::timeout(rpc::STREAM_IDLE, frames.next()).await {
+            Ok(Some(frame)) => frame?,
+            Ok(None) => return Ok(()),
+            Err(_) => anyhow::bail!("idle for {:?}", rpc::STREAM_IDLE),
+        };
         let (&kind, body) = frame
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("an empty frame"))?;
         let answer = match kind {
             rpc::KIND_APPEND => {
-                let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(body)?;
+                let req: AppendEntriesRequest<TypeConfig> =
+                    crate::cpu::heavy(body.len(), || serde_json::from_slice(body))?;
                 let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
                     node.raft().append_entries(req).await;
                 serde_json::to_vec(&result)?
             }
             rpc::KIND_FORWARD_WRITES => {
-                serde_json::to_vec(&forward_writes_here(node, serde_json::from_slice(body)?).await)?
+                let writes = crate::cpu::heavy(body.len(), || serde_json::from_slice(body))?;
+                serde_json::to_vec(&forward_writes_here(node, writes).await)?
             }
             rpc::KIND_READ_INDEX => serde_json::to_vec(&node.read_index_here().await)?,
             _ => anyhow::bail!("unknown call {kind}"),
         };
         frames.send(bytes::Bytes::from(answer)).await?;
     }
-    Ok(())
 }
 
 /// Receives a streamed snapshot into a file, then installs it.

@@ -41,6 +41,17 @@ pub enum Command {
     Delete { key: String },
 }
 
+impl Command {
+    /// The bytes of client data the command carries (key and value): what bounds its
+    /// share of replication messages and of the leader's bytes in flight.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+        }
+    }
+}
+
 impl std::fmt::Display for Command {
     // Shown in openraft's logs: names the key, never the value.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

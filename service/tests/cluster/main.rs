@@ -5,6 +5,7 @@
 mod support;
 
 mod harness;
+mod large_values;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -733,4 +734,13 @@ async fn a_node_without_a_quorum_answers_no_leader() {
         .await
         .unwrap();
     assert_eq!((code, &body["code"]), (503, &json!("NOT_READY")), "{body}");
+}
+
+/// 64 and then 256 writes of 1 MiB at once, to the leader and to a follower: each
+/// answers 201 or OVERLOADED at once, and the cluster keeps working (issue: such a
+/// burst used to stop replication for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_1mib_writes_never_stop_the_cluster() {
+    let cluster = Cluster::start(3, large_values::ENV);
+    large_values::bursts_of_large_values(&cluster).await;
 }
