@@ -3,12 +3,13 @@
 //! (`testfs::PowerLossFs`). A cut is SIGKILL of every process on that disk, then the
 //! disk drops its unsynced writes, creates, renames and removals.
 //!
-//! - one node under write load, cut at random moments, many times: every write that was
-//!   acknowledged is there after each restart, and every restart succeeds;
-//! - the same with `storage.sync_writes: false` loses acknowledged writes: the harness
-//!   sees a missing fsync;
+//! - one node under write load, cut at random moments, many times (every other cut
+//!   torn: some unsynced pages written back): every write that was acknowledged is
+//!   there after each restart, and every restart succeeds;
 //! - three nodes, each in turn loses power, then all three at once: the recorded
-//!   history is linearizable (final reads of every key from every node included).
+//!   history is linearizable (final reads of every key from every node included);
+//! - both with `storage.sync_writes: false` must fail: the harness sees a missing
+//!   fsync.
 //!
 //! `KV_POWERLOSS_CUTS` (cuts of the single node) and `KV_POWERLOSS_ROUNDS` (rounds of
 //! the cluster) make the runs longer; `make soak` sets them.
