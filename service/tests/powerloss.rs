@@ -29,7 +29,7 @@ use integration_tests::workload::{self, Endpoints, Workload};
 use testfs::PowerLossFs;
 
 use harness::Cluster;
-use support::{wait_ready, NodeProcess};
+use support::{unique_writers, wait_ready, NodeProcess};
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -86,36 +86,6 @@ fn http_client() -> reqwest::Client {
 
 /// Keys written with their values, in the order they were acknowledged.
 type Acked = Arc<Mutex<Vec<String>>>;
-
-/// Eight writers put unique keys (`{round}-{writer}-{i}`, value `value of {key}`) until
-/// `stop` says so or the node stops answering; every 201 is recorded.
-fn start_writers(
-    client: &reqwest::Client,
-    node: &NodeProcess,
-    round: usize,
-    acked: &Acked,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..8)
-        .map(|w| {
-            let (client, acked, url) = (client.clone(), acked.clone(), node.url("/kv/"));
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let key = format!("r{round}-w{w}-{i}");
-                    let resp = client
-                        .put(format!("{url}{key}"))
-                        .json(&serde_json::json!({ "value": format!("value of {key}") }))
-                        .send()
-                        .await;
-                    match resp {
-                        Ok(r) if r.status() == 201 => acked.lock().unwrap().push(key),
-                        Ok(_) => {}
-                        Err(_) => return, // the power went
-                    }
-                }
-            })
-        })
-        .collect()
-}
 
 /// The acknowledged keys that `node` does not return with their value.
 async fn missing(client: &reqwest::Client, node: &NodeProcess, keys: &[String]) -> Vec<String> {
@@ -176,7 +146,7 @@ async fn cut_a_node_repeatedly(cuts: usize, env: &[(&str, &str)]) -> CutRun {
             break;
         }
         let before = so_far.len();
-        let writers = start_writers(&client, &node, round, &acked);
+        let writers = unique_writers(&client, &node, &format!("r{round}-"), &acked);
         let deadline = Instant::now() + Duration::from_secs(20);
         while acked.lock().unwrap().len() < before + 20 {
             assert!(Instant::now() < deadline, "no writes acknowledged in 20 s");

@@ -58,6 +58,29 @@ fn attr(disk: &Disk, ino: u64) -> Result<FileAttr, Errno> {
     })
 }
 
+/// Answers an operation that returns nothing but success or an error.
+fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers a lookup, mknod or mkdir with the entry's attributes.
+fn entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(a) => reply.entry(&TTL, &a, 0),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn attributes(reply: ReplyAttr, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn perm(mode: u32, umask: u32) -> u16 {
     (mode & !umask & 0o7777) as u16
 }
@@ -80,17 +103,14 @@ impl Fuse {
 impl Filesystem for Fuse {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let disk = self.disk();
-        match disk.lookup(parent, name).and_then(|ino| attr(&disk, ino)) {
-            Ok(a) => reply.entry(&TTL, &a, 0),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            disk.lookup(parent, name).and_then(|ino| attr(&disk, ino)),
+        )
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match attr(&self.disk(), ino) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        attributes(reply, attr(&self.disk(), ino))
     }
 
     fn setattr(
@@ -122,10 +142,7 @@ impl Filesystem for Fuse {
             TimeOrNow::Now => SystemTime::now(),
         });
         disk.set_attr(ino, mode.map(|m| perm(m, 0)), mtime);
-        match attr(&disk, ino) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        attributes(reply, attr(&disk, ino))
     }
 
     fn mknod(
@@ -141,10 +158,10 @@ impl Filesystem for Fuse {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(libc::EPERM);
         }
-        match self.make(req, parent, name, Kind::File, perm(mode, umask)) {
-            Ok(a) => reply.entry(&TTL, &a, 0),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            self.make(req, parent, name, Kind::File, perm(mode, umask)),
+        )
     }
 
     fn mkdir(
@@ -156,24 +173,18 @@ impl Filesystem for Fuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.make(req, parent, name, Kind::Dir, perm(mode, umask)) {
-            Ok(a) => reply.entry(&TTL, &a, 0),
-            Err(e) => reply.error(e),
-        }
+        entry(
+            reply,
+            self.make(req, parent, name, Kind::Dir, perm(mode, umask)),
+        )
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.disk().remove(parent, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.disk().remove(parent, name, false))
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.disk().remove(parent, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.disk().remove(parent, name, true))
     }
 
     fn rename(
@@ -190,13 +201,11 @@ impl Filesystem for Fuse {
             return reply.error(libc::EINVAL);
         }
         let no_replace = flags & RENAME_NOREPLACE != 0;
-        match self
-            .disk()
-            .rename(parent, name, newparent, newname, no_replace)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            self.disk()
+                .rename(parent, name, newparent, newname, no_replace),
+        )
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
@@ -291,10 +300,7 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.disk().sync_file(ino) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.disk().sync_file(ino))
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
@@ -340,10 +346,7 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.disk().sync_dir(ino) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.disk().sync_dir(ino))
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
@@ -372,9 +375,6 @@ impl Filesystem for Fuse {
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, result)
     }
 }
