@@ -56,6 +56,25 @@ impl PowerLossFs {
         Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0
     }
 
+    /// For tests: whether they can run here. Without `/dev/fuse` or root a test says
+    /// SKIPPED and returns, unless `KV_REQUIRE_POWERLOSS` is set (CI sets it), which
+    /// turns the missing support into a failure.
+    pub fn available_or_skip() -> bool {
+        if Self::supported() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("KV_REQUIRE_POWERLOSS").is_none(),
+            "KV_REQUIRE_POWERLOSS is set but a FUSE file system cannot be mounted here \
+             (needs /dev/fuse and root)"
+        );
+        eprintln!(
+            "SKIPPED: the power-loss file system needs /dev/fuse and root; \
+             KV_REQUIRE_POWERLOSS=1 makes this a failure"
+        );
+        false
+    }
+
     fn spawn(disk: &Arc<Mutex<Disk>>, mountpoint: &Path) -> io::Result<BackgroundSession> {
         let fs = fuse::Fuse { disk: disk.clone() };
         let options = [
