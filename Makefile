@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test test-images lint fmt clean cluster cluster-stop up down logs ps compose-test bench
+.PHONY: help run build test test-images lint fmt clean cluster cluster-stop up down logs ps compose-test bench soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ logs: ## Follow the dev stack's logs
 
 ps: ## List the dev stack's containers
 	$(COMPOSE) --profile full ps
+
+soak: ## Power-loss soak: one node cut 50 times under writes (and 50 torn cuts), a 3-node cluster through 5 rounds of cuts (needs /dev/fuse, root)
+	KV_POWERLOSS_CUTS=$${KV_POWERLOSS_CUTS:-50} KV_POWERLOSS_ROUNDS=$${KV_POWERLOSS_ROUNDS:-5} \
+	  $(CARGO) test -p kvstore --test powerloss -- --nocapture --test-threads 1 \
+	  power_cuts_lose_no_acknowledged_write torn_cuts_never_stop_a_node_from_starting \
+	  a_cluster_whose_nodes_lose_power_stays_linearizable
 
 bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table with ratios
 	bench/run.sh

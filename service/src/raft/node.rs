@@ -182,6 +182,11 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.raft.snapshot_interval),
         max_in_snapshot_log_to_keep: settings.raft.snapshot_logs_to_keep,
+        // A restarted leader must win an election again. Restored as leader at once, it
+        // would take its read index from a committed index it persisted lazily, and
+        // serve reads older than writes it had acknowledged before the restart (seen
+        // when a whole cluster loses power).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()?;

@@ -114,6 +114,12 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
         durable_log_end.clone(),
     )
     .map_err(|e| db_err(&state_path, &e))?;
+    // The files and directories made above exist after a power loss only once the
+    // directory that names them is synced.
+    segments::sync_dir(data_dir).map_err(|e| OpenError::DataDir {
+        path: data_dir.to_owned(),
+        reason: format!("cannot sync the directory: {e}"),
+    })?;
     Ok(RedbStore {
         log_store: RedbLogStore::new(log_db.clone(), log.clone(), sync_writes, durable_log_end)
             .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,

@@ -67,7 +67,7 @@ fn segment_name(first: u64) -> String {
 }
 
 /// Makes the directory's entries (created or removed files) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
