@@ -47,6 +47,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "KV_RAFT_SNAPSHOT_LOGS_TO_KEEP",
         "raft.snapshot_logs_to_keep",
     ),
+    ("KV_RAFT_PRE_VOTE", "raft.pre_vote"),
     ("KV_CLUSTER_RAFT_HOST", "cluster.raft_host"),
     ("KV_CLUSTER_RAFT_PORT", "cluster.raft_port"),
     ("KV_CLUSTER_ADVERTISE_API", "cluster.advertise_api"),
@@ -229,6 +230,11 @@ pub struct RaftSettings {
     /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the
     /// log instead of a full snapshot.
     pub snapshot_logs_to_keep: u64,
+    /// Run a Pre-Vote round (Raft dissertation, section 9.6) before an election: a node
+    /// asks whether a majority would vote for it before it raises its term, so a node
+    /// coming back from a partition cannot depose a healthy leader. On by default, as in
+    /// etcd since 3.4.
+    pub pre_vote: bool,
 }
 
 /// How this node meets its peers.
@@ -536,6 +542,7 @@ raft:
   heartbeat_timeout: "100ms"
   snapshot_interval: 10000
   snapshot_logs_to_keep: 1000
+  pre_vote: true
 cluster:
   raft_host: "0.0.0.0"
   raft_port: 9001
@@ -982,6 +989,17 @@ mod tests {
         assert_eq!(s.server.max_key_bytes, 1024);
         assert_eq!(s.server.max_value_bytes, 1024 * 1024);
         assert_eq!(s.logging.format, LogFormat::Json);
+        assert!(s.raft.pre_vote);
+    }
+
+    #[test]
+    fn pre_vote_can_be_turned_off() {
+        let s = load(Some("raft:\n  pre_vote: false\n"), &[]).unwrap();
+        assert!(!s.raft.pre_vote);
+        let s = load(None, &[("KV_RAFT_PRE_VOTE", "false")]).unwrap();
+        assert!(!s.raft.pre_vote);
+        let msg = error_text(None, &[("KV_RAFT_PRE_VOTE", "sometimes")]);
+        assert!(msg.contains("pre_vote"), "{msg}");
     }
 
     #[test]

@@ -237,6 +237,10 @@ impl From<NodeError> for ApiError {
                 message,
                 leader: Some(leader),
             },
+            NodeError::NoQuorum(_) => ApiError::NoLeader {
+                message,
+                leader: None,
+            },
             NodeError::InvalidMembership(_) => ApiError::InvalidMembership(message),
             NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             NodeError::Timeout(_) => ApiError::Timeout(message),

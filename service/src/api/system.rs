@@ -61,7 +61,8 @@ pub struct StatusResponse {
     /// leader, follower, candidate, learner or shutdown.
     pub role: String,
     pub term: u64,
-    /// The current leader's id, if one is known.
+    /// The current leader's id, if one is known and in touch: null while this node leads
+    /// without a majority, or has not heard from its leader, within the leader lease.
     #[oai(nullable)]
     pub leader_id: Option<u64>,
     /// The current leader's id and API address, if one is known.
@@ -183,8 +184,10 @@ impl SystemApi {
 
     /// Readiness
     ///
-    /// 200 only when this node knows a leader and has applied every entry it knows to
-    /// be committed; otherwise 503 `NOT_READY` with the reason.
+    /// 200 only when this node is in touch with a leader (it leads with a majority's
+    /// acknowledgement, or its leader's heartbeats arrive, within the leader lease) and
+    /// has applied every entry it knows to be committed; otherwise 503 `NOT_READY` with
+    /// the reason.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<ReadyResult, ApiError> {
         let m = self.node.metrics();
@@ -196,8 +199,17 @@ impl SystemApi {
                 "the storage backend is unreachable".into(),
             ));
         }
-        let Some(leader_id) = m.current_leader else {
-            return Err(ApiError::NotReady("no leader is known".into()));
+        let Some(leader_id) = self.node.leader_in_touch().await else {
+            return Err(ApiError::NotReady(match m.current_leader {
+                Some(id) if id == self.node.id() => {
+                    "this node leads but has not heard from a majority within the leader lease"
+                        .into()
+                }
+                Some(id) => {
+                    format!("no heartbeat from the leader (node {id}) within the leader lease")
+                }
+                None => "no leader is known".into(),
+            }));
         };
         let committed = m.local_committed.as_ref().map(|id| id.index);
         let applied = m.last_applied.as_ref().map(|id| id.index);
@@ -233,7 +245,8 @@ impl SystemApi {
     async fn status(&self, _auth: ClientAuth) -> Result<StatusResult, ApiError> {
         let m = self.node.metrics();
         let members = self.node.members();
-        let leader = m.current_leader.and_then(|id| {
+        let leader_id = self.node.leader_in_touch().await;
+        let leader = leader_id.and_then(|id| {
             members
                 .iter()
                 .find(|mem| mem.id == id)
@@ -255,7 +268,7 @@ impl SystemApi {
             node_id: self.node.id(),
             role: role_name(m.state).into(),
             term: m.current_term,
-            leader_id: m.current_leader,
+            leader_id,
             leader,
             members: members.into_iter().map(Into::into).collect(),
             followers,
