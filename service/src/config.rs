@@ -28,6 +28,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_STORAGE_TYPE", "storage.type"),
     ("KV_STORAGE_DATA_DIR", "storage.data_dir"),
     ("KV_STORAGE_SYNC_WRITES", "storage.sync_writes"),
+    ("KV_STORAGE_QUOTA_BYTES", "storage.quota_bytes"),
+    ("KV_STORAGE_MIN_FREE_BYTES", "storage.min_free_bytes"),
     ("KV_DB_HOST", "database.host"),
     ("KV_DB_PORT", "database.port"),
     ("KV_DB_NAME", "database.database"),
@@ -169,6 +171,12 @@ pub struct StorageSettings {
     /// fsync every Raft log append and vote before acknowledging it. Turning it off trades
     /// durability across crashes for write throughput.
     pub sync_writes: bool,
+    /// Past this many bytes of stored data new values are refused (507 `NO_SPACE`);
+    /// reads and deletes go on. 0: no quota. etcd's default backend quota is the same.
+    pub quota_bytes: u64,
+    /// Below this much free space on the file system of `data_dir`, new values are
+    /// refused likewise. 0: no floor.
+    pub min_free_bytes: u64,
 }
 
 /// The seed's PostgreSQL section. Read and validated now; used by the `database`
@@ -524,6 +532,8 @@ storage:
   type: "file"
   data_dir: "./data"
   sync_writes: true
+  quota_bytes: 2147483648
+  min_free_bytes: 268435456
 database:
   host: "localhost"
   port: 5432

@@ -75,6 +75,10 @@ pub enum NodeError {
     /// A membership change that cannot be made (unknown node, reused id, ...).
     #[error("{0}")]
     InvalidMembership(String),
+    /// The node is past its storage quota or below its free-space floor: new values are
+    /// refused until there is room.
+    #[error("{0}")]
+    NoSpace(String),
     /// The storage backend cannot be reached (PostgreSQL down).
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
@@ -145,6 +149,8 @@ struct Inner {
     read_indexes: Batcher<IndexSource, (), Result<ReadLogId<TypeConfig>, NodeError>>,
     storage_type: StorageType,
     request_timeout: Duration,
+    /// The storage quota and free-space floor, and whether they are passed.
+    space: store::space::Space,
     /// openraft's leader lease (the maximum election timeout): a leader that no majority
     /// has acknowledged for this long stops serving, and a follower that has not heard
     /// from its leader for this long no longer counts it as its leader.
@@ -274,6 +280,11 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
             lease,
+            space: store::space::Space::new(
+                settings.storage.quota_bytes,
+                settings.storage.min_free_bytes,
+                settings.storage.data_dir.clone(),
+            ),
             leader_contact: AtomicU64::new(0),
             started_at: Instant::now(),
             incoming_snapshots: settings.storage.data_dir.join("snapshots").join("incoming"),
@@ -420,6 +431,36 @@ impl RaftNode {
         self.inner.store.is_available()
     }
 
+    /// Checks the storage limits twice a second for as long as the node exists (it holds
+    /// the node only while checking, so the store can close).
+    pub fn watch_space(&self) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(node) = weak.upgrade() else { return };
+                    if node.is_shut_down() {
+                        return;
+                    }
+                    if let Ok(stored) = node.inner.store.size_bytes().await {
+                        let full = node.inner.space.check(stored);
+                        ::metrics::gauge!(metrics::OUT_OF_SPACE).set(if full { 1.0 } else { 0.0 });
+                    }
+                }
+                tokio::time::sleep(store::space::CHECK_INTERVAL).await;
+            }
+        });
+    }
+
+    /// Refuses a new value at once while the node is out of space; deletes pass, since
+    /// they are how an operator makes room.
+    fn check_space(&self, command: &Command) -> Result<(), NodeError> {
+        match (command, self.inner.space.refusal()) {
+            (Command::Put { .. }, Some(why)) => Err(NodeError::NoSpace(why)),
+            _ => Ok(()),
+        }
+    }
+
     /// Fails fast while the storage backend is unreachable, instead of letting the
     /// request wait for Raft until it times out.
     fn check_storage(&self) -> Result<(), NodeError> {
@@ -524,6 +565,7 @@ impl RaftNode {
 
     async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.check_storage()?;
+        self.check_space(&command)?;
         let deadline = Instant::now() + self.inner.request_timeout;
         self.with_leader(deadline, |target| {
             let command = command.clone();
@@ -616,6 +658,7 @@ impl RaftNode {
     /// The leader's end of a (possibly forwarded) write. Never forwards again.
     pub(crate) async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.check_storage()?;
+        self.check_space(&command)?;
         self.write_until(command, Instant::now() + self.inner.request_timeout)
             .await
     }
@@ -907,7 +950,9 @@ fn failure_reason(e: &NodeError) -> &'static str {
         | NodeError::NoQuorum(_) => "no_leader",
         NodeError::Timeout(_) => "timeout",
         NodeError::OutcomeUnknown(_) => "outcome_unknown",
-        NodeError::StorageUnavailable(_) | NodeError::Storage(_) => "storage",
+        NodeError::StorageUnavailable(_) | NodeError::Storage(_) | NodeError::NoSpace(_) => {
+            "storage"
+        }
         NodeError::Unavailable(_) | NodeError::InvalidMembership(_) => "other",
     }
 }

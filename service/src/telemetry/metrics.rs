@@ -38,6 +38,7 @@ pub const STORAGE_APPEND_DURATION: &str = "kvstore_storage_append_duration_secon
 pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds";
 pub const KEYS: &str = "kvstore_keys";
 pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
+pub const OUT_OF_SPACE: &str = "kvstore_storage_out_of_space";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -177,6 +178,12 @@ fn describe() {
         Unit::Bytes,
         "Size of the stored data: the redb file, or the PostgreSQL tables."
     );
+
+    describe_gauge!(
+        OUT_OF_SPACE,
+        "1 while new values are refused: past storage.quota_bytes, or below storage.min_free_bytes free."
+    );
+    gauge!(OUT_OF_SPACE).set(0.0);
 
     // Counters that a dashboard queries must exist before their first event.
     counter!(RAFT_LEADER_CHANGES).absolute(0);

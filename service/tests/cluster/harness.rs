@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{eventually, free_port, get_json, put_ok, NodeProcess};
+use crate::support::{eventually, free_port, get_json, get_text, put_ok, NodeProcess};
 
 pub struct Cluster {
     pub client: reqwest::Client,
@@ -223,15 +223,7 @@ impl Cluster {
     /// The value of one sample of node `id`'s `/metrics`, e.g.
     /// `kvstore_raft_pre_vote_rounds_total{outcome="no_election"}`.
     pub async fn metric(&self, id: u64, sample: &str) -> Option<f64> {
-        let text = self
-            .client
-            .get(self.url(id, "/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = get_text(&self.client, &self.url(id, "/metrics")).await?;
         text.lines()
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
             .and_then(|value| value.trim().parse().ok())
