@@ -339,6 +339,21 @@ pub async fn cut_off_a_follower_and_let_it_back(cluster: &Cluster) -> Return {
     let cut = all.into_iter().find(|id| *id != leader).unwrap();
     let no_election = r#"kvstore_raft_pre_vote_rounds_total{outcome="no_election"}"#;
     let rounds_before = cluster.metric(cut, no_election).await.unwrap_or(0.0);
+    // Count from the moment every node's metrics show the leader (they refresh at least
+    // once a second), so that a late first count is not taken for a change.
+    eventually(
+        Duration::from_secs(5),
+        "every node's leader gauge to show the leader",
+        || async {
+            for id in all {
+                if cluster.metric(id, "kvstore_raft_leader_id").await? != leader as f64 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
     let changes = "kvstore_raft_leader_changes_total";
     let mut changes_before = 0.0;
     for id in all {
