@@ -32,6 +32,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_STORAGE_TYPE", "storage.type"),
     ("KV_STORAGE_DATA_DIR", "storage.data_dir"),
     ("KV_STORAGE_SYNC_WRITES", "storage.sync_writes"),
+    ("KV_STORAGE_QUOTA_BYTES", "storage.quota_bytes"),
+    ("KV_STORAGE_MIN_FREE_BYTES", "storage.min_free_bytes"),
     ("KV_DB_HOST", "database.host"),
     ("KV_DB_PORT", "database.port"),
     ("KV_DB_NAME", "database.database"),
@@ -51,6 +53,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "KV_RAFT_SNAPSHOT_LOGS_TO_KEEP",
         "raft.snapshot_logs_to_keep",
     ),
+    ("KV_RAFT_PRE_VOTE", "raft.pre_vote"),
     ("KV_CLUSTER_RAFT_HOST", "cluster.raft_host"),
     ("KV_CLUSTER_RAFT_PORT", "cluster.raft_port"),
     ("KV_CLUSTER_ADVERTISE_API", "cluster.advertise_api"),
@@ -185,6 +188,12 @@ pub struct StorageSettings {
     /// fsync every Raft log append and vote before acknowledging it. Turning it off trades
     /// durability across crashes for write throughput.
     pub sync_writes: bool,
+    /// Past this many bytes of stored data new values are refused (507 `NO_SPACE`);
+    /// reads and deletes go on. 0: no quota. etcd's default backend quota is the same.
+    pub quota_bytes: u64,
+    /// Below this much free space on the file system of `data_dir`, new values are
+    /// refused likewise. 0: no floor.
+    pub min_free_bytes: u64,
 }
 
 /// The seed's PostgreSQL section. Read and validated now; used by the `database`
@@ -246,6 +255,11 @@ pub struct RaftSettings {
     /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the
     /// log instead of a full snapshot.
     pub snapshot_logs_to_keep: u64,
+    /// Run a Pre-Vote round (Raft dissertation, section 9.6) before an election: a node
+    /// asks whether a majority would vote for it before it raises its term, so a node
+    /// coming back from a partition cannot depose a healthy leader. On by default, as in
+    /// etcd since 3.4.
+    pub pre_vote: bool,
 }
 
 /// How this node meets its peers.
@@ -536,6 +550,8 @@ storage:
   type: "file"
   data_dir: "./data"
   sync_writes: true
+  quota_bytes: 2147483648
+  min_free_bytes: 268435456
 database:
   host: "localhost"
   port: 5432
@@ -554,6 +570,7 @@ raft:
   heartbeat_timeout: "100ms"
   snapshot_interval: 10000
   snapshot_logs_to_keep: 1000
+  pre_vote: true
 cluster:
   raft_host: "0.0.0.0"
   raft_port: 9001
@@ -1025,6 +1042,17 @@ mod tests {
         assert_eq!(s.server.max_key_bytes, 1024);
         assert_eq!(s.server.max_value_bytes, 1024 * 1024);
         assert_eq!(s.logging.format, LogFormat::Json);
+        assert!(s.raft.pre_vote);
+    }
+
+    #[test]
+    fn pre_vote_can_be_turned_off() {
+        let s = load(Some("raft:\n  pre_vote: false\n"), &[]).unwrap();
+        assert!(!s.raft.pre_vote);
+        let s = load(None, &[("KV_RAFT_PRE_VOTE", "false")]).unwrap();
+        assert!(!s.raft.pre_vote);
+        let msg = error_text(None, &[("KV_RAFT_PRE_VOTE", "sometimes")]);
+        assert!(msg.contains("pre_vote"), "{msg}");
     }
 
     #[test]

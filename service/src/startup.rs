@@ -52,6 +52,7 @@ impl Application {
         let node = raft::start(settings, advertised).await?;
         crate::telemetry::metrics::watch_raft(&node);
         crate::telemetry::metrics::sample_storage(&node);
+        node.watch_space();
         Ok(Self {
             api,
             api_addr,

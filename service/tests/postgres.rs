@@ -383,3 +383,46 @@ async fn lost_applies_stop_the_node_until_a_restart_applies_them_again() {
         .unwrap();
     assert_eq!(code, 201);
 }
+
+/// The partition scenario of the cluster tests on PostgreSQL: with Pre-Vote (the
+/// default) a follower back from a partition leaves leader and term alone; with it off,
+/// the same return deposes the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_a_partition_leaves_the_leader_alone_on_postgres() {
+    if !harness::can_partition() {
+        assert!(
+            std::env::var_os("KV_REQUIRE_NET_FAULTS").is_none(),
+            "KV_REQUIRE_NET_FAULTS is set but iptables cannot be used"
+        );
+        eprintln!("SKIPPED: cutting traffic needs root and iptables");
+        return;
+    }
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    for (pre_vote, first_octet) in [("true", 70), ("false", 80)] {
+        let mut node_env = BTreeMap::new();
+        for id in 1..=3 {
+            let database = server.create_database().await;
+            node_env.insert(id, server.env(&database));
+        }
+        let cluster = harness::Cluster::start_isolatable_with_node_env(
+            3,
+            first_octet,
+            &[("KV_RAFT_PRE_VOTE", pre_vote)],
+            node_env,
+        );
+        let back = harness::cut_off_a_follower_and_let_it_back(&cluster).await;
+        let (leader, term) = back.before;
+        for (id, seen) in &back.after {
+            if pre_vote == "true" {
+                assert_eq!(*seen, (Some(leader), term), "node {id} with Pre-Vote");
+            } else {
+                assert!(
+                    seen.1 > term + 2,
+                    "node {id} without Pre-Vote: {seen:?}, before {term}"
+                );
+            }
+        }
+    }
+}

@@ -546,3 +546,150 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--ca-file"), "{err}");
 }
+
+/// A tmpfs mounted on a temp dir (needs root); unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount to {size}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart() {
+    let Some(disk) = SmallDisk::mount("48m") else {
+        assert!(
+            std::env::var_os("KV_REQUIRE_ROOT").is_none(),
+            "KV_REQUIRE_ROOT is set but a tmpfs cannot be mounted"
+        );
+        eprintln!("SKIPPED: mounting a small file system needs root");
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let node = Node::start(
+        disk.dir.path(),
+        &[("KV_STORAGE_MIN_FREE_BYTES", "25165824")], // 24 MiB of 48 MiB
+    );
+    wait_ready(&node, &client).await;
+    let value = "v".repeat(64 * 1024);
+    let put = |key: String| {
+        let (client, url, value) = (
+            client.clone(),
+            node.url(&format!("/kv/{key}")),
+            value.clone(),
+        );
+        async move {
+            let resp = client
+                .put(url)
+                .json(&serde_json::json!({ "value": value }))
+                .send()
+                .await
+                .expect("an answer");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+
+    // Fill it until new values are refused.
+    let mut acked = Vec::new();
+    let refused = loop {
+        assert!(
+            acked.len() < 1000,
+            "1000 values of 64 KiB accepted on 48 MiB"
+        );
+        let key = format!("fill{}", acked.len());
+        match put(key.clone()).await {
+            (201, _) => acked.push(key),
+            (status, body) => break (status, body),
+        }
+    };
+    assert_eq!(refused.0, 507, "{}", refused.1);
+    assert_eq!(refused.1["code"], "NO_SPACE", "{}", refused.1);
+    assert!(!acked.is_empty());
+    // Reads, deletes and the probes still work.
+    let resp = client
+        .get(node.url(&format!("/kv/{}", acked[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .delete(node.url(&format!("/kv/{}", acked[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let gone = acked.remove(0);
+    let resp = client.get(node.url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let metrics = support::get_text(&client, &node.url("/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kvstore_storage_out_of_space 1"),
+        "{metrics}"
+    );
+
+    // Room again: writes succeed without a restart.
+    disk.resize("128m");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match put("after".into()).await {
+            (201, _) => break,
+            (status, body) => {
+                assert_eq!(status, 507, "{body}");
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused after room was made"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Nothing acknowledged was lost.
+    for key in &acked {
+        let resp = client
+            .get(node.url(&format!("/kv/{key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "acknowledged {key} lost");
+    }
+    let resp = client
+        .get(node.url(&format!("/kv/{gone}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

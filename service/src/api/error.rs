@@ -30,6 +30,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     NoLeader,
     StorageUnavailable,
+    NoSpace,
     OutcomeUnknown,
     Timeout,
     Unavailable,
@@ -146,6 +147,8 @@ pub enum ApiError {
     #[error("{0}")]
     StorageUnavailable(String),
     #[error("{0}")]
+    NoSpace(String),
+    #[error("{0}")]
     OutcomeUnknown(String),
     #[error("{0}")]
     Timeout(String),
@@ -186,6 +189,7 @@ impl ApiError {
             | ApiError::NotReady(_)
             | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -212,6 +216,7 @@ impl ApiError {
             ApiError::NoLeader { .. } => ErrorCode::NoLeader,
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             ApiError::StorageUnavailable(_) => ErrorCode::StorageUnavailable,
+            ApiError::NoSpace(_) => ErrorCode::NoSpace,
             ApiError::Timeout(_) | ApiError::BodyTimeout(_) => ErrorCode::Timeout,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::NotReady(_) => ErrorCode::NotReady,
@@ -221,8 +226,17 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
+        let text = self.to_string();
+        let error = if reveals_internals(&text) {
+            // The detail helps an operator, not a client: it goes to the log, under the
+            // request's span (and trace id), and the client gets a sentence.
+            tracing::warn!(code = %self.code().as_label(), detail = %text, "error detail withheld from the client");
+            self.code().sentence().to_string()
+        } else {
+            text
+        };
         ErrorBody {
-            error: self.to_string(),
+            error,
             code: self.code(),
             key: match self {
                 ApiError::KeyNotFound(key) => Some(key.clone()),
@@ -276,12 +290,17 @@ impl From<NodeError> for ApiError {
                 message,
                 leader: Some(leader),
             },
+            NodeError::NoQuorum(_) => ApiError::NoLeader {
+                message,
+                leader: None,
+            },
             NodeError::InvalidMembership(_) => ApiError::InvalidMembership(message),
             NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             NodeError::Timeout(_) => ApiError::Timeout(message),
             NodeError::Overloaded(_) => ApiError::Overloaded(message),
             NodeError::Unavailable(_) => ApiError::Unavailable(message),
             NodeError::StorageUnavailable(_) => ApiError::StorageUnavailable(message),
+            NodeError::NoSpace(_) => ApiError::NoSpace(message),
             NodeError::Storage(_) => ApiError::Internal(message),
         }
     }
@@ -320,7 +339,44 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Fragments of Rust's debug formatting and type paths, which an error from a library
+/// (openraft, std::io, sqlx) carries and a client must never see.
+const INTERNALS: &[&str] = &[
+    "LogId {",
+    "LeaderId {",
+    "Vote {",
+    "Error {",
+    "Error(",
+    "Some(",
+    "Os {",
+    "std::",
+    "kind:",
+];
+
+/// Whether `text` shows Rust internals rather than a sentence meant for a client.
+pub fn reveals_internals(text: &str) -> bool {
+    INTERNALS.iter().any(|fragment| text.contains(fragment))
+}
+
 impl ErrorCode {
+    /// What a client is told when the error's own text would reveal internals.
+    fn sentence(self) -> &'static str {
+        match self {
+            ErrorCode::Unavailable => {
+                "this node cannot serve the request right now; retry, or try another node"
+            }
+            ErrorCode::OutcomeUnknown => {
+                "the write may or may not have taken effect: leadership changed, or the \
+                 leader stopped answering, before it was known to commit"
+            }
+            ErrorCode::StorageUnavailable => "the storage backend is unreachable",
+            ErrorCode::NoLeader => "no leader is available to serve this request",
+            ErrorCode::Timeout => "the request did not complete in time",
+            ErrorCode::InvalidMembership => "the membership change cannot be made",
+            _ => "the request failed on this node; the node's log has the details",
+        }
+    }
+
     /// The code as clients see it, e.g. `KEY_NOT_FOUND`.
     pub fn as_label(self) -> String {
         match poem_openapi::types::ToJSON::to_json(&self) {
@@ -343,6 +399,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
     (500, "INTERNAL: an unexpected failure on this node"),
     (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests, or too many bytes of writes, in flight; nothing was done, retry after the `Retry-After` seconds)"),
+    (507, "NO_SPACE: the node is past storage.quota_bytes or below storage.min_free_bytes free; new values are refused until there is room, reads and deletes still work"),
     (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
 ];
 
@@ -415,6 +472,34 @@ mod tests {
         let short = InvalidJsonDetails::new("m", b"{\"value\": \xff");
         assert_eq!(short.body_length, 11);
         assert_eq!(short.body_preview, "{\"value\": \u{fffd}");
+    }
+
+    #[test]
+    fn bodies_never_show_rust_internals() {
+        // What a full disk made openraft report, and what a client once read.
+        let fatal = "when Write Log(LogId { leader_id: LeaderId { term: 1, node_id: 1 }, \
+                     index: 140 }): std::io::error::Error: No space left on device (os error 28)";
+        let errors = [
+            ApiError::from(NodeError::Unavailable(fatal.into())),
+            ApiError::from(NodeError::Storage(fatal.into())),
+            ApiError::from(NodeError::OutcomeUnknown(format!(
+                "discarded: {:?}",
+                Some(std::io::Error::other("x"))
+            ))),
+            ApiError::Internal(format!("{:?}", std::io::Error::other("boom"))),
+        ];
+        for e in errors {
+            let body = e.body();
+            assert!(!reveals_internals(&body.error), "{body:?}");
+            assert!(!body.error.is_empty());
+            assert_eq!(body.code, e.code());
+        }
+        // Sentences of kvstore's own pass unchanged.
+        let body = ApiError::from(NodeError::NoLeader { leader: Some(2) }).body();
+        assert_eq!(
+            body.error,
+            "no leader is available to serve this request (last known leader: node 2)"
+        );
     }
 
     #[test]

@@ -67,7 +67,8 @@ pub struct StatusResponse {
     /// leader, follower, candidate, learner or shutdown.
     pub role: String,
     pub term: u64,
-    /// The current leader's id, if one is known.
+    /// The current leader's id, if one is known and in touch: null while this node leads
+    /// without a majority, or has not heard from its leader, within the leader lease.
     #[oai(nullable)]
     pub leader_id: Option<u64>,
     /// The current leader's id and API address, if one is known.
@@ -197,11 +198,13 @@ impl SystemApi {
 
     /// Readiness
     ///
-    /// 200 only when this node knows a leader and has applied every entry it knows to
-    /// be committed; otherwise 503 `NOT_READY` with the reason.
+    /// 200 only when this node is in touch with a leader (it leads with a majority's
+    /// acknowledgement, or its leader's heartbeats arrive, within the leader lease) and
+    /// has applied every entry it knows to be committed; otherwise 503 `NOT_READY` with
+    /// the reason.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<ReadyResult, ApiError> {
-        let leader_id = self.readiness().map_err(ApiError::NotReady)?;
+        let leader_id = self.readiness().await.map_err(ApiError::NotReady)?;
         Ok(ReadyResult::Ok(Json(ReadyResponse {
             ready: true,
             node_id: self.node.id(),
@@ -227,7 +230,8 @@ impl SystemApi {
     async fn status(&self, _auth: ClientAuth) -> Result<StatusResult, ApiError> {
         let m = self.node.metrics();
         let members = self.node.members();
-        let leader = m.current_leader.and_then(|id| {
+        let leader_id = self.node.leader_in_touch().await;
+        let leader = leader_id.and_then(|id| {
             members
                 .iter()
                 .find(|mem| mem.id == id)
@@ -245,7 +249,7 @@ impl SystemApi {
                 })
                 .collect()
         });
-        let status = if self.readiness().is_ok() {
+        let status = if self.readiness().await.is_ok() {
             HEALTHY
         } else {
             DEGRADED
@@ -256,7 +260,7 @@ impl SystemApi {
             node_id: self.node.id(),
             role: role_name(m.state).into(),
             term: m.current_term,
-            leader_id: m.current_leader,
+            leader_id,
             leader,
             members: members.into_iter().map(Into::into).collect(),
             followers,
@@ -276,7 +280,7 @@ impl SystemApi {
 
 impl SystemApi {
     /// Whether this node can serve: the leader it follows, or why it cannot.
-    fn readiness(&self) -> Result<u64, String> {
+    async fn readiness(&self) -> Result<u64, String> {
         let m = self.node.metrics();
         if let Err(e) = &m.running_state {
             return Err(format!("raft has stopped: {e}"));
@@ -284,8 +288,17 @@ impl SystemApi {
         if !self.node.storage_available() {
             return Err("the storage backend is unreachable".into());
         }
-        let Some(leader_id) = m.current_leader else {
-            return Err("no leader is known".into());
+        let Some(leader_id) = self.node.leader_in_touch().await else {
+            return Err(match m.current_leader {
+                Some(id) if id == self.node.id() => {
+                    "this node leads but has not heard from a majority within the leader lease"
+                        .into()
+                }
+                Some(id) => {
+                    format!("no heartbeat from the leader (node {id}) within the leader lease")
+                }
+                None => "no leader is known".into(),
+            });
         };
         let committed = m.local_committed.as_ref().map(|id| id.index);
         let applied = m.last_applied.as_ref().map(|id| id.index);

@@ -4,6 +4,7 @@
 mod batch;
 mod network;
 mod node;
+mod pre_vote;
 pub mod rpc;
 mod rpc_server;
 
@@ -13,6 +14,7 @@ pub use network::PeerNetwork;
 pub use node::{
     start, Consistency, FollowerProgress, MemberInfo, NodeError, RaftNode, WeakRaftNode,
 };
+pub use pre_vote::outcome_labels as pre_vote_outcomes;
 pub use rpc_server::rpc_app;
 
 use crate::store::{CommandResult, Proposal};

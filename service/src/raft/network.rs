@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::Framed;
 
+use super::pre_vote::PreVoteRounds;
 use super::rpc::{self, SnapshotHeader};
 use super::typ::{Entry, LogId, Snapshot, Vote};
 use super::{NodeAddr, TypeConfig};
@@ -53,6 +54,8 @@ pub struct PeerNetwork {
     http: reqwest::Client,
     secret: Option<Arc<str>>,
     streams: Arc<Streams>,
+    /// This node's Pre-Vote rounds, counted as their requests leave.
+    pre_votes: Arc<PreVoteRounds>,
 }
 
 /// Idle streams by peer (Raft URL and node id) with when each became idle, and the
@@ -88,7 +91,15 @@ impl PeerNetwork {
             http,
             secret: (!secret.is_empty()).then(|| Arc::from(secret)),
             streams: Arc::default(),
+            pre_votes: PreVoteRounds::new(DEFAULT_ROUND_TIME),
         })
+    }
+
+    /// Counts a Pre-Vote round as over, without an election, after `round_time` (the
+    /// maximum election timeout).
+    pub fn with_pre_vote_round_time(mut self, round_time: Duration) -> Self {
+        self.pre_votes = PreVoteRounds::new(round_time);
+        self
     }
 
     /// A POST to node `target` carrying the secret, the target's id (a node refuses
@@ -323,6 +334,10 @@ pub struct PeerClient {
     raft_url: String,
 }
 
+/// How long a Pre-Vote round lasts, unless [`PeerNetwork::with_pre_vote_round_time`]
+/// says otherwise: the longest election timeout of the default settings.
+const DEFAULT_ROUND_TIME: Duration = Duration::from_secs(2);
+
 /// How long calls to a peer go as plain requests after it declined a stream.
 const STREAM_RETRY: Duration = Duration::from_secs(10);
 /// Idle streams kept per peer.
@@ -452,6 +467,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.net.pre_votes.vote_sent(rpc.vote.leader_id().term);
         self.rpc(rpc::VOTE, (&rpc, 0), option.hard_ttl()).await
     }
 
@@ -460,6 +476,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.net
+            .pre_votes
+            .pre_vote_sent(self.target, rpc.vote.leader_id().term);
         self.rpc(rpc::PRE_VOTE, (&rpc, 0), option.hard_ttl()).await
     }
 

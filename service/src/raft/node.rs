@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,12 +70,20 @@ pub enum NodeError {
     /// was not proposed.
     #[error("{0}")]
     Overloaded(String),
+    /// This node leads, but no majority has acknowledged it within the leader lease: it
+    /// may be cut off, and a new leader may already serve the others.
+    #[error("no leader is available here: this node has not heard from a majority of the cluster for over {0:?}")]
+    NoQuorum(Duration),
     /// The quorum could not be confirmed, or Raft has stopped.
     #[error("node unavailable: {0}")]
     Unavailable(String),
     /// A membership change that cannot be made (unknown node, reused id, ...).
     #[error("{0}")]
     InvalidMembership(String),
+    /// The node is past its storage quota or below its free-space floor: new values are
+    /// refused until there is room.
+    #[error("{0}")]
+    NoSpace(String),
     /// The storage backend cannot be reached (PostgreSQL down).
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
@@ -147,6 +156,15 @@ struct Inner {
     proposal_bytes: ByteBudget,
     storage_type: StorageType,
     request_timeout: Duration,
+    /// The storage quota and free-space floor, and whether they are passed.
+    space: store::space::Space,
+    /// openraft's leader lease (the maximum election timeout): a leader that no majority
+    /// has acknowledged for this long stops serving, and a follower that has not heard
+    /// from its leader for this long no longer counts it as its leader.
+    lease: Duration,
+    /// When this node last accepted AppendEntries from a leader (milliseconds after
+    /// `started_at`, plus one; 0: never): the cheap way to know its leader is in touch.
+    leader_contact: AtomicU64,
     started_at: Instant,
     incoming_snapshots: PathBuf,
 }
@@ -187,9 +205,11 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
         // serve reads older than writes it had acknowledged before the restart (seen
         // when a whole cluster loses power).
         enable_leader_restore: Some(false),
+        enable_pre_vote: Some(settings.raft.pre_vote),
         ..Default::default()
     }
     .validate()?;
+    let lease = Duration::from_millis(config.election_timeout_max);
 
     let local_ip = settings
         .raft_listen_addr()
@@ -200,7 +220,8 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
         &settings.cluster.secret,
         local_ip,
         crate::tls::client_config(&settings.tls)?,
-    )?;
+    )?
+    .with_pre_vote_round_time(lease);
     let id = settings.raft.node_id;
     let raft = Raft::new(
         id,
@@ -271,6 +292,13 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
             proposal_bytes: ByteBudget::new(settings.server.max_in_flight_bytes),
             storage_type: settings.storage.kind,
             request_timeout: settings.server.request_timeout,
+            lease,
+            space: store::space::Space::new(
+                settings.storage.quota_bytes,
+                settings.storage.min_free_bytes,
+                settings.storage.data_dir.clone(),
+            ),
+            leader_contact: AtomicU64::new(0),
             started_at: Instant::now(),
             incoming_snapshots: settings.storage.data_dir.join("snapshots").join("incoming"),
         }),
@@ -341,9 +369,109 @@ impl RaftNode {
         self.inner.store.len().await.map_err(storage)
     }
 
+    /// Whether this node is the leader but no majority has acknowledged it within the
+    /// lease. openraft then refuses new writes but keeps the role (so that it can resume
+    /// at once if the majority comes back); kvstore answers its clients `NO_LEADER` at
+    /// once instead of letting them wait.
+    fn leads_without_quorum(&self, m: &RaftMetrics) -> bool {
+        if m.state != ServerState::Leader || m.current_leader != Some(self.inner.id) {
+            return false;
+        }
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return false; // a single voter is its own majority
+        }
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| openraft::Instant::elapsed(&**acked) > self.inner.lease)
+    }
+
+    /// The leader this node is in touch with: itself while a majority acknowledges it
+    /// within the lease, or the leader it follows while that leader's heartbeats arrive
+    /// within the lease. `None` when no leader is known or it has gone quiet (this node
+    /// may be cut off). With Pre-Vote a cut-off follower keeps its last leader in Raft's
+    /// view (it never raises its term), so this is what tells that it is alone.
+    pub async fn leader_in_touch(&self) -> Option<u64> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        if leader == self.inner.id {
+            return (!self.leads_without_quorum(&m)).then_some(leader);
+        }
+        self.follower_in_touch().await.then_some(leader)
+    }
+
+    /// Whether this node, as a follower, has heard from its leader within the lease.
+    async fn follower_in_touch(&self) -> bool {
+        let contact = self.inner.leader_contact.load(Ordering::Relaxed);
+        if contact > 0 {
+            let at = self.inner.started_at + Duration::from_millis(contact - 1);
+            if at.elapsed() <= self.inner.lease {
+                return true;
+            }
+        }
+        // No recent AppendEntries seen here (a snapshot may be arriving instead): ask
+        // Raft when the leader last renewed this node's lease.
+        let heard = self
+            .inner
+            .raft
+            .with_raft_state(|state| state.vote_last_modified())
+            .await
+            .ok()
+            .flatten();
+        heard.is_some_and(|at| openraft::Instant::elapsed(&at) <= self.inner.lease)
+    }
+
+    /// Hands AppendEntries from a leader to Raft, noting the contact when it is accepted.
+    pub(crate) async fn append_entries(
+        &self,
+        req: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
+        let result = self.inner.raft.append_entries(req).await;
+        if matches!(
+            result,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+                | openraft::raft::AppendEntriesResponse::Conflict)
+        ) {
+            let now =
+                u64::try_from(self.inner.started_at.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.inner.leader_contact.store(now + 1, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Whether the storage backend can be reached right now.
     pub fn storage_available(&self) -> bool {
         self.inner.store.is_available()
+    }
+
+    /// Checks the storage limits twice a second for as long as the node exists (it holds
+    /// the node only while checking, so the store can close).
+    pub fn watch_space(&self) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(node) = weak.upgrade() else { return };
+                    if node.is_shut_down() {
+                        return;
+                    }
+                    if let Ok(stored) = node.inner.store.size_bytes().await {
+                        let full = node.inner.space.check(stored);
+                        ::metrics::gauge!(metrics::OUT_OF_SPACE).set(if full { 1.0 } else { 0.0 });
+                    }
+                }
+                tokio::time::sleep(store::space::CHECK_INTERVAL).await;
+            }
+        });
+    }
+
+    /// Refuses a new value at once while the node is out of space; deletes pass, since
+    /// they are how an operator makes room.
+    fn check_space(&self, command: &Command) -> Result<(), NodeError> {
+        match (command, self.inner.space.refusal()) {
+            (Command::Put { .. }, Some(why)) => Err(NodeError::NoSpace(why)),
+            _ => Ok(()),
+        }
     }
 
     /// Fails fast while the storage backend is unreachable, instead of letting the
@@ -450,6 +578,7 @@ impl RaftNode {
 
     async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.check_storage()?;
+        self.check_space(&command)?;
         let deadline = Instant::now() + self.inner.request_timeout;
         self.with_leader(deadline, |target| {
             let command = command.clone();
@@ -476,6 +605,11 @@ impl RaftNode {
         loop {
             let target = {
                 let m = metrics.borrow_watched();
+                if self.leads_without_quorum(&m) {
+                    // Waiting would not help: the majority may have moved on without
+                    // this node, and it cannot tell until the partition heals.
+                    return Err(NodeError::NoQuorum(self.inner.lease));
+                }
                 match m.current_leader {
                     Some(leader) if leader == self.inner.id => Some(Target::Here),
                     Some(leader) => {
@@ -490,9 +624,16 @@ impl RaftNode {
                     None => None,
                 }
             };
-            let result = match target {
-                Some(target) => attempt(target).await,
-                None => Err(NodeError::NoLeader { leader: None }),
+            // A follower that has not heard from its leader within the lease is as good as
+            // leaderless: forwarding would only wait on a leader it cannot reach.
+            let lost = match &target {
+                Some(Target::Leader { id, .. }) if !self.follower_in_touch().await => Some(*id),
+                _ => None,
+            };
+            let result = match (target, lost) {
+                (_, Some(last)) => Err(NodeError::NoLeader { leader: Some(last) }),
+                (Some(target), None) => attempt(target).await,
+                (None, None) => Err(NodeError::NoLeader { leader: None }),
             };
             match result {
                 Err(e) if e.is_retryable() && !remaining(deadline).is_zero() => {
@@ -530,6 +671,7 @@ impl RaftNode {
     /// The leader's end of a (possibly forwarded) write. Never forwards again.
     pub(crate) async fn write_here(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.check_storage()?;
+        self.check_space(&command)?;
         self.write_until(command, Instant::now() + self.inner.request_timeout)
             .await
     }
@@ -837,11 +979,15 @@ fn forward_failed(leader: u64, e: CallError) -> NodeError {
 /// The `reason` label of a failed proposal.
 fn failure_reason(e: &NodeError) -> &'static str {
     match e {
-        NodeError::NoLeader { .. } | NodeError::LeaderUnreachable { .. } => "no_leader",
+        NodeError::NoLeader { .. }
+        | NodeError::LeaderUnreachable { .. }
+        | NodeError::NoQuorum(_) => "no_leader",
         NodeError::Timeout(_) => "timeout",
         NodeError::Overloaded(_) => "overloaded",
         NodeError::OutcomeUnknown(_) => "outcome_unknown",
-        NodeError::StorageUnavailable(_) | NodeError::Storage(_) => "storage",
+        NodeError::StorageUnavailable(_) | NodeError::Storage(_) | NodeError::NoSpace(_) => {
+            "storage"
+        }
         NodeError::Unavailable(_) | NodeError::InvalidMembership(_) => "other",
     }
 }

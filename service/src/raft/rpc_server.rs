@@ -118,7 +118,7 @@ async fn append(
     node: Data<&RaftNode>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<RpcResult<AppendEntriesResponse<TypeConfig>>> {
-    Json(node.raft().append_entries(req).await)
+    Json(node.append_entries(req).await)
 }
 
 #[handler]
@@ -209,7 +209,7 @@ async fn serve_stream(
                 let req: AppendEntriesRequest<TypeConfig> =
                     crate::cpu::heavy(body.len(), || serde_json::from_slice(body))?;
                 let result: RpcResult<AppendEntriesResponse<TypeConfig>> =
-                    node.raft().append_entries(req).await;
+                    node.append_entries(req).await;
                 serde_json::to_vec(&result)?
             }
             rpc::KIND_FORWARD_WRITES => {

@@ -10,6 +10,7 @@
 pub mod postgres;
 pub mod redb;
 mod snapshot;
+pub mod space;
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;

@@ -23,6 +23,7 @@ pub const RAFT_TERM: &str = "kvstore_raft_term";
 pub const RAFT_IS_LEADER: &str = "kvstore_raft_is_leader";
 pub const RAFT_LEADER_ID: &str = "kvstore_raft_leader_id";
 pub const RAFT_LEADER_CHANGES: &str = "kvstore_raft_leader_changes_total";
+pub const PRE_VOTE_ROUNDS: &str = "kvstore_raft_pre_vote_rounds_total";
 pub const RAFT_LAST_LOG: &str = "kvstore_raft_last_log_index";
 pub const RAFT_COMMITTED: &str = "kvstore_raft_committed_index";
 pub const RAFT_APPLIED: &str = "kvstore_raft_applied_index";
@@ -37,6 +38,7 @@ pub const STORAGE_APPEND_DURATION: &str = "kvstore_storage_append_duration_secon
 pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds";
 pub const KEYS: &str = "kvstore_keys";
 pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
+pub const OUT_OF_SPACE: &str = "kvstore_storage_out_of_space";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -114,6 +116,12 @@ fn describe() {
         "Node id of the leader this node knows of; 0 when none."
     );
     describe_counter!(RAFT_LEADER_CHANGES, "Times this node saw a new leader.");
+    describe_counter!(
+        PRE_VOTE_ROUNDS,
+        "Pre-Vote rounds this node ran, by outcome: `election` (a majority would vote for \
+         it, so it started an election) or `no_election` (it could not win, so its term \
+         and the leader were left alone)."
+    );
     describe_gauge!(
         RAFT_LAST_LOG,
         "Index of the last entry in this node's Raft log."
@@ -171,8 +179,17 @@ fn describe() {
         "Size of the stored data: the redb file, or the PostgreSQL tables."
     );
 
+    describe_gauge!(
+        OUT_OF_SPACE,
+        "1 while new values are refused: past storage.quota_bytes, or below storage.min_free_bytes free."
+    );
+    gauge!(OUT_OF_SPACE).set(0.0);
+
     // Counters that a dashboard queries must exist before their first event.
     counter!(RAFT_LEADER_CHANGES).absolute(0);
+    for outcome in crate::raft::pre_vote_outcomes() {
+        counter!(PRE_VOTE_ROUNDS, "outcome" => outcome).absolute(0);
+    }
     counter!(SNAPSHOTS_BUILT).absolute(0);
     counter!(SNAPSHOTS_INSTALLED).absolute(0);
     for reason in FAILURE_REASONS {
@@ -196,6 +213,7 @@ pub fn watch_raft(node: &crate::raft::RaftNode) {
     )
     .set(1.0);
     let mut rx = node.raft_metrics_watch();
+    let weak = node.downgrade();
     tokio::spawn(async move {
         let mut leader: Option<u64> = None;
         loop {
@@ -203,17 +221,19 @@ pub fn watch_raft(node: &crate::raft::RaftNode) {
             if m.running_state.is_err() || m.state == ServerState::Shutdown {
                 return;
             }
+            // The leader as clients see it: none while this node leads without a
+            // majority, or has not heard from its leader, within the lease.
+            // Held only for this call, so that the node (and its store) can close.
+            let Some(node) = weak.upgrade() else { return };
+            let in_touch = node.leader_in_touch().await;
+            drop(node);
             if m.current_leader.is_some() && m.current_leader != leader {
                 counter!(RAFT_LEADER_CHANGES).increment(1);
             }
             leader = m.current_leader;
             gauge!(RAFT_TERM).set(m.current_term as f64);
-            gauge!(RAFT_IS_LEADER).set(if m.state == ServerState::Leader {
-                1.0
-            } else {
-                0.0
-            });
-            gauge!(RAFT_LEADER_ID).set(m.current_leader.unwrap_or(0) as f64);
+            gauge!(RAFT_IS_LEADER).set(if in_touch == Some(m.id) { 1.0 } else { 0.0 });
+            gauge!(RAFT_LEADER_ID).set(in_touch.unwrap_or(0) as f64);
             gauge!(RAFT_LAST_LOG).set(m.last_log_index.unwrap_or(0) as f64);
             gauge!(RAFT_COMMITTED).set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
             gauge!(RAFT_APPLIED).set(m.last_applied.as_ref().map_or(0, |l| l.index) as f64);

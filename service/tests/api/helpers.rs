@@ -221,6 +221,13 @@ pub async fn json(resp: reqwest::Response, status: u16) -> Value {
         .to_string();
     let text = resp.text().await.expect("body");
     assert_eq!(actual, status, "unexpected status; body: {text}");
+    if status >= 400 {
+        // Every error the API tests provoke passes here: none may show Rust internals.
+        assert!(
+            !kvstore::api::error::reveals_internals(&text),
+            "an error body shows Rust internals: {text}"
+        );
+    }
     assert!(
         content_type.starts_with("application/json"),
         "content-type {content_type:?}, body {text}"

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{eventually, free_port, get_json, NodeProcess};
+use crate::support::{eventually, free_port, get_json, get_text, put_ok, NodeProcess};
 
 pub struct Cluster {
     pub client: reqwest::Client,
@@ -47,10 +47,20 @@ impl Cluster {
     /// Like [`Cluster::start`], but node `i` binds (and connects from) its own address
     /// `127.0.0.<first_octet + i>`, so its traffic can be told apart and cut.
     pub fn start_isolatable(n: u64, first_octet: u8, extra_env: &[(&str, &str)]) -> Cluster {
+        Self::start_isolatable_with_node_env(n, first_octet, extra_env, BTreeMap::new())
+    }
+
+    /// Like [`Cluster::start_isolatable`], with extra settings for each node.
+    pub fn start_isolatable_with_node_env(
+        n: u64,
+        first_octet: u8,
+        extra_env: &[(&str, &str)],
+        node_env: BTreeMap<u64, Vec<(String, String)>>,
+    ) -> Cluster {
         let ips = (1..=n)
             .map(|id| (id, format!("127.0.0.{}", u64::from(first_octet) + id)))
             .collect();
-        Self::start_on(ips, extra_env, BTreeMap::new())
+        Self::start_on(ips, extra_env, node_env)
     }
 
     fn start_on(
@@ -210,6 +220,15 @@ impl Cluster {
         self.procs[&id].signal("CONT");
     }
 
+    /// The value of one sample of node `id`'s `/metrics`, e.g.
+    /// `kvstore_raft_pre_vote_rounds_total{outcome="no_election"}`.
+    pub async fn metric(&self, id: u64, sample: &str) -> Option<f64> {
+        let text = get_text(&self.client, &self.url(id, "/metrics")).await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     pub async fn status(&self, id: u64) -> Option<Value> {
         let (code, body) = get_json(&self.client, &self.url(id, "/status")).await?;
         (code == 200).then_some(body)
@@ -280,5 +299,148 @@ impl Drop for Partition {
         for rule in &self.rules {
             iptables("-D", rule);
         }
+    }
+}
+
+/// What a follower's return from a partition did to the cluster.
+pub struct Return {
+    /// (leader, term) before the cut, the same on every node.
+    pub before: (u64, u64),
+    /// (leader, term) after the follower caught up, as each node reports it.
+    pub after: BTreeMap<u64, (Option<u64>, u64)>,
+    /// Pre-Vote rounds the cut-off node ran that did not lead to an election.
+    pub rounds_without_election: f64,
+    /// New leaders the nodes saw from the cut to the end, summed over the nodes.
+    pub leader_changes: f64,
+}
+
+/// Cuts a follower of a three-node cluster off from its peers until it has either run
+/// three election rounds in vain (with Pre-Vote) or raised its term three times (without),
+/// checks that meanwhile it serves nothing as if in touch, lets it back, waits until it has
+/// caught up with everything written meanwhile, and reports leader and term on every node.
+pub async fn cut_off_a_follower_and_let_it_back(cluster: &Cluster) -> Return {
+    let all = [1, 2, 3];
+    let leader = cluster.wait_leader(&all, Duration::from_secs(10)).await;
+    put_ok(&cluster.client, &cluster.url(leader, "/kv/before"), "x").await;
+    let term = cluster.status(leader).await.expect("leader status")["term"]
+        .as_u64()
+        .expect("term");
+    for id in all {
+        cluster
+            .wait_local_value(id, "before", "x", Duration::from_secs(10))
+            .await;
+        let status = cluster.status(id).await.expect("status");
+        assert_eq!(
+            (status["leader_id"].as_u64(), status["term"].as_u64()),
+            (Some(leader), Some(term)),
+            "node {id} before the cut: {status}"
+        );
+    }
+    let cut = all.into_iter().find(|id| *id != leader).unwrap();
+    let no_election = r#"kvstore_raft_pre_vote_rounds_total{outcome="no_election"}"#;
+    let rounds_before = cluster.metric(cut, no_election).await.unwrap_or(0.0);
+    // Count from the moment every node's metrics show the leader (they refresh at least
+    // once a second), so that a late first count is not taken for a change.
+    eventually(
+        Duration::from_secs(5),
+        "every node's leader gauge to show the leader",
+        || async {
+            for id in all {
+                if cluster.metric(id, "kvstore_raft_leader_id").await? != leader as f64 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let changes = "kvstore_raft_leader_changes_total";
+    let mut changes_before = 0.0;
+    for id in all {
+        changes_before += cluster.metric(id, changes).await.expect("leader changes");
+    }
+
+    let partition = cluster.cut_off(cut);
+    let cut_at = Instant::now();
+    // Several election timeouts in which the cut-off node tries to become leader.
+    eventually(
+        Duration::from_secs(30),
+        "three failed Pre-Vote rounds or three new terms on the cut-off node",
+        || async {
+            let rounds = cluster.metric(cut, no_election).await?;
+            let status = cluster.status(cut).await?;
+            let raised = status["term"].as_u64()? >= term + 3;
+            (rounds >= rounds_before + 3.0 || raised).then_some(())
+        },
+    )
+    .await;
+    // Cut off, it is not ready and names no leader, whatever its Raft state says.
+    let (code, body) = get_json(&cluster.client, &cluster.url(cut, "/ready"))
+        .await
+        .expect("/ready answers");
+    assert_eq!(code, 503, "a cut-off follower must not be ready: {body}");
+    let status = cluster.status(cut).await.expect("status");
+    assert!(status["leader_id"].is_null(), "{status}");
+    let mut written = 0;
+    while written < 20 || cut_at.elapsed() < Duration::from_secs(1) {
+        put_ok(
+            &cluster.client,
+            &cluster.url(leader, &format!("/kv/during{written}")),
+            "y",
+        )
+        .await;
+        written += 1;
+    }
+    let rounds_without_election =
+        cluster.metric(cut, no_election).await.unwrap_or(0.0) - rounds_before;
+
+    partition.heal();
+    let last = format!("during{}", written - 1);
+    cluster
+        .wait_local_value(cut, &last, "y", Duration::from_secs(20))
+        .await;
+    // Whatever the return caused has happened by now: wait until every node names the
+    // same leader, then read what each one says.
+    cluster.wait_leader(&all, Duration::from_secs(20)).await;
+    let mut after = BTreeMap::new();
+    for id in all {
+        let status = cluster.status(id).await.expect("status");
+        after.insert(
+            id,
+            (
+                status["leader_id"].as_u64(),
+                status["term"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    // The metrics refresh at least once a second: wait for them to agree with /status.
+    eventually(
+        Duration::from_secs(5),
+        "the leader gauges to match /status",
+        || async {
+            for (id, (seen, _)) in &after {
+                let gauge = cluster.metric(*id, "kvstore_raft_leader_id").await?;
+                if Some(gauge as u64) != *seen {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let mut changes_after = 0.0;
+    for id in all {
+        changes_after += cluster.metric(id, changes).await.expect("leader changes");
+    }
+    let leader_changes = changes_after - changes_before;
+    eprintln!(
+        "a follower back from a partition: {leader_changes} leader changes seen by the three \
+         nodes, {rounds_without_election} Pre-Vote rounds without an election on it"
+    );
+    Return {
+        before: (leader, term),
+        after,
+        rounds_without_election,
+        leader_changes,
     }
 }

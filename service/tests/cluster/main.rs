@@ -744,3 +744,118 @@ async fn bursts_of_1mib_writes_never_stop_the_cluster() {
     let cluster = Cluster::start(3, large_values::ENV);
     large_values::bursts_of_large_values(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_a_partition_leaves_leader_and_term_alone() {
+    if !partitions_available() {
+        return;
+    }
+    let cluster = Cluster::start_isolatable(3, 40, &[]);
+    let back = harness::cut_off_a_follower_and_let_it_back(&cluster).await;
+    let (leader, term) = back.before;
+    for (id, seen) in &back.after {
+        assert_eq!(
+            *seen,
+            (Some(leader), term),
+            "node {id}: the returning follower changed leader or term"
+        );
+    }
+    assert!(
+        back.rounds_without_election >= 3.0,
+        "the cut-off node's failed Pre-Vote rounds were not counted: {}",
+        back.rounds_without_election
+    );
+    assert_eq!(back.leader_changes, 0.0, "no node may see a new leader");
+}
+
+/// The same scenario with Pre-Vote off deposes the leader: what the test above guards
+/// against does happen without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pre_vote_a_follower_back_from_a_partition_deposes_the_leader() {
+    if !partitions_available() {
+        return;
+    }
+    let cluster = Cluster::start_isolatable(3, 50, &[("KV_RAFT_PRE_VOTE", "false")]);
+    let back = harness::cut_off_a_follower_and_let_it_back(&cluster).await;
+    let (_, term) = back.before;
+    for (id, (_, seen_term)) in &back.after {
+        assert!(
+            *seen_term > term + 2,
+            "node {id}: term {seen_term}, before the cut {term}: the inflated term should have forced an election"
+        );
+    }
+    assert_eq!(back.rounds_without_election, 0.0);
+    assert!(back.leader_changes >= 1.0, "{}", back.leader_changes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_answers_no_leader_within_the_lease() {
+    if !partitions_available() {
+        return;
+    }
+    // Election timeout 500 ms: the lease is 1 s.
+    let cluster = Cluster::start_isolatable(3, 60, &[]);
+    let old = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    put_ok(&cluster.client, &cluster.url(old, "/kv/k"), "v").await;
+
+    let partition = cluster.cut_off(old);
+    let cut_at = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the cut-off leader to stop being ready",
+        || async {
+            let (code, _) = get_json(&cluster.client, &cluster.url(old, "/ready")).await?;
+            (code == 503).then_some(())
+        },
+    )
+    .await;
+    let stepped_down = cut_at.elapsed();
+    // The lease (1 s), plus slack for a loaded machine; far below the request timeout.
+    assert!(
+        stepped_down < Duration::from_millis(2500),
+        "the cut-off leader kept serving for {stepped_down:?}"
+    );
+    let status = cluster.status(old).await.unwrap();
+    assert!(status["leader_id"].is_null(), "{status}");
+    // Its clients get NO_LEADER at once, not after server.request_timeout (3 s).
+    for attempt in 0..3 {
+        let asked = Instant::now();
+        let (code, body) = put_json(&cluster.client, &cluster.url(old, "/kv/k"), "w")
+            .await
+            .unwrap();
+        assert_eq!((code, &body["code"]), (503, &json!("NO_LEADER")), "{body}");
+        let (code, body) = get_json(&cluster.client, &cluster.url(old, "/kv/k"))
+            .await
+            .unwrap();
+        assert_eq!((code, &body["code"]), (503, &json!("NO_LEADER")), "{body}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "attempt {attempt}: answers took {:?}",
+            asked.elapsed()
+        );
+    }
+    // A stale read is still served from the local copy.
+    let (code, body) = get_json(
+        &cluster.client,
+        &cluster.url(old, "/kv/k?consistency=stale"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((code, &body["value"]), (200, &json!("v")));
+
+    let majority = others(&[1, 2, 3], old);
+    let new = cluster
+        .wait_leader(&majority, Duration::from_secs(10))
+        .await;
+    put_ok(&cluster.client, &cluster.url(new, "/kv/k"), "new").await;
+    partition.heal();
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(15))
+        .await;
+    assert_ne!(leader, old);
+    cluster
+        .wait_local_value(old, "k", "new", Duration::from_secs(15))
+        .await;
+}

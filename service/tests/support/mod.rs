@@ -198,6 +198,11 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<(u16, Value
     Some((status, body))
 }
 
+/// GETs `url` and returns its body as text, or `None` if there is no answer.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> Option<String> {
+    client.get(url).send().await.ok()?.text().await.ok()
+}
+
 /// PUTs `{"value": value}` to `url` until it answers 201 (15 s at most) and returns
 /// the body. For writes that set up a scenario rather than test availability: a
 /// passing leader change may answer one attempt with 503, and repeating a put is
