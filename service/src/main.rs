@@ -153,6 +153,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(unix)]
+    _telemetry.reopen_on_sighup();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cli.config, "starting kvstore");
     let app = match Application::build(&settings).await {
         Ok(app) => app,

@@ -37,6 +37,7 @@ pub const STORAGE_APPEND_DURATION: &str = "kvstore_storage_append_duration_secon
 pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds";
 pub const KEYS: &str = "kvstore_keys";
 pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
+pub const LOG_LINES_DROPPED: &str = "kvstore_log_lines_dropped_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -82,6 +83,7 @@ pub fn render() -> String {
     if let Some(process) = PROCESS.get() {
         process.collect();
     }
+    counter!(LOG_LINES_DROPPED).absolute(super::dropped_log_lines());
     install().render()
 }
 
@@ -171,7 +173,13 @@ fn describe() {
         "Size of the stored data: the redb file, or the PostgreSQL tables."
     );
 
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log writer's queue (logging.buffer_lines) was full."
+    );
+
     // Counters that a dashboard queries must exist before their first event.
+    counter!(LOG_LINES_DROPPED).absolute(0);
     counter!(RAFT_LEADER_CHANGES).absolute(0);
     counter!(SNAPSHOTS_BUILT).absolute(0);
     counter!(SNAPSHOTS_INSTALLED).absolute(0);
