@@ -153,10 +153,11 @@ pub fn log_filter(logging: &LoggingSettings) -> anyhow::Result<EnvFilter> {
     let level = &logging.level;
     let mut filter = EnvFilter::try_new(level)
         .map_err(|e| anyhow::anyhow!("invalid setting `logging.level`: {e}"))?;
+    // The general level: the directive without a target (the last, if several);
+    // without one, EnvFilter lets only errors through.
     let general = level
-        .split(',')
-        .filter_map(|d| d.trim().parse::<LevelFilter>().ok())
-        .last()
+        .rsplit(',')
+        .find_map(|d| d.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::ERROR);
     if !level.contains("openraft") && general > LevelFilter::WARN {
         filter = filter.add_directive(directive("openraft=warn"));
