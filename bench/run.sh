@@ -11,6 +11,8 @@
 # Large values: after the main runs, each round measures the 3-node systems (etcd3,
 # kv3) again with each size of LARGE_VALUES ("65536 1048576" bytes; empty skips it),
 # LARGE_CONNS (16) connections and LARGE_KEYS (64) keys, so reads find what was written.
+# The nodes log with their defaults; LOG_LEVEL sets KV_LOG_LEVEL (bench/logs.sh compares
+# the default with `error`).
 # fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ CONNS="${CONNS:-64}" VALUE="${VALUE:-100}" KEYS="${KEYS:-10000}"
 DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}" ROUNDS="${ROUNDS:-3}"
 SYSTEMS="${SYSTEMS:-etcd1 kv1 etcd3 kv3 pg3}"
 LARGE_VALUES="${LARGE_VALUES-65536 1048576}" LARGE_CONNS="${LARGE_CONNS:-16}" LARGE_KEYS="${LARGE_KEYS:-64}"
+LOG_LEVEL="${LOG_LEVEL:-}"
 WORK="$(mktemp -d)"
 RESULTS="$WORK/results.jsonl"
 PIDS=()
@@ -107,7 +110,8 @@ start_kvstore() { # N BACKEND
   for i in $(seq "$n"); do
     local env=(KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="1808$i"
       KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="1908$i" KV_CLUSTER_INITIAL_MEMBERS="$initial"
-      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND-$RUN" KV_LOG_LEVEL=warn KV_RAFT_ELECTION_TIMEOUT=500ms)
+      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND-$RUN" KV_RAFT_ELECTION_TIMEOUT=500ms)
+    if [ -n "$LOG_LEVEL" ]; then env+=(KV_LOG_LEVEL="$LOG_LEVEL"); fi
     if [ "$backend" = postgres ]; then
       env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv${ROUND}_$i"
         KV_DB_USER=postgres KV_DB_PASSWORD=bench KV_DB_SSL_MODE=disable KV_DB_MAX_CONNS=8)

@@ -65,6 +65,12 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
     ("KV_LOG_FILE", "logging.file"),
+    ("KV_LOG_ACCESS_LOG", "logging.access_log"),
+    (
+        "KV_LOG_SLOW_REQUEST_THRESHOLD",
+        "logging.slow_request_threshold",
+    ),
+    ("KV_LOG_BUFFER_LINES", "logging.buffer_lines"),
     ("KV_TELEMETRY_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("KV_TELEMETRY_SERVICE_NAME", "telemetry.service_name"),
     ("KV_TLS_CERT_FILE", "tls.cert_file"),
@@ -72,6 +78,33 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_TLS_CA_FILE", "tls.ca_file"),
     ("KV_TLS_PEER_MTLS", "tls.peer_mtls"),
 ];
+
+/// The seed names the `logging` section's variables `KV_LOG_*`; each may also be spelled
+/// after the section, `KV_LOGGING_*` (`KV_LOGGING_ACCESS_LOG` for `KV_LOG_ACCESS_LOG`),
+/// since that is the name a reader of the YAML keys would guess first.
+const LOG_PREFIX: &str = "KV_LOG_";
+const LOGGING_PREFIX: &str = "KV_LOGGING_";
+
+/// The value of `var` from `env`, or of its `KV_LOGGING_*` spelling. Both set to
+/// different values is an error naming both, rather than a silent choice.
+fn env_value(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    key: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    let value = env(var);
+    let Some(rest) = var.strip_prefix(LOG_PREFIX) else {
+        return Ok(value);
+    };
+    let alias = format!("{LOGGING_PREFIX}{rest}");
+    match (value, env(&alias)) {
+        (Some(a), Some(b)) if a != b => Err(ConfigError::invalid(
+            key,
+            format!("{var} and {alias} are both set, to different values"),
+        )),
+        (value, alias_value) => Ok(value.or(alias_value)),
+    }
+}
 
 /// A configuration problem, always naming the setting at fault so an operator can fix
 /// it without reading the source.
@@ -504,11 +537,22 @@ impl TryFrom<String> for LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LoggingSettings {
     /// A tracing filter: `debug`, `info`, `warn`, `error`, or directives like
-    /// `info,openraft=warn`.
+    /// `info,openraft=debug`. openraft's own messages stay at `warn` unless it is named.
     pub level: String,
     pub format: LogFormat,
-    /// When set, logs are appended to this file instead of stdout.
+    /// When set, logs are appended to this file instead of stdout, and SIGHUP reopens
+    /// it (for logrotate).
     pub file: Option<PathBuf>,
+    /// One line per client request (method, path, route, status, latency). Off by
+    /// default: at thousands of requests a second it is most of what a node writes.
+    pub access_log: bool,
+    /// Requests slower than this are logged at `warn`, access log or not; `0` turns
+    /// these lines off.
+    #[serde(deserialize_with = "duration")]
+    pub slow_request_threshold: Duration,
+    /// Lines waiting for the writer thread. Beyond it new lines are dropped (and
+    /// counted) rather than making requests wait for the disk or a stdout reader.
+    pub buffer_lines: usize,
 }
 
 /// TLS for both listeners (client API and Raft) and for the node's own calls to its
@@ -585,6 +629,9 @@ logging:
   level: "info"
   format: "json"
   file: null
+  access_log: false
+  slow_request_threshold: "200ms"
+  buffer_lines: 16384
 telemetry:
   otlp_endpoint: ""
   service_name: "kvstore"
@@ -623,7 +670,7 @@ impl Settings {
             );
         }
         for (var, key) in ENV_OVERRIDES {
-            if let Some(value) = env(var) {
+            if let Some(value) = env_value(&env, var, key)? {
                 builder = builder
                     .set_override(*key, value)
                     .map_err(|e| ConfigError::Parse(format!("{var}: {e}")))?;
@@ -789,6 +836,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "database.min_conns",
                 "must not exceed database.max_conns",
+            ));
+        }
+        if self.logging.buffer_lines == 0 {
+            return Err(ConfigError::invalid(
+                "logging.buffer_lines",
+                "must be at least 1",
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| {
@@ -1113,6 +1166,61 @@ mod tests {
                     .unwrap_or_else(|| panic!("{var} maps to unknown {key}"));
             }
         }
+    }
+
+    #[test]
+    fn logging_defaults_are_quiet_but_warn_of_slow_requests() {
+        let s = load(None, &[]).unwrap();
+        assert!(!s.logging.access_log);
+        assert_eq!(s.logging.slow_request_threshold, Duration::from_millis(200));
+        assert_eq!(s.logging.buffer_lines, 16384);
+    }
+
+    #[test]
+    fn logging_variables_may_be_spelled_after_the_section() {
+        let s = load(
+            None,
+            &[
+                ("KV_LOGGING_ACCESS_LOG", "true"),
+                ("KV_LOGGING_SLOW_REQUEST_THRESHOLD", "1s"),
+                ("KV_LOGGING_LEVEL", "debug"),
+            ],
+        )
+        .unwrap();
+        assert!(s.logging.access_log);
+        assert_eq!(s.logging.slow_request_threshold, Duration::from_secs(1));
+        assert_eq!(s.logging.level, "debug");
+        let s = load(
+            None,
+            &[
+                ("KV_LOG_ACCESS_LOG", "true"),
+                ("KV_LOG_SLOW_REQUEST_THRESHOLD", "0"),
+            ],
+        )
+        .unwrap();
+        assert!(s.logging.access_log);
+        assert!(s.logging.slow_request_threshold.is_zero());
+        // The same value twice is fine; two different ones name both variables.
+        let env = [
+            ("KV_LOG_ACCESS_LOG", "true"),
+            ("KV_LOGGING_ACCESS_LOG", "true"),
+        ];
+        assert!(load(None, &env).unwrap().logging.access_log);
+        let msg = error_text(
+            None,
+            &[
+                ("KV_LOG_ACCESS_LOG", "true"),
+                ("KV_LOGGING_ACCESS_LOG", "false"),
+            ],
+        );
+        assert!(
+            msg.contains("logging.access_log")
+                && msg.contains("KV_LOG_ACCESS_LOG")
+                && msg.contains("KV_LOGGING_ACCESS_LOG"),
+            "{msg}"
+        );
+        let msg = error_text(None, &[("KV_LOG_BUFFER_LINES", "0")]);
+        assert!(msg.contains("logging.buffer_lines"), "{msg}");
     }
 
     #[test]

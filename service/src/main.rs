@@ -153,6 +153,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(unix)]
+    _telemetry.reopen_on_sighup();
     // The path as text (no field without --config), not Rust's `Some("...")`.
     let config_file = cli.config.as_deref().map(|p| p.display().to_string());
     tracing::info!(

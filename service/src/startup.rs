@@ -25,6 +25,7 @@ pub struct Application {
     shutdown_timeout: Duration,
     secret: String,
     auth: api::Auth,
+    request_log: std::sync::Arc<api::RequestLog>,
 }
 
 impl Application {
@@ -69,6 +70,7 @@ impl Application {
             shutdown_timeout: settings.server.shutdown_timeout,
             secret: settings.cluster.secret.clone(),
             auth: api::Auth::new(&settings.auth),
+            request_log: std::sync::Arc::new(api::RequestLog::new(&settings.logging)),
         })
     }
 
@@ -111,6 +113,7 @@ impl Application {
             self.limits,
             self.secret.clone(),
             self.auth.clone(),
+            self.request_log.clone(),
         );
         let served = Server::new_with_acceptor(self.api)
             .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))

@@ -58,39 +58,6 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
 }
 
 #[tokio::test]
-async fn every_request_is_logged_as_one_json_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]);
-    wait_ready(&node, &client).await;
-    client
-        .put(node.url("/kv/logged"))
-        .json(&serde_json::json!({"value": "v"}))
-        .send()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let line = node
-            .log_lines()
-            .into_iter()
-            .find(|l| l["message"] == "request" && l["method"] == "PUT" && l["route"] == "put_key");
-        if let Some(line) = line {
-            assert_eq!(line["status"], 201);
-            assert_eq!(line["path"], "/kv/logged");
-            assert!(line["latency_ms"].as_f64().is_some(), "{line}");
-            assert!(
-                line["timestamp"].is_string() && line["level"] == "INFO",
-                "{line}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no request log line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[tokio::test]
 async fn logging_file_receives_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("kv.log");
@@ -357,7 +324,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
 }
 
 /// With tracing on, log lines inside a request carry the trace and span ids, and an
-/// incoming W3C `traceparent` is honoured: the request joins the caller's trace.
+/// incoming W3C `traceparent` is honoured: the request joins the caller's trace, and
+/// its access-log line names that trace.
 #[tokio::test]
 async fn request_logs_carry_the_callers_trace_id() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,26 +333,37 @@ async fn request_logs_carry_the_callers_trace_id() {
     // Spans need an exporter to get ids; nothing listens there, which is fine.
     let node = Node::start(
         dir.path(),
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("KV_LOG_ACCESS_LOG", "true"),
+            ("KV_LOG_LEVEL", "info,kvstore::api=debug"),
+        ],
     );
     wait_ready(&node, &client).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = client
-        .get(node.url("/kv/nothing"))
+        .put(node.url("/kv/traced"))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({"value": "v"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.status(), 201);
     let line = support::eventually(Duration::from_secs(5), "the request's log line", || async {
         node.log_lines()
             .into_iter()
-            .find(|l| l["message"] == "request" && l["path"] == "/kv/nothing")
+            .find(|l| l["message"] == "request" && l["path"] == "/kv/traced")
     })
     .await;
-    assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
-    let span_id = line["span"]["span_id"].as_str().expect("span_id");
-    assert_eq!(span_id.len(), 16, "{line}");
+    assert_eq!(line["trace_id"], trace_id, "{line}");
+    let inside = node
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "reading request body")
+        .expect("a line logged inside the request");
+    assert_eq!(inside["span"]["trace_id"], trace_id, "{inside}");
+    let span_id = inside["span"]["span_id"].as_str().expect("span_id");
+    assert_eq!(span_id.len(), 16, "{inside}");
     assert_ne!(
         span_id, "00f067aa0ba902b7",
         "the request has a span of its own"
@@ -403,6 +382,7 @@ async fn bearer_tokens_are_never_logged() {
         &[
             ("KV_AUTH_TOKENS", "tok-admin-5b1e:admin,tok-read-90c4:read"),
             ("KV_LOG_LEVEL", "trace,openraft=info"),
+            ("KV_LOG_ACCESS_LOG", "true"),
         ],
     );
     wait_ready(&node, &client).await;

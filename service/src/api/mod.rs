@@ -7,6 +7,7 @@ mod body;
 mod cluster;
 pub mod error;
 mod kv;
+mod request_log;
 mod system;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub use self::auth::Auth;
 use self::body::BodyRules;
 use self::error::ApiError;
+use self::request_log::Finished;
+pub use self::request_log::RequestLog;
 use crate::admission::ByteBudget;
 use crate::raft::RaftNode;
 use crate::telemetry::{metrics, trace};
@@ -88,12 +91,14 @@ fn openapi(
 }
 
 /// The whole HTTP application: API routes, `/docs` (Swagger UI), `/openapi.json` and
-/// `/openapi.yaml`, with the bearer tokens of `auth` (none: authentication is off).
+/// `/openapi.yaml`, with the bearer tokens of `auth` (none: authentication is off),
+/// logging requests as `request_log` says.
 pub fn app(
     node: RaftNode,
     limits: Limits,
     secret: String,
     auth: Auth,
+    request_log: Arc<RequestLog>,
 ) -> impl Endpoint<Output = Response> {
     if auth.enabled() {
         tracing::info!(
@@ -184,65 +189,71 @@ pub fn app(
                 }
             }
         })
-        .around(move |ep, req| async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let span = tracing::info_span!(
-                "HTTP request",
-                otel.kind = "server",
-                http.request.method = %method,
-                url.path = %path,
-                http.route = tracing::field::Empty,
-                http.response.status_code = tracing::field::Empty,
-                node.id = node_id,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-            );
-            // The span is off unless logs or traces want it: then skip its upkeep.
-            let traced = !span.is_disabled();
-            if traced {
-                let _ = span.set_parent(trace::extract(req.headers()));
-                trace::record_ids(&span);
-            }
-            let in_flight = gauge!(metrics::HTTP_IN_FLIGHT);
-            in_flight.increment(1.0);
-            let resp = ep.call(req).instrument(span.clone()).await;
-            in_flight.decrement(1.0);
-            let resp = resp?;
-            let route = route_label(&resp, &path);
-            let status = resp.status().as_u16();
-            let elapsed = started.elapsed();
-            let method_label = method_label(&method);
-            counter!(
-                metrics::HTTP_REQUESTS,
-                "route" => route,
-                "method" => method_label,
-                "status" => status.to_string()
-            )
-            .increment(1);
-            histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method_label)
-                .record(elapsed.as_secs_f64());
-            if let Some(code) = resp.data::<error::ErrorCode>() {
-                counter!(metrics::HTTP_ERRORS, "route" => route, "code" => code.as_label())
-                    .increment(1);
-            }
-            if traced {
-                span.record("http.route", route);
-                span.record("http.response.status_code", status);
-                trace::rename(&span, format!("{method} {route}"));
-            }
-            span.in_scope(|| {
-                tracing::info!(
-                    method = %method,
-                    path = %path,
+        .around(move |ep, req| {
+            let request_log = request_log.clone();
+            async move {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let span = tracing::info_span!(
+                    "HTTP request",
+                    otel.kind = "server",
+                    http.request.method = %method,
+                    url.path = %path,
+                    http.route = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    node.id = node_id,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                // The span is off unless logs or traces want it: then skip its upkeep.
+                let traced = !span.is_disabled();
+                if traced {
+                    let _ = span.set_parent(trace::extract(req.headers()));
+                    trace::record_ids(&span);
+                }
+                // The caller's trace, for the request's log line when this node exports
+                // no spans of its own.
+                let traceparent = req.headers().get(trace::TRACEPARENT).cloned();
+                let in_flight = gauge!(metrics::HTTP_IN_FLIGHT);
+                in_flight.increment(1.0);
+                let resp = ep.call(req).instrument(span.clone()).await;
+                in_flight.decrement(1.0);
+                let resp = resp?;
+                let route = route_label(&resp, &path);
+                let status = resp.status().as_u16();
+                let elapsed = started.elapsed();
+                let method_label = method_label(&method);
+                counter!(
+                    metrics::HTTP_REQUESTS,
+                    "route" => route,
+                    "method" => method_label,
+                    "status" => status.to_string()
+                )
+                .increment(1);
+                histogram!(metrics::HTTP_DURATION, "route" => route, "method" => method_label)
+                    .record(elapsed.as_secs_f64());
+                if let Some(code) = resp.data::<error::ErrorCode>() {
+                    counter!(metrics::HTTP_ERRORS, "route" => route, "code" => code.as_label())
+                        .increment(1);
+                }
+                if traced {
+                    span.record("http.route", route);
+                    span.record("http.response.status_code", status);
+                    trace::rename(&span, format!("{method} {route}"));
+                }
+                let finished = Finished {
+                    method: &method,
+                    path: &path,
                     route,
                     status,
-                    latency_ms = elapsed.as_secs_f64() * 1000.0,
-                    "request"
-                )
-            });
-            Ok(resp)
+                    elapsed,
+                };
+                request_log.record(&finished, || {
+                    trace::trace_id(&span).or_else(|| trace::traceparent_trace_id(traceparent?))
+                });
+                Ok(resp)
+            }
         })
 }
 

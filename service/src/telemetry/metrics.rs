@@ -39,6 +39,7 @@ pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds
 pub const KEYS: &str = "kvstore_keys";
 pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
 pub const OUT_OF_SPACE: &str = "kvstore_storage_out_of_space";
+pub const LOG_LINES_DROPPED: &str = "kvstore_log_lines_dropped_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -84,6 +85,7 @@ pub fn render() -> String {
     if let Some(process) = PROCESS.get() {
         process.collect();
     }
+    counter!(LOG_LINES_DROPPED).absolute(super::dropped_log_lines());
     install().render()
 }
 
@@ -185,7 +187,13 @@ fn describe() {
     );
     gauge!(OUT_OF_SPACE).set(0.0);
 
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log writer's queue (logging.buffer_lines) was full."
+    );
+
     // Counters that a dashboard queries must exist before their first event.
+    counter!(LOG_LINES_DROPPED).absolute(0);
     counter!(RAFT_LEADER_CHANGES).absolute(0);
     for outcome in crate::raft::pre_vote_outcomes() {
         counter!(PRE_VOTE_ROUNDS, "outcome" => outcome).absolute(0);

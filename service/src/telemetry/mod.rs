@@ -1,24 +1,81 @@
 //! Observability: structured logs (JSON or text, to stdout or a file), Prometheus
 //! metrics ([`metrics`]) and OpenTelemetry traces ([`trace`]).
+//!
+//! Log lines are formatted on the thread that logs them, then handed to one writer
+//! thread through a bounded queue (tracing-appender's non-blocking writer, lossy): a
+//! slow disk or a stalled stdout reader costs dropped lines, counted in
+//! `kvstore_log_lines_dropped_total`, never a request's latency.
 
+mod log_file;
 pub mod metrics;
 pub mod trace;
 
-use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
+use tracing::level_filters::LevelFilter;
 use tracing::Level;
-use tracing_subscriber::filter::Targets;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{Directive, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use self::log_file::{LogFile, ReopenHandle};
 use crate::config::{LogFormat, LoggingSettings, TelemetrySettings};
 
-/// Keeps trace export running; flushes pending spans when dropped at exit.
+/// The target of the per-request lines (access log, slow requests, server errors), so
+/// that a filter can name them: `warn,kvstore::access=info`.
+pub const ACCESS_TARGET: &str = "kvstore::access";
+
+/// Counts the lines the writer dropped because its queue was full (set once the
+/// logger is installed).
+static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because the writer could not keep up.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED_LINES.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Keeps trace export and the log writer running; flushes pending spans, then the
+/// queued log lines, when dropped at exit.
 pub struct Guard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Reopens `logging.file`; `None` when logs go to stdout.
+    reopen: Option<ReopenHandle>,
+    /// Dropped after `provider` (fields drop after `Drop::drop`), so lines logged while
+    /// spans flush are written too.
+    _writer: WorkerGuard,
+}
+
+impl Guard {
+    /// Reopens `logging.file` on every SIGHUP, for logrotate (`postrotate kill -HUP`).
+    /// With logs on stdout, SIGHUP is logged and otherwise ignored (its default would
+    /// end the process). Needs a Tokio runtime.
+    #[cfg(unix)]
+    pub fn reopen_on_sighup(&self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let reopen = self.reopen.clone();
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match &reopen {
+                    Some(reopen) => {
+                        reopen.request();
+                        // The first line in the new file.
+                        tracing::info!("SIGHUP received: reopened the log file");
+                    }
+                    None => tracing::info!("SIGHUP received: logs go to stdout, nothing to reopen"),
+                }
+            }
+        });
+    }
 }
 
 impl Drop for Guard {
@@ -38,22 +95,32 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// endpoint is malformed (naming `telemetry.otlp_endpoint`).
 pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow::Result<Guard> {
     trace::install_propagator();
-    let filter = EnvFilter::try_new(&logging.level)?;
-    let fmt: BoxedLayer = match &logging.file {
+    let filter = log_filter(logging)?;
+    let builder = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(logging.buffer_lines)
+        .thread_name("kvstore-log-writer");
+    let (writer, writer_guard, reopen) = match &logging.file {
         Some(path) => {
             // Like the data dir, the log file's directory is created when missing.
-            let file = create_parent_dir(path)
-                .and_then(|()| OpenOptions::new().create(true).append(true).open(path))
+            let (file, reopen) = create_parent_dir(path)
+                .and_then(|()| LogFile::open(path))
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "invalid setting `logging.file`: cannot open {}: {e}",
                         path.display()
                     )
                 })?;
-            fmt_layer(logging.format, Mutex::new(file))
+            let (writer, guard) = builder.finish(file);
+            (writer, guard, Some(reopen))
         }
-        None => fmt_layer(logging.format, std::io::stdout),
+        None => {
+            let (writer, guard) = builder.finish(std::io::BufWriter::new(std::io::stdout()));
+            (writer, guard, None)
+        }
     };
+    let _ = DROPPED_LINES.set(writer.error_counter());
+    let fmt = fmt_layer(logging.format, writer);
     let provider = trace::otlp_provider(telemetry)?;
     // Only kvstore's own spans are exported; openraft's internals would drown them.
     let otel: Option<BoxedLayer> = provider.as_ref().map(|p| {
@@ -72,7 +139,41 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
         )
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
-    Ok(Guard { provider })
+    Ok(Guard {
+        provider,
+        reopen,
+        _writer: writer_guard,
+    })
+}
+
+/// The filter of `logging.level`, with two defaults an operator would otherwise have
+/// to spell out:
+/// - openraft logs every vote request and state change at `info` and below; unless the
+///   filter names `openraft` (`info,openraft=debug`), its lines stop at `warn` (or at
+///   the general level, when that is quieter);
+/// - with `logging.access_log` on, the access lines are let through whatever the
+///   general level, unless the filter names their target.
+pub fn log_filter(logging: &LoggingSettings) -> anyhow::Result<EnvFilter> {
+    let level = &logging.level;
+    let mut filter = EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("invalid setting `logging.level`: {e}"))?;
+    // The general level: the directive without a target (the last, if several);
+    // without one, EnvFilter lets only errors through.
+    let general = level
+        .rsplit(',')
+        .find_map(|d| d.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::ERROR);
+    if !level.contains("openraft") && general > LevelFilter::WARN {
+        filter = filter.add_directive(directive("openraft=warn"));
+    }
+    if logging.access_log && !level.contains(ACCESS_TARGET) {
+        filter = filter.add_directive(directive(&format!("{ACCESS_TARGET}=info")));
+    }
+    Ok(filter)
+}
+
+fn directive(text: &str) -> Directive {
+    text.parse().expect("a valid literal directive")
 }
 
 fn create_parent_dir(path: &Path) -> std::io::Result<()> {
@@ -93,5 +194,39 @@ where
     match format {
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
         LogFormat::Text => layer.boxed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(level: &str, access_log: bool) -> String {
+        let settings = LoggingSettings {
+            level: level.into(),
+            format: LogFormat::Json,
+            file: None,
+            access_log,
+            slow_request_threshold: std::time::Duration::from_millis(200),
+            buffer_lines: 1,
+        };
+        log_filter(&settings).unwrap().to_string()
+    }
+
+    #[test]
+    fn openraft_stays_at_warn_unless_named_or_quieter() {
+        assert!(filter("info", false).contains("openraft=warn"));
+        assert!(filter("debug,kvstore=trace", false).contains("openraft=warn"));
+        assert!(!filter("info,openraft=debug", false).contains("openraft=warn"));
+        // A quieter general level is not made louder for openraft.
+        assert!(!filter("warn", false).contains("openraft"));
+        assert!(!filter("error", false).contains("openraft"));
+    }
+
+    #[test]
+    fn the_access_log_passes_whatever_the_level_unless_named() {
+        assert!(!filter("info", false).contains(ACCESS_TARGET));
+        assert!(filter("error", true).contains("kvstore::access=info"));
+        assert!(!filter("info,kvstore::access=warn", true).contains("kvstore::access=info"));
     }
 }

@@ -109,6 +109,22 @@ pub fn set_parent_from_traceparent(span: &Span, traceparent: &str) {
     }
 }
 
+/// The trace id of `span`, when it is being exported.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace id a W3C `traceparent` header value names, if it is well formed.
+pub fn traceparent_trace_id(traceparent: poem::http::HeaderValue) -> Option<String> {
+    let mut headers = poem::http::HeaderMap::new();
+    headers.insert(TRACEPARENT, traceparent);
+    let cx = extract(&headers);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
 /// Records the span's trace and span ids as its `trace_id` and `span_id` fields, so
 /// every log line inside it carries them.
 pub fn record_ids(span: &Span) {
