@@ -410,6 +410,80 @@ async fn add_promote_and_remove_members_while_serving() {
     assert_eq!(body["code"], "INVALID_MEMBERSHIP");
 }
 
+/// The README's procedure for a node whose log is corrupt (it refuses to start): remove
+/// it, and join a new, empty node as a new member; it gets everything from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_a_corrupt_log_is_rebuilt_from_its_peers() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let broken = others(&[1, 2, 3], leader)[0];
+    let mut keys = Vec::new();
+    for i in 0..200 {
+        let key = format!("r{i}");
+        let (code, body) = put_json(
+            &cluster.client,
+            &cluster.url(leader, &format!("/kv/{key}")),
+            &key,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201, "{body}");
+        keys.push(key);
+    }
+    cluster
+        .wait_local_value(broken, "r199", "r199", Duration::from_secs(10))
+        .await;
+    cluster.kill(broken);
+
+    // One flipped byte in the middle of its log, with valid records after it.
+    let log_dir = cluster.data_dir(broken).join("log");
+    let segment = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5A;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (status, _, stderr) = cluster.restart_to_exit(broken);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&segment.display().to_string()) && stderr.contains("offset"),
+        "the refusal names the file and offset: {stderr}"
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "left as it was");
+
+    // The procedure: remove the broken member, join a new empty node, promote it.
+    let resp = cluster
+        .client
+        .delete(cluster.url(leader, &format!("/cluster/members/{broken}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (api, raft) = cluster.start_joiner(4);
+    let resp = cluster
+        .client
+        .post(cluster.url(leader, "/cluster/learners"))
+        .json(&json!({"id": 4, "api_addr": api, "raft_addr": raft}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = cluster
+        .client
+        .post(cluster.url(leader, "/cluster/voters"))
+        .json(&json!({"ids": [4]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_all_readable(&cluster, &[4], &keys).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_naming_unknown_nodes_are_400() {
     let cluster = Cluster::start(3, &[]);
