@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kvstore::config::Settings;
 use kvstore::raft::TypeConfig;
 use kvstore::store::postgres::{self, PgLogStore, PgStateMachine};
@@ -64,14 +65,46 @@ async fn sigkill_during_writes_loses_no_acknowledged_write_on_postgres() {
     support::sigkill_during_writes_loses_nothing(dir.path(), &env_refs(&env)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
-    let Some(server) = PgServer::start().await else {
-        return;
-    };
+/// A writer that puts `<url><i>` (the key as its value) until `stop`, recording every
+/// acknowledged key and counting the errors by code; it fails the test if the node
+/// stops answering.
+fn spawn_writer(
+    client: &reqwest::Client,
+    url: String,
+    acked: &Arc<Mutex<Vec<String>>>,
+    codes: &Arc<Mutex<BTreeMap<String, usize>>>,
+    stop: &Arc<Mutex<bool>>,
+) -> tokio::task::JoinHandle<()> {
+    let (client, acked, codes, stop) = (client.clone(), acked.clone(), codes.clone(), stop.clone());
+    let prefix = url.rsplit('/').next().unwrap_or_default().to_string();
+    tokio::spawn(async move {
+        for i in 0.. {
+            if *stop.lock().unwrap() {
+                return;
+            }
+            let key = format!("{prefix}{i}");
+            match put_json(&client, &format!("{url}{i}"), &key).await {
+                Some((201, _)) => acked.lock().unwrap().push(key),
+                Some((_, body)) => {
+                    let code = body["code"].as_str().unwrap_or("?").to_string();
+                    *codes.lock().unwrap().entry(code).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None => panic!("no HTTP answer: the node must not crash"),
+            }
+        }
+    })
+}
+
+/// A ready node on a new database of `server`, with `server.request_timeout`; a client
+/// that waits up to 10 s; the database's name; the node's data dir.
+async fn start_node(
+    server: &PgServer,
+    request_timeout: &str,
+) -> (NodeProcess, reqwest::Client, String, tempfile::TempDir) {
     let database = server.create_database().await;
     let mut env = server.env(&database);
-    env.push(("KV_SERVER_REQUEST_TIMEOUT".into(), "2s".into()));
+    env.push(("KV_SERVER_REQUEST_TIMEOUT".into(), request_timeout.into()));
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start(dir.path(), &env_refs(&env));
     let client = reqwest::Client::builder()
@@ -79,33 +112,21 @@ async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
         .build()
         .unwrap();
     wait_ready(&node, &client).await;
+    (node, client, database, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    let (node, client, _database, _dir) = start_node(&server, "2s").await;
 
     // A writer under load the whole time; every 201 is recorded.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let codes = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let stop = Arc::new(Mutex::new(false));
-    let writer = {
-        let (client, acked, codes, stop) =
-            (client.clone(), acked.clone(), codes.clone(), stop.clone());
-        let url = node.url("/kv/");
-        tokio::spawn(async move {
-            for i in 0.. {
-                if *stop.lock().unwrap() {
-                    return;
-                }
-                let key = format!("o{i}");
-                match put_json(&client, &format!("{url}{key}"), &key).await {
-                    Some((201, _)) => acked.lock().unwrap().push(key),
-                    Some((_, body)) => {
-                        let code = body["code"].as_str().unwrap_or("?").to_string();
-                        *codes.lock().unwrap().entry(code).or_default() += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    None => panic!("no HTTP answer: the node must not crash"),
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(&client, node.url("/kv/o"), &acked, &codes, &stop);
     eventually(
         Duration::from_secs(20),
         "writes before the outage",
@@ -287,16 +308,7 @@ async fn lost_applies_are_applied_again_without_a_restart() {
     let Some(server) = PgServer::start().await else {
         return;
     };
-    let database = server.create_database().await;
-    let mut env = server.env(&database);
-    env.push(("KV_SERVER_REQUEST_TIMEOUT".into(), "3s".into()));
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let node = NodeProcess::start(dir.path(), &env_refs(&env));
-    wait_ready(&node, &client).await;
+    let (node, client, database, _dir) = start_node(&server, "3s").await;
     for i in 0..20 {
         let (code, _) = put_json(&client, &node.url(&format!("/kv/k{i}")), &format!("v{i}"))
             .await
@@ -359,35 +371,19 @@ async fn postgres_killed_under_load_loses_nothing_and_the_node_heals_itself() {
     let Some(server) = PgServer::start().await else {
         return;
     };
-    let database = server.create_database().await;
-    let mut env = server.env(&database);
-    env.push(("KV_SERVER_REQUEST_TIMEOUT".into(), "2s".into()));
-    let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path(), &env_refs(&env));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    wait_ready(&node, &client).await;
+    let (node, client, _database, _dir) = start_node(&server, "2s").await;
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(Mutex::new(false));
+    let codes = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
-            let url = node.url("/kv/");
-            tokio::spawn(async move {
-                for i in 0.. {
-                    if *stop.lock().unwrap() {
-                        return;
-                    }
-                    let key = format!("w{w}-{i}");
-                    match put_json(&client, &format!("{url}{key}"), &key).await {
-                        Some((201, _)) => acked.lock().unwrap().push(key),
-                        Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        None => panic!("no HTTP answer: the node must not crash"),
-                    }
-                }
-            })
+            spawn_writer(
+                &client,
+                node.url(&format!("/kv/w{w}-")),
+                &acked,
+                &codes,
+                &stop,
+            )
         })
         .collect();
     for round in 0..3 {
@@ -408,15 +404,23 @@ async fn postgres_killed_under_load_loses_nothing_and_the_node_heals_itself() {
         )
         .await;
         let keys = acked.lock().unwrap().clone();
-        for key in &keys {
-            // A read may time out under load (503/504: try again); a 404 or another
-            // value is a lost or stale write.
-            let url = node.url(&format!("/kv/{key}"));
-            let (code, body) = eventually(Duration::from_secs(20), "an answer", || async {
-                let (code, body) = get_json(&client, &url).await?;
-                (code < 500).then_some((code, body))
-            })
-            .await;
+        // A read may time out under load (503/504: asked again); a 404 or another
+        // value is a lost or stale write.
+        let reads = futures::stream::iter(keys.iter().map(|key| {
+            let (client, url) = (client.clone(), node.url(&format!("/kv/{key}")));
+            async move {
+                let answer = eventually(Duration::from_secs(20), "an answer", || async {
+                    let (code, body) = get_json(&client, &url).await?;
+                    (code < 500).then_some((code, body))
+                })
+                .await;
+                (key, answer)
+            }
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+        for (key, (code, body)) in reads {
             assert_eq!(
                 (code, body["value"].as_str()),
                 (200, Some(key.as_str())),

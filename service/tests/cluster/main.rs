@@ -331,6 +331,27 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     assert_all_readable(&cluster, &[lagging], &keys).await;
 }
 
+/// Adds the started, empty node `id` as a learner through node `via` (which returns
+/// once it has caught up), then makes it a voter.
+async fn join_as_voter(cluster: &Cluster, via: u64, id: u64, api: &str, raft: &str) {
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/learners"))
+        .json(&json!({"id": id, "api_addr": api, "raft_addr": raft}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/voters"))
+        .json(&json!({"ids": [id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_promote_and_remove_members_while_serving() {
     let mut cluster = Cluster::start(3, &[]);
@@ -342,23 +363,7 @@ async fn add_promote_and_remove_members_while_serving() {
 
     let (api, raft) = cluster.start_joiner(4);
     let via = others(&[1, 2, 3], leader)[0];
-    let resp = cluster
-        .client
-        .post(cluster.url(via, "/cluster/learners"))
-        .json(&json!({"id": 4, "api_addr": api, "raft_addr": raft}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-
-    let resp = cluster
-        .client
-        .post(cluster.url(via, "/cluster/voters"))
-        .json(&json!({"ids": [4]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    join_as_voter(&cluster, via, 4, &api, &raft).await;
 
     let removed = others(&[1, 2, 3], leader)[1];
     let resp = cluster
@@ -465,22 +470,7 @@ async fn a_node_that_refuses_a_corrupt_log_is_rebuilt_from_its_peers() {
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let (api, raft) = cluster.start_joiner(4);
-    let resp = cluster
-        .client
-        .post(cluster.url(leader, "/cluster/learners"))
-        .json(&json!({"id": 4, "api_addr": api, "raft_addr": raft}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let resp = cluster
-        .client
-        .post(cluster.url(leader, "/cluster/voters"))
-        .json(&json!({"ids": [4]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    join_as_voter(&cluster, leader, 4, &api, &raft).await;
     assert_all_readable(&cluster, &[4], &keys).await;
 }
 
