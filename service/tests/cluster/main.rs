@@ -427,14 +427,13 @@ async fn a_node_that_refuses_a_corrupt_log_is_rebuilt_from_its_peers() {
     let mut keys = Vec::new();
     for i in 0..200 {
         let key = format!("r{i}");
-        let (code, body) = put_json(
+        // A put that times out under load is sent again (it is idempotent).
+        put_ok(
             &cluster.client,
             &cluster.url(leader, &format!("/kv/{key}")),
             &key,
         )
-        .await
-        .unwrap();
-        assert_eq!(code, 201, "{body}");
+        .await;
         keys.push(key);
     }
     cluster
