@@ -10,9 +10,11 @@
 //! (`synchronous_commit` off for that transaction): as with redb, the next durable
 //! commit flushes the WAL up to them, and what a crash of the node loses is applied
 //! again from the log at start. A crash of PostgreSQL alone can lose applies the running
-//! node counts as done: the next apply notices (the stored last applied id is not the
-//! one the node wrote) and fails, which stops Raft on this node until it restarts and
-//! applies them again.
+//! node counts as done: the next apply, or the next read, notices (the stored last
+//! applied id is older than the one the node wrote) and applies them again from the
+//! Raft log before it goes on (see `state_machine.rs`). Log appends, votes, truncations
+//! and purges always wait for their WAL flush, whatever the server's
+//! `synchronous_commit`: they set it per transaction.
 //!
 //! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
 //! backoff instead of failing (a failed Raft storage call would stop Raft for good).
