@@ -96,6 +96,15 @@ fn spawn_writer(
     })
 }
 
+/// Waits until `more` writes beyond those acknowledged so far are acknowledged.
+async fn wait_for_more_acks(acked: &Arc<Mutex<Vec<String>>>, more: usize, what: &str) {
+    let before = acked.lock().unwrap().len();
+    eventually(Duration::from_secs(30), what, || async {
+        (acked.lock().unwrap().len() >= before + more).then_some(())
+    })
+    .await;
+}
+
 /// A ready node on a new database of `server`, with `server.request_timeout`; a client
 /// that waits up to 10 s; the database's name; the node's data dir.
 async fn start_node(
@@ -127,12 +136,7 @@ async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
     let codes = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let stop = Arc::new(Mutex::new(false));
     let writer = spawn_writer(&client, node.url("/kv/o"), &acked, &codes, &stop);
-    eventually(
-        Duration::from_secs(20),
-        "writes before the outage",
-        || async { (acked.lock().unwrap().len() >= 50).then_some(()) },
-    )
-    .await;
+    wait_for_more_acks(&acked, 50, "writes before the outage").await;
 
     server.stop().await;
     // Requests fail fast with the documented code while the database is away...
@@ -166,13 +170,7 @@ async fn a_postgres_outage_answers_503_and_the_node_resumes_by_itself() {
 
     // ...and succeed again once it is back, without restarting the node.
     server.start_again().await;
-    let before = acked.lock().unwrap().len();
-    eventually(
-        Duration::from_secs(30),
-        "writes after the outage",
-        || async { (acked.lock().unwrap().len() >= before + 50).then_some(()) },
-    )
-    .await;
+    wait_for_more_acks(&acked, 50, "writes after the outage").await;
     *stop.lock().unwrap() = true;
     writer.await.unwrap();
     assert!(node.child.id() > 0);
@@ -387,22 +385,10 @@ async fn postgres_killed_under_load_loses_nothing_and_the_node_heals_itself() {
         })
         .collect();
     for round in 0..3 {
-        let before = acked.lock().unwrap().len();
-        eventually(
-            Duration::from_secs(30),
-            "writes before the kill",
-            || async { (acked.lock().unwrap().len() >= before + 100).then_some(()) },
-        )
-        .await;
+        wait_for_more_acks(&acked, 100, "writes before the kill").await;
         server.kill().await;
         server.start_again().await;
-        let before = acked.lock().unwrap().len();
-        eventually(
-            Duration::from_secs(30),
-            "writes after PostgreSQL is back",
-            || async { (acked.lock().unwrap().len() >= before + 50).then_some(()) },
-        )
-        .await;
+        wait_for_more_acks(&acked, 50, "writes after PostgreSQL is back").await;
         let keys = acked.lock().unwrap().clone();
         // A read may time out under load (503/504: asked again); a 404 or another
         // value is a lost or stale write.
