@@ -691,6 +691,11 @@ impl RaftNode {
             command,
             trace: trace::current_traceparent(),
         });
+        if self.is_shut_down() {
+            return Err(NodeError::Unavailable(
+                "Raft has stopped on this node; nothing was proposed".into(),
+            ));
+        }
         let propose = self.inner.raft.client_write(proposal).instrument(span);
         let result = tokio::time::timeout(budget, propose).await.map_err(|_| {
             counter!(metrics::RAFT_PROPOSALS_FAILED, "reason" => "timeout").increment(1);
@@ -1008,7 +1013,12 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NodeEr
             NodeError::InvalidMembership(e.to_string())
         }
         RaftError::APIError(e) => NodeError::Unavailable(e.to_string()),
-        RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
+        // Raft stopped while the proposal was in its hands: the entry may be in the
+        // log, and commit there or through the next leader. (A node whose Raft had
+        // stopped before the proposal answers UNAVAILABLE without proposing.)
+        RaftError::Fatal(e) => {
+            NodeError::OutcomeUnknown(format!("Raft stopped after the proposal: {e}"))
+        }
     }
 }
 
@@ -1027,5 +1037,25 @@ fn storage(e: std::io::Error) -> NodeError {
         NodeError::StorageUnavailable(e.to_string())
     } else {
         NodeError::Storage(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a proposal, the only honest answers are success, a definite failure, or
+    /// OUTCOME_UNKNOWN: Raft stopping with the entry in its hands is not a definite
+    /// failure.
+    #[test]
+    fn a_fatal_error_after_the_proposal_is_an_unknown_outcome() {
+        for fatal in [
+            openraft::error::Fatal::Stopped,
+            openraft::error::Fatal::Panicked,
+        ] {
+            let e = write_error(RaftError::Fatal(fatal));
+            assert!(matches!(e, NodeError::OutcomeUnknown(_)), "{e:?}");
+            assert!(!e.is_retryable());
+        }
     }
 }

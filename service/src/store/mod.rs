@@ -479,10 +479,36 @@ pub(crate) fn retire_leavers(
 }
 
 pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    create_dir_durably(dir)?;
     let probe = dir.join(".write-probe");
     std::fs::write(&probe, b"ok")?;
     std::fs::remove_file(&probe)
+}
+
+/// Creates `dir` (and missing parents) so that the creation survives a power loss: the
+/// parent of each directory created is fsynced.
+pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_parent(dir)
+}
+
+/// Fsyncs the directory holding `path`, so that a file or directory created or renamed
+/// there survives a power loss.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 /// Log entries for the backends' unit tests.

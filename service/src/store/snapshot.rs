@@ -78,7 +78,7 @@ impl SnapshotWriter {
     /// Starts snapshot `id` in `dir`. `preamble` is `None` when the whole content,
     /// preamble included, will be copied from another snapshot.
     pub fn create(dir: &Path, id: &str, preamble: Option<&Preamble>) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        super::create_dir_durably(dir)?;
         let tmp_path = dir.join(format!("{id}.{EXTENSION}.tmp"));
         let mut out = BufWriter::new(File::create(&tmp_path)?);
         if let Some(preamble) = preamble {
@@ -106,8 +106,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Syncs the file, moves it to its final name and removes every older snapshot.
-    /// Returns the finished snapshot, opened for reading.
+    /// Syncs the file and moves it to its final name, durably. Returns the finished
+    /// snapshot, opened for reading. Older snapshots stay until the backend has
+    /// committed its record of this one ([`remove_other_snapshots`]).
     pub fn finish(self) -> io::Result<File> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -115,13 +116,15 @@ impl SnapshotWriter {
         let path = snapshot_path(&self.dir, &self.id);
         fs::rename(&self.tmp_path, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        remove_all_but(&self.dir, &path)?;
         File::open(&path)
     }
 }
 
-/// Removes snapshot files (finished or partial) other than `keep`.
-fn remove_all_but(dir: &Path, keep: &Path) -> io::Result<()> {
+/// Removes snapshot files (finished or partial) other than `keep_id`'s. Called once the
+/// record of `keep_id` is committed, with builds and installs serialised, so that no
+/// file another operation still writes, and no file the record names, goes.
+pub fn remove_other_snapshots(dir: &Path, keep_id: &str) -> io::Result<()> {
+    let keep = snapshot_path(dir, keep_id);
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let is_snapshot = path
@@ -193,6 +196,11 @@ mod tests {
         w.write_pair("a/b", "line\nbreak").unwrap();
         w.write_pair("ключ", "\"quoted\"").unwrap();
         let file = w.finish().unwrap();
+        assert!(
+            snapshot_path(dir.path(), "old").exists(),
+            "kept until recorded"
+        );
+        remove_other_snapshots(dir.path(), "new").unwrap();
 
         let (read_preamble, reader) = SnapshotReader::new(file).unwrap();
         assert_eq!(read_preamble, preamble);

@@ -110,36 +110,51 @@ impl Cluster {
         cluster
     }
 
-    fn data_dir(&self, id: u64) -> PathBuf {
+    pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}"))
     }
 
-    fn spawn(&mut self, id: u64, bootstrap: bool) {
+    /// The settings node `id` starts with.
+    fn node_settings(&self, id: u64, bootstrap: bool) -> Vec<(String, String)> {
         let (api, raft) = self.ports[&id];
-        let (api, raft, id_text) = (api.to_string(), raft.to_string(), id.to_string());
         let ip = self.ips[&id].clone();
-        let mut env: Vec<(&str, &str)> = self
+        let mut env: Vec<(String, String)> = self
             .env
             .iter()
             .chain(self.node_env.get(&id).into_iter().flatten())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .cloned()
             .collect();
-        env.extend([
-            ("KV_RAFT_NODE_ID", id_text.as_str()),
-            ("KV_SERVER_HOST", ip.as_str()),
-            ("KV_CLUSTER_RAFT_HOST", ip.as_str()),
-            ("KV_SERVER_PORT", api.as_str()),
-            ("KV_CLUSTER_RAFT_PORT", raft.as_str()),
-            (
-                "KV_CLUSTER_BOOTSTRAP",
-                if bootstrap { "true" } else { "false" },
-            ),
-        ]);
+        env.extend(
+            [
+                ("KV_RAFT_NODE_ID", id.to_string()),
+                ("KV_SERVER_HOST", ip.clone()),
+                ("KV_CLUSTER_RAFT_HOST", ip),
+                ("KV_SERVER_PORT", api.to_string()),
+                ("KV_CLUSTER_RAFT_PORT", raft.to_string()),
+                ("KV_CLUSTER_BOOTSTRAP", bootstrap.to_string()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         if bootstrap {
-            env.push(("KV_CLUSTER_INITIAL_MEMBERS", self.initial.as_str()));
+            env.push(("KV_CLUSTER_INITIAL_MEMBERS".into(), self.initial.clone()));
         }
+        env
+    }
+
+    fn spawn(&mut self, id: u64, bootstrap: bool) {
+        let env = self.node_settings(id, bootstrap);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let proc = NodeProcess::start(&self.data_dir(id), &env);
         self.procs.insert(id, proc);
+    }
+
+    /// Starts stopped node `id` on its data dir as `restart` would, for a start that
+    /// must fail: returns its exit status and its stdout and stderr.
+    pub fn restart_to_exit(&self, id: u64) -> (std::process::ExitStatus, String, String) {
+        assert!(!self.procs.contains_key(&id), "node {id} is still running");
+        let env = self.node_settings(id, true);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::support::run_to_exit(&self.data_dir(id), &env, &[])
     }
 
     /// Starts a new, empty node that waits to be added (it does not bootstrap).

@@ -332,6 +332,27 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     assert_all_readable(&cluster, &[lagging], &keys).await;
 }
 
+/// Adds the started, empty node `id` as a learner through node `via` (which returns
+/// once it has caught up), then makes it a voter.
+async fn join_as_voter(cluster: &Cluster, via: u64, id: u64, api: &str, raft: &str) {
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/learners"))
+        .json(&json!({"id": id, "api_addr": api, "raft_addr": raft}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = cluster
+        .client
+        .post(cluster.url(via, "/cluster/voters"))
+        .json(&json!({"ids": [id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_promote_and_remove_members_while_serving() {
     let mut cluster = Cluster::start(3, &[]);
@@ -343,23 +364,7 @@ async fn add_promote_and_remove_members_while_serving() {
 
     let (api, raft) = cluster.start_joiner(4);
     let via = others(&[1, 2, 3], leader)[0];
-    let resp = cluster
-        .client
-        .post(cluster.url(via, "/cluster/learners"))
-        .json(&json!({"id": 4, "api_addr": api, "raft_addr": raft}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-
-    let resp = cluster
-        .client
-        .post(cluster.url(via, "/cluster/voters"))
-        .json(&json!({"ids": [4]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    join_as_voter(&cluster, via, 4, &api, &raft).await;
 
     let removed = others(&[1, 2, 3], leader)[1];
     let resp = cluster
@@ -409,6 +414,64 @@ async fn add_promote_and_remove_members_while_serving() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "INVALID_MEMBERSHIP");
+}
+
+/// The README's procedure for a node whose log is corrupt (it refuses to start): remove
+/// it, and join a new, empty node as a new member; it gets everything from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_a_corrupt_log_is_rebuilt_from_its_peers() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let broken = others(&[1, 2, 3], leader)[0];
+    let mut keys = Vec::new();
+    for i in 0..200 {
+        let key = format!("r{i}");
+        // A put that times out under load is sent again (it is idempotent).
+        put_ok(
+            &cluster.client,
+            &cluster.url(leader, &format!("/kv/{key}")),
+            &key,
+        )
+        .await;
+        keys.push(key);
+    }
+    cluster
+        .wait_local_value(broken, "r199", "r199", Duration::from_secs(10))
+        .await;
+    cluster.kill(broken);
+
+    // One flipped byte in the middle of its log, with valid records after it.
+    let log_dir = cluster.data_dir(broken).join("log");
+    let segment = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5A;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (status, _, stderr) = cluster.restart_to_exit(broken);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&segment.display().to_string()) && stderr.contains("offset"),
+        "the refusal names the file and offset: {stderr}"
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "left as it was");
+
+    // The procedure: remove the broken member, join a new empty node, promote it.
+    let resp = cluster
+        .client
+        .delete(cluster.url(leader, &format!("/cluster/members/{broken}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (api, raft) = cluster.start_joiner(4);
+    join_as_voter(&cluster, leader, 4, &api, &raft).await;
+    assert_all_readable(&cluster, &[4], &keys).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

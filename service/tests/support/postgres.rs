@@ -160,6 +160,41 @@ impl PgServer {
         .collect()
     }
 
+    /// Runs one statement built by a test (from its own constants, never data).
+    pub async fn execute_owned(&self, database: &str, statement: String) {
+        let pool = sqlx::PgPool::connect(&self.url(database))
+            .await
+            .expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .expect("statement");
+        pool.close().await;
+    }
+
+    /// The keys in `database`'s `kv` table, sorted.
+    pub async fn keys(&self, database: &str) -> Vec<String> {
+        let pool = sqlx::PgPool::connect(&self.url(database))
+            .await
+            .expect("connect");
+        let keys = sqlx::query_scalar::<_, String>("SELECT key FROM kv ORDER BY key")
+            .fetch_all(&pool)
+            .await
+            .expect("read keys");
+        pool.close().await;
+        keys
+    }
+
+    /// Kills PostgreSQL with SIGKILL, as the OOM killer or a crash would: what it had
+    /// not written out of its WAL buffers is gone. `start_again` brings it back.
+    pub async fn kill(&self) {
+        let status = std::process::Command::new("docker")
+            .args(["kill", "-s", "KILL", self.container.id()])
+            .status()
+            .expect("run docker kill");
+        assert!(status.success(), "docker kill failed");
+    }
+
     /// Stops the container (the data stays); `start_again` brings it back on the same
     /// port.
     pub async fn stop(&self) {

@@ -19,6 +19,12 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Makes the transaction's commit wait for its WAL flush whatever the server's or the
+/// database's `synchronous_commit` says: log appends, votes, truncations and purges
+/// must be durable before Raft hears of them. (Single statements set it the same way,
+/// with `set_config(..., true)`, which also lasts until their commit.)
+const SYNC_COMMIT: &str = "SET LOCAL synchronous_commit = on";
+
 /// How often the committed log id is written on its own when no log append carries it.
 const COMMITTED_EVERY: Duration = Duration::from_secs(1);
 
@@ -201,12 +207,13 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
             .db
             .retry("append log entries", || {
                 sqlx::query(
-                    "WITH entries AS (\
+                    "WITH sync AS (SELECT set_config('synchronous_commit', 'on', true)), \
+                     entries AS (\
                        INSERT INTO raft_log (log_index, entry) \
                        SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[]) \
                        ON CONFLICT (log_index) DO UPDATE SET entry = EXCLUDED.entry) \
                      INSERT INTO raft_meta (name, value) \
-                     SELECT $3, $4::BYTEA WHERE $4::BYTEA IS NOT NULL \
+                     SELECT $3, $4::BYTEA FROM sync WHERE $4::BYTEA IS NOT NULL \
                      ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                 )
                 .bind(&indexes)
@@ -223,13 +230,16 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| to_i64(id.index + 1));
         self.db
-            .retry("truncate log", || {
+            .retry("truncate log", || async {
+                let mut txn = self.db.pool().begin().await?;
+                sqlx::query(SYNC_COMMIT).execute(&mut *txn).await?;
                 sqlx::query("DELETE FROM raft_log WHERE log_index >= $1")
                     .bind(from)
-                    .execute(self.db.pool())
+                    .execute(&mut *txn)
+                    .await?;
+                txn.commit().await
             })
             .await
-            .map(|_| ())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -238,6 +248,7 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
         self.db
             .retry("purge log", || async {
                 let mut txn = self.db.pool().begin().await?;
+                sqlx::query(SYNC_COMMIT).execute(&mut *txn).await?;
                 sqlx::query(Meta::Raft.upsert())
                     .bind(LAST_PURGED)
                     .bind(bytes.as_slice())

@@ -10,9 +10,11 @@
 //! (`synchronous_commit` off for that transaction): as with redb, the next durable
 //! commit flushes the WAL up to them, and what a crash of the node loses is applied
 //! again from the log at start. A crash of PostgreSQL alone can lose applies the running
-//! node counts as done: the next apply notices (the stored last applied id is not the
-//! one the node wrote) and fails, which stops Raft on this node until it restarts and
-//! applies them again.
+//! node counts as done: the next apply, or the next read, notices (the stored last
+//! applied id is older than the one the node wrote) and applies them again from the
+//! Raft log before it goes on (see `state_machine.rs`). Log appends, votes, truncations
+//! and purges always wait for their WAL flush, whatever the server's
+//! `synchronous_commit`: they set it per transaction.
 //!
 //! Outages: when PostgreSQL cannot be reached, Raft's storage calls wait and retry with
 //! backoff instead of failing (a failed Raft storage call would stop Raft for good).
@@ -121,14 +123,18 @@ pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStor
         probing: Arc::new(AtomicBool::new(false)),
     };
     let snapshot_dir = data_dir.join("snapshots");
-    std::fs::create_dir_all(&snapshot_dir).map_err(|e| OpenError::DataDir {
+    super::create_dir_durably(&snapshot_dir).map_err(|e| OpenError::DataDir {
         path: snapshot_dir.clone(),
         reason: e.to_string(),
     })?;
+    let state_machine = PgStateMachine::new(db.clone(), snapshot_dir);
     Ok(PgStore {
         log_store: PgLogStore::new(db.clone()),
-        state_machine: PgStateMachine::new(db.clone(), snapshot_dir),
-        handle: PgHandle { db },
+        handle: PgHandle {
+            db,
+            state_machine: state_machine.clone(),
+        },
+        state_machine,
     })
 }
 
@@ -246,18 +252,41 @@ fn is_transient(e: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct PgHandle {
     db: Db,
+    /// Repairs the data before a read when PostgreSQL lost applies.
+    state_machine: PgStateMachine,
 }
 
 impl PgHandle {
+    /// The value of `key` as applied so far. The same statement reads the stored last
+    /// applied id: when it is older than what this node applied (PostgreSQL crashed and
+    /// lost applies; openraft's applied index, in memory, let the read through), the
+    /// lost entries are applied again from the log before the key is read again.
     pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
-        self.db
-            .once(
+        let read = || {
+            self.db.once(
                 "read key",
-                sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.db.pool),
+                sqlx::query_as::<_, (Option<String>, Option<Vec<u8>>)>(
+                    "SELECT (SELECT value FROM kv WHERE key = $1), \
+                            (SELECT value FROM sm_meta WHERE name = $2)",
+                )
+                .bind(key)
+                .bind(state_machine::LAST_APPLIED)
+                .fetch_one(&self.db.pool),
             )
-            .await
+        };
+        // Taken before the read: an apply that commits meanwhile raises it only after
+        // its commit, so a healthy database is never found behind it.
+        let known = self.state_machine.applied_index();
+        let (value, stored) = read().await?;
+        let stored_index = stored
+            .and_then(|b| super::decode::<Option<crate::raft::typ::LogId>>(&b).ok())
+            .flatten()
+            .map(|id| id.index);
+        if known.is_none_or(|known| stored_index.is_some_and(|s| s >= known)) {
+            return Ok(value);
+        }
+        self.state_machine.repair().await?;
+        Ok(read().await?.0)
     }
 
     pub async fn len(&self) -> io::Result<u64> {
@@ -342,14 +371,19 @@ impl Meta {
         }
     }
 
+    /// Writes one value, durably whatever the server's `synchronous_commit` (a vote,
+    /// the purge marker, the snapshot record: a purge relies on the snapshot's data
+    /// being flushed, and this commit flushes the WAL up to it).
     fn upsert(self) -> &'static str {
         match self {
             Meta::Raft => {
-                "INSERT INTO raft_meta (name, value) VALUES ($1, $2) \
+                "INSERT INTO raft_meta (name, value) SELECT $1, $2 \
+                 FROM (SELECT set_config('synchronous_commit', 'on', true)) AS sync \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
             }
             Meta::StateMachine => {
-                "INSERT INTO sm_meta (name, value) VALUES ($1, $2) \
+                "INSERT INTO sm_meta (name, value) SELECT $1, $2 \
+                 FROM (SELECT set_config('synchronous_commit', 'on', true)) AS sync \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
             }
         }

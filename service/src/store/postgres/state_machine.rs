@@ -5,7 +5,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -17,13 +18,14 @@ use super::{read_meta, Db, Meta};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
 use crate::store::snapshot::{
-    snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord, SnapshotWriter,
+    remove_other_snapshots, snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord,
+    SnapshotWriter,
 };
 use crate::store::{
     blocking, decode, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
 
-const LAST_APPLIED: &str = "last_applied";
+pub(super) const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 pub(super) const RETIRED: &str = "retired_node_ids";
 const SNAPSHOT: &str = "snapshot";
@@ -35,11 +37,40 @@ const INSTALL_CHUNK: usize = 1000;
 pub struct PgStateMachine {
     db: Db,
     snapshot_dir: PathBuf,
-    /// The last applied log id in the database, as this node last wrote or read it;
-    /// `None` when unknown: at start, during an apply (which may fail after its commit
-    /// happened), and after a snapshot is installed. Only this node writes it, one
-    /// apply at a time.
-    applied: Arc<Mutex<Option<Applied>>>,
+    applied: Arc<AppliedState>,
+    /// Held while a snapshot is built or installed (see the redb state machine: a
+    /// build that read the state before an install must not record over it).
+    snapshots: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What this node knows of the last applied log id in the database. Only this node
+/// writes it: applies one at a time, and repairs after PostgreSQL lost applies.
+#[derive(Default)]
+struct AppliedState {
+    /// The stored last applied id this node last wrote or read (`None`: unknown, at
+    /// start and after a snapshot install: the database's value is taken as it is).
+    /// Held by whoever writes it, across the retries of one apply: a retry must find
+    /// either this value (the attempt did not commit) or its own (it did).
+    expected: tokio::sync::Mutex<Option<Applied>>,
+    /// The index of `expected`'s id plus one (0: unknown), for readers, who must not
+    /// wait for an apply to compare.
+    index: AtomicU64,
+}
+
+impl AppliedState {
+    fn set(&self, expected: &mut Option<Applied>, now: Option<Applied>) {
+        let index = now
+            .as_ref()
+            .and_then(|a| a.id.as_ref())
+            .map_or(0, |id| id.index + 1);
+        self.index.store(index, Ordering::SeqCst);
+        *expected = now;
+    }
+
+    /// The index this node knows is applied, if any.
+    fn index(&self) -> Option<u64> {
+        self.index.load(Ordering::SeqCst).checked_sub(1)
+    }
 }
 
 /// The stored last applied log id: the id, and the row's bytes exactly as stored
@@ -61,17 +92,17 @@ impl Applied {
     fn fresh(&self, entry: &Entry) -> bool {
         self.id.as_ref().is_none_or(|a| entry.index() > a.index)
     }
+
+    fn index(&self) -> Option<u64> {
+        self.id.as_ref().map(|id| id.index)
+    }
 }
 
-/// The database does not hold the last applied id this node wrote.
-fn lost_applies() -> sqlx::Error {
-    sqlx::Error::InvalidArgument(
-        "the last applied log id in the database is not the one this node wrote: \
-         PostgreSQL lost recent commits (it crashed, and applies do not wait for their \
-         WAL flush), or another process writes this node's database. Restart the node: \
-         it applies the missing entries again from its Raft log"
-            .into(),
-    )
+/// The database holds a last applied id this node cannot build on.
+fn lost_applies(what: String) -> sqlx::Error {
+    sqlx::Error::InvalidArgument(format!(
+        "the last applied log id in the database is not the one this node wrote: {what}"
+    ))
 }
 
 impl PgStateMachine {
@@ -79,28 +110,29 @@ impl PgStateMachine {
         Self {
             db,
             snapshot_dir,
-            applied: Arc::new(Mutex::new(None)),
+            applied: Arc::new(AppliedState::default()),
+            snapshots: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    fn known_applied(&self) -> std::sync::MutexGuard<'_, Option<Applied>> {
-        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies `entries`, and records the last applied id with them. Entries at or
-    /// below the stored last applied id are already in the database (a retry after a
-    /// commit whose acknowledgement was lost) and are skipped; their results can no
-    /// longer be observed, so a skipped delete reports that its key existed.
+    /// Applies `entries`, and records the last applied id with them, on top of the
+    /// stored last applied id `expected` (`None`: whatever the database holds). Entries
+    /// at or below the stored id are already in the database (a retry after a commit
+    /// whose acknowledgement was lost) and are skipped; their results can no longer be
+    /// observed, so a skipped delete reports that its key existed.
     ///
-    /// The write of the last applied id checks that the stored one is still the one
-    /// this node last wrote or read. If it is not, the database lost applies that
-    /// openraft already counts as done, and nothing here can redo them: the apply
-    /// fails, and Raft stops, rather than build on a hole.
-    async fn apply_batch(&self, entries: &[Entry]) -> Result<Vec<CommandResult>, sqlx::Error> {
-        // Unknown while this attempt runs: it may fail after its commit happened.
-        let known = self.known_applied().take();
-        let applied = match known {
-            Some(applied) => applied,
+    /// When the stored id is older than `expected`, PostgreSQL lost applies (it crashed
+    /// before flushing commits made with `synchronous_commit` off): the entries in
+    /// between are applied again from the Raft log, which is written with synchronous
+    /// commits and never purged past a snapshot whose record is durable, in the same
+    /// transaction. Nothing is built on the hole.
+    async fn apply_batch(
+        &self,
+        entries: &[Entry],
+        expected: &Option<Applied>,
+    ) -> Result<(Vec<CommandResult>, Applied), sqlx::Error> {
+        let expected = match expected {
+            Some(applied) => applied.clone(),
             None => Applied::read(
                 sqlx::query_scalar::<_, Vec<u8>>(Meta::StateMachine.select())
                     .bind(LAST_APPLIED)
@@ -110,27 +142,53 @@ impl PgStateMachine {
         };
         let changes_membership = entries
             .iter()
-            .any(|e| applied.fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
-        let (results, now) = if changes_membership {
-            Self::apply_in_transaction(&self.db, entries, applied).await?
-        } else {
-            Self::apply_in_one_statement(&self.db, entries, applied).await?
+            .any(|e| expected.fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
+        if !changes_membership {
+            if let Some(done) = Self::apply_in_one_statement(&self.db, entries, &expected).await? {
+                return Ok(done);
+            }
+        }
+        // A membership change, or the stored id is not the expected one.
+        Self::apply_in_transaction(&self.db, entries, &expected).await
+    }
+
+    /// The last index this node applied, as far as it knows.
+    pub(super) fn applied_index(&self) -> Option<u64> {
+        self.applied.index()
+    }
+
+    /// Applies again the entries between the stored last applied id and the one this
+    /// node applied, if PostgreSQL lost them: called before a read that found the
+    /// database behind, which would otherwise see the data as it was before them.
+    pub(super) async fn repair(&self) -> io::Result<()> {
+        let mut expected = self.applied.expected.lock().await;
+        let Some(current) = expected.clone() else {
+            return Ok(());
         };
-        *self.known_applied() = Some(now);
-        Ok(results)
+        let (_, now) = self
+            .db
+            .once(
+                "apply lost entries again",
+                Self::apply_in_transaction(&self.db, &[], &current),
+            )
+            .await?;
+        self.applied.set(&mut expected, Some(now));
+        Ok(())
     }
 
     /// The common batch, key-value commands only: one statement, so one round trip
-    /// (two with deletes, whose results need the keys that existed before).
+    /// (two with deletes, whose results need the keys that existed before). `None`
+    /// when the stored last applied id is not `applied`: the statement then changed
+    /// nothing.
     async fn apply_in_one_statement(
         db: &Db,
         entries: &[Entry],
-        applied: Applied,
-    ) -> Result<(Vec<CommandResult>, Applied), sqlx::Error> {
+        applied: &Applied,
+    ) -> Result<Option<(Vec<CommandResult>, Applied)>, sqlx::Error> {
         let fresh = |entry: &Entry| applied.fresh(entry);
         let Some(last) = entries.iter().rev().find(|e| fresh(e)).map(|e| e.log_id()) else {
             let (results, _) = fold_commands(entries, fresh, &HashSet::new());
-            return Ok((results, applied));
+            return Ok(Some((results, applied.clone())));
         };
         let existing = existing_keys(db.pool(), &deleted_keys(entries, fresh)).await?;
         let (results, after) = fold_commands(entries, fresh, &existing);
@@ -138,21 +196,20 @@ impl PgStateMachine {
         let stored =
             serde_json::to_vec(&Some(last)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         // The statement does not wait for its WAL flush (see the module's notes). Its
-        // parts touch different keys: `after` holds one final value per key. The last
-        // applied id is written only over the value this node expects ($6; NULL: no
-        // row), so a database that lost applies writes no row here. Should that
-        // happen, the batch's own changes stay: applying the log again from the stored
-        // id, in order, gives the same data.
+        // parts touch different keys: `after` holds one final value per key. Every
+        // part runs only if the stored last applied id is the one this node expects
+        // ($6; NULL: no row), so a database that lost applies, or a retry of an
+        // attempt that did commit, changes nothing here.
         let written = sqlx::query(
             "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)), \
-             put AS (INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) \
+             ok AS (SELECT 1 WHERE (SELECT value FROM sm_meta WHERE name = $4) \
+                                   IS NOT DISTINCT FROM $6::BYTEA), \
+             put AS (INSERT INTO kv (key, value) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) WHERE EXISTS (SELECT 1 FROM ok) \
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value), \
-             gone AS (DELETE FROM kv WHERE key = ANY($3::TEXT[])) \
-             INSERT INTO sm_meta (name, value) SELECT $4, $5 FROM async \
-             WHERE $6::BYTEA IS NULL \
-                OR EXISTS (SELECT 1 FROM sm_meta WHERE name = $4 AND value = $6::BYTEA) \
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value \
-             WHERE sm_meta.value IS NOT DISTINCT FROM $6::BYTEA",
+             gone AS (DELETE FROM kv WHERE key = ANY($3::TEXT[]) AND EXISTS (SELECT 1 FROM ok)) \
+             INSERT INTO sm_meta (name, value) SELECT $4, $5 FROM async, ok \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
         )
         .bind(&put_keys)
         .bind(&put_values)
@@ -163,33 +220,53 @@ impl PgStateMachine {
         .execute(db.pool())
         .await?;
         if written.rows_affected() != 1 {
-            return Err(lost_applies());
+            return Ok(None);
         }
         let now = Applied {
             id: Some(last),
             stored: Some(stored),
         };
-        Ok((results, now))
+        Ok(Some((results, now)))
     }
 
-    /// A batch that changes the membership: in one transaction with the membership
-    /// records.
+    /// A batch in one transaction with the membership records it changes, after the
+    /// entries PostgreSQL lost, if it lost any (see [`Self::apply_batch`]).
     async fn apply_in_transaction(
         db: &Db,
-        entries: &[Entry],
-        expected: Applied,
+        batch: &[Entry],
+        expected: &Applied,
     ) -> Result<(Vec<CommandResult>, Applied), sqlx::Error> {
+        // Unlike the common batch, this transaction waits for its WAL flush (its
+        // metadata writes ask for it): membership changes and repairs are rare.
         let mut txn = db.pool().begin().await?;
-        // Applies need not wait for their own WAL flush: a lost apply is redone from
-        // the log, and the next synchronous commit (a log append, a purge) flushes the
-        // WAL up to it anyway, so the data never falls behind a purged log.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *txn)
-            .await?;
         let applied = Applied::read(select_meta(&mut txn, LAST_APPLIED).await?);
+        let mut lost = Vec::new();
         if applied.stored != expected.stored {
-            return Err(lost_applies());
+            let batch_last = batch.last().map(|e| e.index());
+            if applied.id.is_some() && applied.index() >= batch_last.max(expected.index()) {
+                // An earlier attempt of this batch committed; its answer was lost.
+            } else if applied.index() < expected.index() {
+                let before = batch
+                    .first()
+                    .map_or(expected.index().map_or(0, |i| i + 1), |e| e.index());
+                lost = read_log_between(&mut txn, applied.index(), before).await?;
+                tracing::warn!(
+                    stored = ?applied.id,
+                    applied = ?expected.id,
+                    entries = lost.len(),
+                    "PostgreSQL lost applies (it crashed before flushing them); applying \
+                     them again from the Raft log"
+                );
+            } else {
+                return Err(lost_applies(format!(
+                    "found {:?}, expected {:?}; does another process write this node's database?",
+                    applied.id, expected.id
+                )));
+            }
         }
+        let entries: Vec<Entry> = lost.into_iter().chain(batch.iter().cloned()).collect();
+        let entries = entries.as_slice();
+        let replayed = entries.len() - batch.len();
         // The key-value commands are folded in memory, in log order, into the final
         // value of each key they touch; the batch then costs one upsert and one delete
         // whatever its size. Only a delete needs the value before the batch (to say
@@ -242,7 +319,7 @@ impl PgStateMachine {
             };
         }
         txn.commit().await?;
-        Ok((results, now))
+        Ok((results[replayed..].to_vec(), now))
     }
 
     async fn record_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
@@ -400,6 +477,44 @@ where
     .map_err(|e| io::Error::other(format!("{what}: {e}")))
 }
 
+/// The Raft log's entries after index `after` (`None`: from the start) and before
+/// `before`, all of them: a missing one (purged) fails, since the data could not be
+/// brought back to where this node applied.
+async fn read_log_between(
+    txn: &mut Transaction<'_, Postgres>,
+    after: Option<u64>,
+    before: u64,
+) -> Result<Vec<Entry>, sqlx::Error> {
+    let from = after.map_or(0, |a| a + 1);
+    let rows = sqlx::query_scalar::<_, Vec<u8>>(
+        "SELECT entry FROM raft_log WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index",
+    )
+    .bind(super::to_i64(from))
+    .bind(super::to_i64(before))
+    .fetch_all(&mut **txn)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|bytes| decode::<Entry>(bytes))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    // With nothing applied yet, the log may start at 0 or 1.
+    let start_ok = match after {
+        Some(_) => entries.first().is_none_or(|e| e.index() == from),
+        None => entries.first().is_none_or(|e| e.index() <= 1),
+    };
+    let consecutive = entries.windows(2).all(|w| w[1].index() == w[0].index() + 1);
+    let end_ok = before <= from || entries.last().is_some_and(|e| e.index() + 1 == before);
+    if start_ok && consecutive && end_ok {
+        Ok(entries)
+    } else {
+        Err(lost_applies(format!(
+            "PostgreSQL lost applies after index {after:?}, and the Raft log no longer \
+             holds all entries up to {before}; rebuild this node from its peers"
+        )))
+    }
+}
+
 async fn select_meta(
     txn: &mut Transaction<'_, Postgres>,
     name: &str,
@@ -429,9 +544,11 @@ impl RaftSnapshotBuilder<TypeConfig> for PgStateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
+        let _snapshots = self.snapshots.clone().lock_owned().await;
         let (record, file) =
             retry_snapshot(&self.db, "build snapshot", || self.write_snapshot()).await?;
         self.record_snapshot(&record).await?;
+        remove_other_snapshots(&self.snapshot_dir, &record.file_id)?;
         Ok(Snapshot {
             meta: record.meta,
             snapshot: file,
@@ -461,10 +578,14 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let results = self
+        let mut expected = self.applied.expected.lock().await;
+        let known = expected.clone();
+        let (results, now) = self
             .db
-            .retry("apply entries", || self.apply_batch(&batch))
+            .retry("apply entries", || self.apply_batch(&batch, &known))
             .await?;
+        self.applied.set(&mut expected, Some(now));
+        drop(expected);
         crate::store::answer(responders, results);
         Ok(())
     }
@@ -478,6 +599,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        let _snapshots = self.snapshots.clone().lock_owned().await;
         // Keep our own copy first: the received file may live elsewhere.
         let file_id = snapshot_file_id(meta.last_log_id.as_ref());
         let dir = self.snapshot_dir.clone();
@@ -490,11 +612,18 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         })
         .await?;
         // The next apply reads the last applied id the snapshot leaves.
-        *self.known_applied() = None;
+        let mut expected = self.applied.expected.lock().await;
         retry_snapshot(&self.db, "install snapshot", || {
             self.load_snapshot(meta, &file_id)
         })
         .await?;
+        let installed = Applied {
+            id: meta.last_log_id,
+            stored: Some(encode(&meta.last_log_id)?),
+        };
+        self.applied.set(&mut expected, Some(installed));
+        drop(expected);
+        remove_other_snapshots(&self.snapshot_dir, &file_id)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

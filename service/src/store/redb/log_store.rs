@@ -29,7 +29,7 @@ use crate::raft::TypeConfig;
 use crate::store::{decode, encode, io_err};
 
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
+pub(super) const COMMITTED: &str = "committed";
 pub(super) const LAST_PURGED: &str = "last_purged";
 
 /// The most operations the writer commits in one transaction.

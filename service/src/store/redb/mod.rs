@@ -94,18 +94,18 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
             segments::LOG_DIR
         );
     }
-    let purged = {
+    type LogId = openraft::alias::LogIdOf<crate::raft::TypeConfig>;
+    let (purged, committed) = {
         let read = log_db.begin_read().map_err(|e| log_err(&e))?;
         let meta = read.open_table(LOG_META).map_err(|e| log_err(&e))?;
-        read_meta::<openraft::alias::LogIdOf<crate::raft::TypeConfig>>(
-            &meta,
-            log_store::LAST_PURGED,
-        )
-        .map_err(|e| log_err(&e))?
-        .map(|id| id.index)
+        let purged = read_meta::<LogId>(&meta, log_store::LAST_PURGED).map_err(|e| log_err(&e))?;
+        let committed = read_meta::<Option<LogId>>(&meta, log_store::COMMITTED)
+            .map_err(|e| log_err(&e))?
+            .flatten();
+        (purged.map(|id| id.index), committed.map(|id| id.index))
     };
     let log = Arc::new(RwLock::new(
-        segments::Segments::open(&log_dir, purged).map_err(|e| log_err(&e))?,
+        segments::Segments::open_committed(&log_dir, purged, committed).map_err(|e| log_err(&e))?,
     ));
     let durable_log_end = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let state_machine = RedbStateMachine::new(
@@ -226,7 +226,12 @@ fn open_db(
         path: path.to_owned(),
         reason: e.to_string(),
     };
+    let existed = path.exists();
     let db = Database::create(path).map_err(|e| db_err(&e))?;
+    if !existed {
+        // The new file's directory entry must survive a power loss too.
+        super::sync_parent(path).map_err(|e| db_err(&e))?;
+    }
     let txn = db.begin_write().map_err(|e| db_err(&e))?;
     create_tables(&txn).map_err(|e| db_err(&e))?;
     txn.commit().map_err(|e| db_err(&e))?;
@@ -532,5 +537,104 @@ mod tests {
             garbage,
             "file must be untouched"
         );
+    }
+
+    /// A snapshot file at log index `index` holding `a=<a>` and `filler` more keys.
+    fn snapshot_at(
+        dir: &Path,
+        index: u64,
+        a: &str,
+        filler: usize,
+    ) -> (crate::raft::typ::SnapshotMeta, std::fs::File) {
+        let mut writer = crate::store::SnapshotWriter::create(
+            dir,
+            &format!("peer-{index}"),
+            Some(&Default::default()),
+        )
+        .unwrap();
+        writer.write_pair("a", a).unwrap();
+        for i in 0..filler {
+            writer.write_pair(&format!("filler-{i:08}"), "x").unwrap();
+        }
+        let meta = crate::raft::typ::SnapshotMeta {
+            last_log_id: Some(crate::store::test_entries::put(index, "a", a).log_id),
+            last_membership: Default::default(),
+        };
+        (meta, writer.finish().unwrap())
+    }
+
+    /// While a snapshot is installed, reads see what was applied before it (pending
+    /// writes included) or the snapshot, never the file as it was before the pending
+    /// writes: reads do not go backwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_during_a_snapshot_install_never_go_backwards() {
+        use crate::store::test_entries::put;
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let peer = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), true).unwrap();
+        apply(&mut store.state_machine, vec![put(1, "a", "old")]).await;
+        store.handle.state.flush_all().unwrap();
+        apply(&mut store.state_machine, vec![put(2, "a", "pending")]).await;
+        let (meta, file) = snapshot_at(peer.path(), 3, "snapshot", 200_000);
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (handle, stop) = (store.handle.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.insert(handle.get("a").unwrap().unwrap_or_default());
+                }
+                seen
+            })
+        };
+        store
+            .state_machine
+            .install_snapshot(&meta, file)
+            .await
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.join().unwrap();
+        assert!(!seen.contains("old"), "a read went backwards: {seen:?}");
+        assert_eq!(store.handle.get("a").unwrap().as_deref(), Some("snapshot"));
+    }
+
+    /// Builds and installs running at the same time both succeed, and the snapshot
+    /// recorded last is never older than the one installed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_builds_and_installs_do_not_race() {
+        use crate::store::test_entries::put;
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+        let dir = tempfile::tempdir().unwrap();
+        let peer = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true).unwrap();
+        let mut sm = store.state_machine.clone();
+        let entries: Vec<_> = (1..=20_000)
+            .map(|i| put(i, &format!("k{i:06}"), "v"))
+            .collect();
+        apply(&mut sm, entries).await;
+        for round in 0..10u64 {
+            let index = 100_000 + round;
+            let (meta, file) = snapshot_at(peer.path(), index, "installed", 20_000);
+            let mut builder = sm.get_snapshot_builder().await;
+            let mut installer = sm.clone();
+            let (built, installed) = tokio::join!(
+                tokio::spawn(async move { builder.build_snapshot().await.map(|s| s.meta) }),
+                tokio::spawn(async move { installer.install_snapshot(&meta, file).await }),
+            );
+            built.unwrap().expect("build");
+            installed.unwrap().expect("install");
+            let current = sm
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .expect("a snapshot");
+            assert_eq!(
+                current.meta.last_log_id.map(|id| id.index),
+                Some(index),
+                "round {round}: the recorded snapshot went back"
+            );
+        }
     }
 }

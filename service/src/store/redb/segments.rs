@@ -8,9 +8,12 @@
 //!
 //! Only the log writer thread changes the files; readers share the index of record
 //! offsets behind a lock. At open, every segment is checked record by record. A torn
-//! or corrupt record at the end of the last segment is a write that never finished (it
-//! was never reported durable) and is cut off; anywhere else it is an error, and the
-//! files are left alone.
+//! or corrupt record at the end of the last segment, with nothing valid after it, is
+//! the last write group that never finished (it was never reported durable) and is cut
+//! off, unless that would drop an entry at or below the stored committed index. A bad
+//! record anywhere else, or one followed by a valid record (a flipped byte in the
+//! middle of fsynced data, not a torn write), is an error naming the file and offset,
+//! and the files are left alone: cutting there would destroy acknowledged entries.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -71,11 +74,39 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The first offset at or after `from` where a whole, valid record of an entry at or
+/// after `lowest` starts, with that entry's index. Cheap on garbage: an offset is
+/// checksummed only when its header's length fits and its index is plausible.
+fn find_valid_record(bytes: &[u8], from: usize, lowest: u64) -> Option<(usize, u64)> {
+    let highest = lowest.saturating_add(bytes.len() as u64 / HEADER as u64);
+    (from..bytes.len().saturating_sub(HEADER - 1)).find_map(|at| {
+        let header = &bytes[at..at + HEADER];
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if index < lowest || index > highest || len > MAX_RECORD {
+            return None;
+        }
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let payload = bytes.get(at + HEADER..at + HEADER + len)?;
+        (checksum(index, payload) == crc).then_some((at, index))
+    })
+}
+
 impl Segments {
     /// Opens the log in `dir`, creating the directory if needed. Segments wholly at or
     /// below `purged` are deleted (a purge that a crash interrupted).
     pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        Self::open_committed(dir, purged, None)
+    }
+
+    /// [`Self::open`], refusing to cut a torn tail that would take entries at or below
+    /// `committed` with it.
+    pub fn open_committed(
+        dir: &Path,
+        purged: Option<u64>,
+        committed: Option<u64>,
+    ) -> io::Result<Self> {
+        crate::store::create_dir_durably(dir)?;
         let mut names = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let name = item?.file_name();
@@ -93,7 +124,7 @@ impl Segments {
         for (i, first) in names.into_iter().enumerate() {
             let path = dir.join(segment_name(first));
             let is_last = i + 1 == count;
-            let segment = Self::load(path, first, is_last)?;
+            let segment = Self::load(path, first, is_last, committed)?;
             segments.insert(first, segment);
         }
         let mut log = Self {
@@ -121,7 +152,12 @@ impl Segments {
     }
 
     /// Reads one segment's records; cuts a torn tail off the last segment.
-    fn load(path: PathBuf, first: u64, is_last: bool) -> io::Result<Segment> {
+    fn load(
+        path: PathBuf,
+        first: u64,
+        is_last: bool,
+        committed: Option<u64>,
+    ) -> io::Result<Segment> {
         let bytes = std::fs::read(&path)?;
         let mut offsets = Vec::new();
         let mut at = 0usize;
@@ -154,6 +190,28 @@ impl Segments {
         if let Some(problem) = problem {
             if !is_last {
                 return Err(corrupt(&path, problem));
+            }
+            let lost = first + offsets.len() as u64;
+            if let Some((offset, index)) = find_valid_record(&bytes, at + 1, lost) {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "{problem}, followed by the valid record of entry {index} at offset \
+                         {offset}: corruption inside written data, not an unfinished write; \
+                         the file is left as it is (rebuild this node from its peers, see \
+                         the README's Durability section)"
+                    ),
+                ));
+            }
+            if let Some(committed) = committed.filter(|c| lost <= *c) {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "{problem}: cutting it off would drop entry {lost}, at or below the \
+                         committed index {committed}; the file is left as it is (rebuild \
+                         this node from its peers, see the README's Durability section)"
+                    ),
+                ));
             }
             tracing::warn!(path = %path.display(), %problem, "cutting off an unfinished write at the end of the log");
             file.set_len(at as u64)?;
@@ -422,5 +480,54 @@ mod tests {
         let err = Segments::open(dir.path(), None).err().expect("refused");
         assert!(err.to_string().contains("checksum"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "left alone");
+    }
+
+    /// A flipped byte in the middle of the last segment, with fsynced records after it,
+    /// is corruption, not a torn write: refused, the file named with the offset, and
+    /// left as it is (cutting there would destroy acknowledged entries).
+    #[test]
+    fn corruption_followed_by_valid_records_in_the_last_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        for i in 1..=300 {
+            append(&mut log, i..i + 1);
+        }
+        drop(log);
+        let path = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5A;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let err = Segments::open(dir.path(), None).err().expect("refused");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("at offset"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left alone");
+    }
+
+    /// A torn tail is cut off only above the committed index: entries at or below it
+    /// were acknowledged, and a log that lost them must not start as if nothing
+    /// happened.
+    #[test]
+    fn a_torn_tail_is_never_cut_below_the_committed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Segments::open(dir.path(), None).unwrap();
+        append(&mut log, 1..6);
+        drop(log);
+        let path = dir.path().join(segment_name(1));
+        let bytes = std::fs::read(&path).unwrap();
+        // Entry 5's record loses its last bytes.
+        let torn = &bytes[..bytes.len() - 3];
+        std::fs::write(&path, torn).unwrap();
+
+        let err = Segments::open_committed(dir.path(), None, Some(5))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("committed index 5"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), torn, "left alone");
+
+        let log = Segments::open_committed(dir.path(), None, Some(4)).unwrap();
+        assert_eq!(indexes(&log), [1, 2, 3, 4]);
     }
 }

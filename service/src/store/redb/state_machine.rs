@@ -18,7 +18,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
 use super::{read_meta, KV, SM_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
-use crate::store::snapshot::{snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter};
+use crate::store::snapshot::{
+    remove_other_snapshots, snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter,
+};
 use crate::store::{
     blocking, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
@@ -79,6 +81,10 @@ pub(super) struct Shared {
     /// Held by whoever commits pending writes, so flushes happen one at a time; holds
     /// when the state machine was last committed durably.
     flush: Mutex<Instant>,
+    /// Held while a snapshot is built or installed: the two run on different tasks, and
+    /// interleaved, a build that read the state before an install could record its
+    /// older snapshot over the installed one.
+    snapshots: Mutex<()>,
     /// One past the last log index durable in the log (see `RedbLogStore::new`): a
     /// commit is fsynced only if the durable log covers it, so that after a crash the
     /// state machine is never ahead of the log and the current snapshot.
@@ -220,12 +226,13 @@ impl RedbStateMachine {
         snapshot_dir: PathBuf,
         durable_log_end: Arc<AtomicU64>,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(&snapshot_dir)?;
+        crate::store::create_dir_durably(&snapshot_dir)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
                 pending: RwLock::new(Pending::default()),
                 flush: Mutex::new(Instant::now()),
+                snapshots: Mutex::new(()),
                 durable_log_end,
             }),
             snapshot_dir,
@@ -361,6 +368,7 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
         let shared = self.shared.clone();
         let dir = self.snapshot_dir.clone();
         blocking(move || {
+            let _snapshots = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
             shared.flush(false, |_| Ok(((), None)))?;
             let db = &shared.db;
             // One read transaction: the data, last applied id and membership are one
@@ -391,6 +399,7 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 file_id,
             };
             Self::record_snapshot(db, &record)?;
+            remove_other_snapshots(&dir, &record.file_id)?;
             Ok(Snapshot {
                 meta: record.meta,
                 snapshot: file,
@@ -456,10 +465,12 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let meta = meta.clone();
         let meta_log_id = meta.last_log_id;
         blocking(move || {
+            let _snapshots = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
             // The snapshot replaces everything applied before it, pending or not; no
-            // flush may run meanwhile.
+            // flush may run meanwhile. The pending writes stay readable until the
+            // snapshot is committed: without them, reads would see the file as it was
+            // before them, older than what openraft reports applied.
             let _flush = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
-            *shared.pending_mut() = Pending::default();
             let db = &shared.db;
             // Keep our own copy first: the received file may live elsewhere.
             let mut snapshot = snapshot;
@@ -488,12 +499,17 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                 sm_meta
                     .insert(RETIRED, encode(&preamble.retired_node_ids)?.as_slice())
                     .map_err(io_err)?;
-                let record = SnapshotRecord { meta, file_id };
+                let record = SnapshotRecord {
+                    meta,
+                    file_id: file_id.clone(),
+                };
                 sm_meta
                     .insert(SNAPSHOT, encode(&record)?.as_slice())
                     .map_err(io_err)?;
             }
-            txn.commit().map_err(io_err)
+            txn.commit().map_err(io_err)?;
+            *shared.pending_mut() = Pending::default();
+            remove_other_snapshots(&dir, &file_id)
         })
         .await?;
         tracing::info!(last_log_id = ?meta_log_id, "installed snapshot");
