@@ -46,7 +46,7 @@ test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both ba
 	@$(MAKE) -s api-fuzz
 	@$(MAKE) -s compose-test
 
-test-images: ## Build the images the container tests use: kvstore:local from this checkout, and PostgreSQL where no registry has it
+test-images: ## Build the images the container tests use: kvstore:local from the root Dockerfile, and PostgreSQL where no registry has it
 	@if docker info >/dev/null 2>&1; then images/postgres-image.sh >/dev/null && images/build.sh kvstore; \
 	else echo "no Docker daemon: not building images (the container tests will say SKIPPED)"; fi
 

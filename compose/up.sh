@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make up`: starts the dev stack and waits until the cluster serves.
 # With a registry: the official images, kvstore built from ../Dockerfile, plus Grafana and
-# Tempo. Without one: images built from Debian's packages (images/build.sh), and no
-# Grafana or Tempo, which Debian does not package.
+# Tempo. Without one: kvstore built from the same Dockerfile on stand-in base images, and
+# PostgreSQL and Prometheus from Debian's packages (images/build.sh); no Grafana or
+# Tempo, which Debian does not package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . compose/lib.sh
@@ -12,7 +13,7 @@ if timeout 120 docker pull -q grafana/grafana:11.2.0 >/dev/null 2>&1; then
   export KV_OTLP_ENDPOINT=http://tempo:4317
   compose --profile full up -d --build
 else
-  echo "No container registry reachable: starting kv1-kv3, PostgreSQL and Prometheus from images built from Debian's packages; Grafana and Tempo need a registry and are left out."
+  echo "No container registry reachable: starting kv1-kv3, PostgreSQL and Prometheus from images built here from Debian's packages and this machine's Rust toolchain; Grafana and Tempo need a registry and are left out."
   images/build.sh postgres prometheus kvstore
   export KV_IMAGE=kvstore:local KV_POSTGRES_IMAGE=kvstore-postgres:15 KV_PROMETHEUS_IMAGE=kvstore-prometheus:2.42
   compose up -d
