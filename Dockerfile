@@ -17,10 +17,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY service/Cargo.toml service/
 COPY integration-tests/Cargo.toml integration-tests/
-RUN mkdir -p service/src/bin integration-tests/src \
+COPY testfs/Cargo.toml testfs/
+RUN mkdir -p service/src/bin integration-tests/src testfs/src \
  && echo 'fn main() {}' > service/src/main.rs \
  && echo 'fn main() {}' > service/src/bin/kvbench.rs \
- && touch service/src/lib.rs integration-tests/src/lib.rs \
+ && touch service/src/lib.rs integration-tests/src/lib.rs testfs/src/lib.rs \
  && cargo build --release --locked -p kvstore --bin kvstore
 
 # Then the sources. COPY keeps the files' times, which can be older than the
@@ -28,7 +29,8 @@ RUN mkdir -p service/src/bin integration-tests/src \
 COPY migrations migrations
 COPY service service
 COPY integration-tests integration-tests
-RUN find service/src integration-tests/src -name '*.rs' -exec touch {} + \
+COPY testfs testfs
+RUN find service/src integration-tests/src testfs/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p kvstore --bin kvstore \
  && strip target/release/kvstore
 
