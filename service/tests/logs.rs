@@ -111,7 +111,9 @@ async fn ordinary_requests_log_nothing_by_default_and_a_slow_one_warns() {
     assert_eq!(line["path"], "/kv/slow", "{line}");
     assert_eq!(line["route"], "put_key", "{line}");
     assert_eq!(line["status"], 201, "{line}");
-    assert!(line["latency_ms"].as_f64().unwrap() >= 300.0, "{line}");
+    // Held 300 ms by the client; the server's clock starts when the headers arrive, a
+    // little later, so only the threshold itself is certain.
+    assert!(line["latency_ms"].as_f64().unwrap() >= 200.0, "{line}");
     assert_eq!(line["trace_id"], TRACE_ID, "{line}");
     assert_compact(&line);
 

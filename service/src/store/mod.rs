@@ -505,10 +505,16 @@ pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
 /// Fsyncs the directory holding `path`, so that a file or directory created or renamed
 /// there survives a power loss.
 pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => std::fs::File::open(parent)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
-    }
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Log entries for the backends' unit tests.

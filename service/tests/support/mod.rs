@@ -47,11 +47,33 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts the binary and waits (up to 20 s) for the log line carrying its address.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        Self::try_start(data_dir, env).unwrap_or_else(|(status, stderr)| {
+            panic!("kvstore exited with {status} before serving: {stderr}")
+        })
+    }
+
+    /// Like [`NodeProcess::start`], but a node that exits before serving is an answer,
+    /// not a failure: its exit status and what it printed on stderr.
+    pub fn try_start(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess, (ExitStatus, String)> {
         let mut child = command(data_dir, env)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kvstore");
+        let stderr = child.stderr.take().expect("stderr");
+        let errors = Arc::new(Mutex::new(String::new()));
+        let error_sink = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut text = error_sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -72,9 +94,14 @@ impl NodeProcess {
                 Ok(addr) => break addr,
                 Err(_) => {
                     if let Some(status) = child.try_wait().expect("try_wait") {
-                        panic!(
-                            "kvstore exited with {status} before serving (see its stderr above)"
-                        );
+                        // What it printed last arrives with its exit: wait for the pipe
+                        // to close (bounded; the process is gone).
+                        let closed = Instant::now() + Duration::from_secs(2);
+                        while Arc::strong_count(&errors) > 1 && Instant::now() < closed {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        let text = errors.lock().unwrap().clone();
+                        return Err((status, text));
                     }
                     if Instant::now() >= deadline {
                         // Not left running past the test, holding its data dir.
@@ -85,7 +112,7 @@ impl NodeProcess {
                 }
             }
         };
-        NodeProcess { child, addr, logs }
+        Ok(NodeProcess { child, addr, logs })
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -116,7 +116,7 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     .map_err(|e| db_err(&state_path, &e))?;
     // The files and directories made above exist after a power loss only once the
     // directory that names them is synced.
-    segments::sync_dir(data_dir).map_err(|e| OpenError::DataDir {
+    super::sync_dir(data_dir).map_err(|e| OpenError::DataDir {
         path: data_dir.to_owned(),
         reason: format!("cannot sync the directory: {e}"),
     })?;

@@ -69,11 +69,6 @@ fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
 }
 
-/// Makes the directory's entries (created or removed files) durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The first offset at or after `from` where a whole, valid record of an entry at or
 /// after `lowest` starts, with that entry's index. Cheap on garbage: an offset is
 /// checksummed only when its header's length fits and its index is plausible.
@@ -326,7 +321,7 @@ impl Segments {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        sync_dir(&self.dir)?;
+        crate::store::sync_dir(&self.dir)?;
         self.segments.insert(
             first,
             Segment {
@@ -364,7 +359,7 @@ impl Segments {
             self.remove(first)?;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            crate::store::sync_dir(&self.dir)?;
         }
         if let Some(segment) = self.segments.values_mut().next_back() {
             if from < segment.next_index() {
@@ -392,7 +387,7 @@ impl Segments {
             self.remove(first)?;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            crate::store::sync_dir(&self.dir)?;
         }
         Ok(())
     }
