@@ -18,7 +18,8 @@ cluster: ## Start a 3-node cluster on loopback (API :8081-8083, Raft :9001-9003)
 	$(CARGO) build -p kvstore
 	@mkdir -p data/cluster
 	@for i in 1 2 3; do \
-	  if [ -f data/cluster/node$$i.pid ] && kill -0 $$(cat data/cluster/node$$i.pid) 2>/dev/null; then \
+	  if [ -f data/cluster/node$$i.pid ] && kill -0 $$(cat data/cluster/node$$i.pid) 2>/dev/null \
+	     && ! ps -o stat= -p $$(cat data/cluster/node$$i.pid) | grep -q Z; then \
 	    echo "node$$i already running (pid $$(cat data/cluster/node$$i.pid))"; continue; fi; \
 	  nohup target/debug/kvstore --config config/cluster/node$$i.yaml >data/cluster/node$$i.out 2>&1 & \
 	  echo $$! > data/cluster/node$$i.pid; \

@@ -279,8 +279,12 @@ class Sandbox:
         if os.path.exists(self.status):
             with open(self.status) as f:
                 status = int(f.read().strip() or 0)
-            with open(self.body, "rb") as f:
-                body = f.read().decode("utf-8", "replace")
+            # No body file: curl reached nobody (its status is then 000).
+            if os.path.exists(self.body):
+                with open(self.body, "rb") as f:
+                    body = f.read().decode("utf-8", "replace")
+            else:
+                body = ""
         return rc, status, body
 
     def start(self, command):
