@@ -42,7 +42,7 @@ build: ## Build the release binary into bin/kvstore
 
 test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, API fuzzing, compose)
 	@$(MAKE) -s test-images
-	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets
+	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets --no-fail-fast
 	$(PYTHON) readme-test/run.py
 	@$(MAKE) -s api-fuzz
 	@$(MAKE) -s compose-test

@@ -632,7 +632,9 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
     assert_eq!(resp.status(), 200);
     let gone = acked.remove(0);
     let resp = client.get(node.url("/ready")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
     let metrics = support::get_text(&client, &node.url("/metrics"))
         .await
         .unwrap();

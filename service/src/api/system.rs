@@ -167,6 +167,9 @@ pub struct SystemApi {
 const SERVER_NAME: &str = "kvstore";
 /// `/status`'s `status` while the node can serve, and otherwise.
 const HEALTHY: &str = "healthy";
+/// How long a node whose applied index trails its committed index may take to catch up
+/// before it counts as not ready (well inside a probe's usual one-second timeout).
+const APPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 const DEGRADED: &str = "degraded";
 
 fn now_rfc3339() -> String {
@@ -302,7 +305,11 @@ impl SystemApi {
         };
         let committed = m.local_committed.as_ref().map(|id| id.index);
         let applied = m.last_applied.as_ref().map(|id| id.index);
-        if applied < committed {
+        let caught_up = match committed {
+            Some(index) if applied < committed => self.node.applies_up_to(index, APPLY_GRACE).await,
+            _ => true,
+        };
+        if !caught_up {
             return Err(format!(
                 "applied index {} is behind committed index {}",
                 applied.map_or("none".into(), |i| i.to_string()),

@@ -364,6 +364,18 @@ impl RaftNode {
         self.inner.raft.metrics().borrow_watched().clone()
     }
 
+    /// Whether the state machine reaches `index` within `within`. Raft publishes a new
+    /// committed index before the entries under it are applied, so a busy node is
+    /// briefly behind all the time; only a node that stays behind is catching up.
+    pub async fn applies_up_to(&self, index: u64, within: Duration) -> bool {
+        self.inner
+            .raft
+            .wait(Some(within))
+            .applied_index_at_least(Some(index), "readiness")
+            .await
+            .is_ok()
+    }
+
     /// Number of keys in the local state machine.
     pub async fn key_count(&self) -> Result<u64, NodeError> {
         self.inner.store.len().await.map_err(storage)
