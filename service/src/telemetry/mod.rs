@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::{Directive, Targets};
+use tracing_subscriber::filter::{filter_fn, Directive, FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -120,23 +120,10 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
         }
     };
     let _ = DROPPED_LINES.set(writer.error_counter());
-    let fmt = fmt_layer(logging.format, writer);
     let provider = trace::otlp_provider(telemetry)?;
-    // Only kvstore's own spans are exported; openraft's internals would drown them.
-    let otel: Option<BoxedLayer> = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(trace::tracer(p))
-            .with_filter(Targets::new().with_target("kvstore", Level::INFO))
-            .boxed()
-    });
+    let tracer = provider.as_ref().map(trace::tracer);
     tracing_subscriber::registry()
-        .with(
-            vec![Some(fmt), otel]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .with_filter(filter),
-        )
+        .with(layers(logging.format, filter, writer, tracer))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(Guard {
@@ -144,6 +131,38 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
         reopen,
         _writer: writer_guard,
     })
+}
+
+/// The log lines, written by `writer` as `filter` lets them through, and the spans
+/// exported through `tracer`, each layer with its own filter: trace export does not
+/// depend on `logging.level`.
+fn layers<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> Vec<BoxedLayer>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Spans reach the log lines (as `span` and `spans`) only at `debug` and below: at
+    // `info` the fmt layer would format every request's spans into JSON as they open,
+    // a sixth of a busy node's time, for lines that are rarely written. Without that
+    // and without trace export, spans are off altogether and cost nothing.
+    let spans_in_logs = filter
+        .max_level_hint()
+        .is_some_and(|level| level >= LevelFilter::DEBUG);
+    let fmt = fmt_layer(format, writer)
+        .with_filter(filter.and(filter_fn(move |m| spans_in_logs || !m.is_span())))
+        .boxed();
+    // Only kvstore's own spans are exported; openraft's internals would drown them.
+    let otel = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target("kvstore", Level::INFO))
+            .boxed()
+    });
+    std::iter::once(fmt).chain(otel).collect()
 }
 
 /// The filter of `logging.level`, with two defaults an operator would otherwise have
@@ -211,6 +230,86 @@ mod tests {
             buffer_lines: 1,
         };
         log_filter(&settings).unwrap().to_string()
+    }
+
+    /// A writer into a shared buffer, for reading back what the fmt layer wrote.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    /// Logs one warning inside a request-like span with `level`, exporting spans to
+    /// memory; answers the log text and the names of the exported spans.
+    fn log_in_a_span(level: &str) -> (String, Vec<String>) {
+        use opentelemetry::trace::TracerProvider as _;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let buffer = Buffer::default();
+        let settings = LoggingSettings {
+            level: level.into(),
+            format: LogFormat::Json,
+            file: None,
+            access_log: false,
+            slow_request_threshold: std::time::Duration::from_millis(200),
+            buffer_lines: 1,
+        };
+        let layers = layers(
+            LogFormat::Json,
+            log_filter(&settings).unwrap(),
+            buffer.clone(),
+            Some(provider.tracer("test")),
+        );
+        let subscriber = tracing_subscriber::registry().with(layers);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(target: "kvstore::api", "HTTP request", key = "k1");
+            span.in_scope(|| tracing::warn!(target: "kvstore::api", "inside"));
+        });
+        provider.force_flush().unwrap();
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let names = exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name.into_owned())
+            .collect();
+        (text, names)
+    }
+
+    #[test]
+    fn spans_are_exported_whatever_the_log_level() {
+        for level in ["error", "warn", "info", "debug"] {
+            let (_, exported) = log_in_a_span(level);
+            assert_eq!(exported, ["HTTP request"], "at {level}");
+        }
+    }
+
+    #[test]
+    fn log_lines_carry_their_spans_only_at_debug() {
+        let (info, _) = log_in_a_span("info");
+        assert!(info.contains("inside"), "{info}");
+        assert!(!info.contains("k1"), "{info}");
+        let (debug, _) = log_in_a_span("debug");
+        assert!(debug.contains("inside"), "{debug}");
+        assert!(debug.contains("\"key\":\"k1\""), "{debug}");
+        let (error, _) = log_in_a_span("error");
+        assert!(!error.contains("inside"), "{error}");
     }
 
     #[test]
