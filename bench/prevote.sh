@@ -3,7 +3,8 @@
 # integration-tests/tests/faults.rs: each scenario runs ROUNDS times (1) with the nodes'
 # Pre-Vote on (their default) and off (KV_FAULTS_PRE_VOTE=false), one run at a time,
 # then one table: per run, the terms started and the leader changes the nodes reported,
-# the longest stretch without a successful request, and the checker's verdict.
+# the operations that succeeded and that did not (failed or unknown), and the checker's
+# verdict.
 #
 # SCENARIOS picks the tests (default: follower_cut_off follower_flapping leader_cut_off).
 # Needs Docker and the images the fault tests use (`make test-images` builds them).
@@ -49,22 +50,23 @@ done
 
 # One row per run, from its report.
 field() { sed -n "$2" "$1" | head -1; }
-printf '%-18s %-9s %6s %8s %12s %7s  %s\n' scenario Pre-Vote terms leaders unavailable ok linearizable
-printf '%-18s %-9s %6s %8s %12s %7s  %s\n' '' '' started changes longest '' ''
+row() { printf '%-18s %-9s %7s %8s %7s %14s  %s\n' "$@"; }
+row scenario Pre-Vote terms leader ops ops ''
+row '' '' started changes ok failed/unknown linearizable
 for round in $(seq "$ROUNDS"); do
   for scenario in $SCENARIOS; do
     for pre_vote in true false; do
       report="$OUT/$scenario-$pre_vote-$round.txt"
       setting=$([ "$pre_vote" = true ] && echo on || echo off)
       if [ ! -f "$report" ]; then
-        printf '%-18s %-9s %6s %8s %12s %7s  %s\n' "$scenario" "$setting" - - - - "no report"
+        row "$scenario" "$setting" - - - - "no report"
         continue
       fi
-      printf '%-18s %-9s %6s %8s %12s %7s  %s\n' "$scenario" "$setting" \
+      row "$scenario" "$setting" \
         "$(field "$report" 's/^leadership: .*(\([0-9]*\) started).*/\1/p')" \
         "$(field "$report" 's/^leadership: .*, \([0-9]*\) leader changes.*/\1/p')" \
-        "$(field "$report" 's/^longest unavailability: \([0-9.]* s\).*/\1/p')" \
         "$(field "$report" 's/^operations: [0-9]* ran, \([0-9]*\) succeeded.*/\1/p')" \
+        "$(field "$report" 's/^operations: .* succeeded, \([0-9]*\) failed, \([0-9]*\) unknown/\1 \/ \2/p')" \
         "$(field "$report" 's/^linearizable: //p')"
     done
   done
