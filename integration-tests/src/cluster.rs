@@ -417,8 +417,9 @@ async fn start_postgres(name: &str, access: &str) -> Result<ContainerAsync<Gener
     Ok(container)
 }
 
-/// Removes networks left behind by earlier runs that were interrupted (a network still
-/// in use is not removed).
+/// Removes networks left behind by earlier runs that were interrupted: those whose test
+/// process (the pid in the name) is gone. Another run's network is left alone even
+/// before its containers join it (a network in use could not be removed anyway).
 async fn prune_networks(docker: &Docker) {
     let Ok(networks) = docker
         .list_networks(Some(ListNetworksOptions {
@@ -430,7 +431,36 @@ async fn prune_networks(docker: &Docker) {
     };
     for network in networks {
         if let Some(name) = network.name.filter(|n| n.starts_with("kvit-")) {
-            let _ = docker.remove_network(&name).await;
+            if !owner_alive(&name) {
+                let _ = docker.remove_network(&name).await;
+            }
         }
+    }
+}
+
+/// Whether the test process that made network `name` (`kvit-<scenario>-<pid>-peers` or
+/// `-access`) still runs.
+fn owner_alive(name: &str) -> bool {
+    name.strip_suffix("-peers")
+        .or_else(|| name.strip_suffix("-access"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_alive;
+
+    #[test]
+    fn a_network_of_a_running_test_is_not_pruned() {
+        let me = std::process::id();
+        assert!(owner_alive(&format!("kvit-leader-cut-off-{me}-peers")));
+        assert!(owner_alive(&format!("kvit-leader-cut-off-{me}-access")));
+        assert!(!owner_alive(&format!(
+            "kvit-leader-cut-off-{}-peers",
+            u32::MAX
+        )));
+        assert!(!owner_alive("kvit-something-else"));
     }
 }
