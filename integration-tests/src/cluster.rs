@@ -12,6 +12,10 @@
 //! Images: `KV_TEST_KVSTORE_IMAGE` (default `kvstore:local`, built by
 //! `images/build.sh kvstore`) and `KV_TEST_POSTGRES_IMAGE` (default
 //! `kvstore-postgres:15`); `make test` builds both.
+//!
+//! `KV_FAULTS_PRE_VOTE=false` starts the nodes with Pre-Vote off (`KV_RAFT_PRE_VOTE`), to
+//! compare elections with and without it (`bench/prevote.sh`); unset, the nodes run
+//! with their default, on.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,6 +65,18 @@ pub fn docker_available() -> bool {
     ok
 }
 
+/// Whether the nodes run Pre-Vote: `KV_FAULTS_PRE_VOTE`, else the default (on).
+pub fn pre_vote_from_env() -> Result<bool> {
+    match std::env::var("KV_FAULTS_PRE_VOTE") {
+        Err(_) => Ok(true),
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" => Ok(true),
+            "false" | "0" | "off" => Ok(false),
+            _ => bail!("KV_FAULTS_PRE_VOTE={v:?}: expected true or false"),
+        },
+    }
+}
+
 fn image_from_env(var: &str, default: &str) -> (String, String) {
     let image = std::env::var(var).unwrap_or_else(|_| default.into());
     let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
@@ -70,6 +86,8 @@ fn image_from_env(var: &str, default: &str) -> (String, String) {
 pub struct Cluster {
     pub name: String,
     pub backend: Backend,
+    /// Whether the nodes run Pre-Vote.
+    pub pre_vote: bool,
     docker: Docker,
     nodes: Vec<ContainerAsync<GenericImage>>,
     postgres: Option<ContainerAsync<GenericImage>>,
@@ -98,6 +116,7 @@ impl Cluster {
                      (`make test` does)"
                 )
             })?;
+        let pre_vote = pre_vote_from_env()?;
         prune_networks(&docker).await;
         let name = format!("kvit-{name}-{}", std::process::id());
         let access = format!("{name}-access");
@@ -139,6 +158,7 @@ impl Cluster {
                 )
                 .with_env_var("KV_CLUSTER_INITIAL_MEMBERS", &members)
                 .with_env_var("KV_RAFT_ELECTION_TIMEOUT", "500ms")
+                .with_env_var("KV_RAFT_PRE_VOTE", pre_vote.to_string())
                 .with_env_var("KV_SERVER_REQUEST_TIMEOUT", "2s")
                 .with_env_var("KV_LOG_FORMAT", "text");
             request = match backend {
@@ -165,6 +185,7 @@ impl Cluster {
         let cluster = Cluster {
             name,
             backend,
+            pre_vote,
             docker,
             nodes,
             postgres,
@@ -396,8 +417,9 @@ async fn start_postgres(name: &str, access: &str) -> Result<ContainerAsync<Gener
     Ok(container)
 }
 
-/// Removes networks left behind by earlier runs that were interrupted (a network still
-/// in use is not removed).
+/// Removes networks left behind by earlier runs that were interrupted: those whose test
+/// process (the pid in the name) is gone. Another run's network is left alone even
+/// before its containers join it (a network in use could not be removed anyway).
 async fn prune_networks(docker: &Docker) {
     let Ok(networks) = docker
         .list_networks(Some(ListNetworksOptions {
@@ -409,7 +431,36 @@ async fn prune_networks(docker: &Docker) {
     };
     for network in networks {
         if let Some(name) = network.name.filter(|n| n.starts_with("kvit-")) {
-            let _ = docker.remove_network(&name).await;
+            if !owner_alive(&name) {
+                let _ = docker.remove_network(&name).await;
+            }
         }
+    }
+}
+
+/// Whether the test process that made network `name` (`kvit-<scenario>-<pid>-peers` or
+/// `-access`) still runs.
+fn owner_alive(name: &str) -> bool {
+    name.strip_suffix("-peers")
+        .or_else(|| name.strip_suffix("-access"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_alive;
+
+    #[test]
+    fn a_network_of_a_running_test_is_not_pruned() {
+        let me = std::process::id();
+        assert!(owner_alive(&format!("kvit-leader-cut-off-{me}-peers")));
+        assert!(owner_alive(&format!("kvit-leader-cut-off-{me}-access")));
+        assert!(!owner_alive(&format!(
+            "kvit-leader-cut-off-{}-peers",
+            u32::MAX
+        )));
+        assert!(!owner_alive("kvit-something-else"));
     }
 }

@@ -1,6 +1,7 @@
 //! kvstore under faults, in containers: a three-node cluster ([`cluster`]), a workload
 //! that records every request ([`workload`], [`history`]), a linearizability checker
-//! ([`checker`]) and a report per scenario ([`report`]).
+//! ([`checker`]), the elections seen meanwhile ([`leadership`]) and a report per
+//! scenario ([`report`]).
 //!
 //! A scenario is a [`Run`]: start the cluster and the workload, inject faults while
 //! the workload runs, then [`Run::finish`] checks the history and writes the report.
@@ -8,15 +9,17 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod leadership;
 pub mod report;
 pub mod workload;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use cluster::{Backend, Cluster};
 use history::Outcome;
+use leadership::Sampler;
 use report::Report;
 use workload::Workload;
 
@@ -36,6 +39,7 @@ pub struct Run {
     pub name: String,
     pub cluster: Cluster,
     workload: Workload,
+    leadership: Sampler,
     timeline: Vec<(u64, String)>,
     healed_at_us: u64,
 }
@@ -55,14 +59,22 @@ impl Run {
             return Ok(None);
         };
         let workload = Workload::start(cluster.endpoints.clone(), config);
+        let leadership = Sampler::start(
+            cluster.endpoints.clone(),
+            Instant::now() - workload.elapsed(),
+        );
+        let pre_vote = if cluster.pre_vote { "on" } else { "off" };
         let mut run = Run {
             name: name.into(),
             cluster,
             workload,
+            leadership,
             timeline: Vec::new(),
             healed_at_us: 0,
         };
-        run.note(format!("cluster ready ({:?}); workload started", backend));
+        run.note(format!(
+            "cluster ready ({backend:?}, Pre-Vote {pre_vote}); workload started"
+        ));
         Ok(Some(run))
     }
 
@@ -149,9 +161,11 @@ impl Run {
 
     async fn stop(mut self) -> (Report, Vec<history::Op>, Cluster, u64) {
         self.note("workload stopping; final reads of every key from every node");
+        let leadership = self.leadership.finish().await;
         let history = self.workload.finish().await;
         let end_us = history.iter().map(|op| op.return_us).max().unwrap_or(0);
-        let report = Report::new(&self.name, &history, end_us, self.timeline);
+        let mut report = Report::new(&self.name, &history, end_us, self.timeline);
+        report.leadership = Some(leadership);
         (report, history, self.cluster, self.healed_at_us)
     }
 }

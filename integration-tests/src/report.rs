@@ -1,5 +1,5 @@
 //! A scenario's report: operation counts, the longest unavailability window, the
-//! checker's verdict, and the history, written under `target/integration-tests/`.
+//! elections seen, the checker's verdict, and the history, written under `target/integration-tests/`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::checker::{self, Violation};
 use crate::history::{Kind, Op, Outcome};
+use crate::leadership::Leadership;
 
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -78,6 +79,8 @@ pub struct Report {
     pub errors: BTreeMap<String, usize>,
     pub unavailable: Window,
     pub violations: Vec<Violation>,
+    /// Terms and leaders seen while the workload ran.
+    pub leadership: Option<Leadership>,
     /// What the scenario did, with times on the history's clock.
     pub timeline: Vec<(u64, String)>,
     pub dir: PathBuf,
@@ -109,6 +112,7 @@ impl Report {
             errors,
             unavailable: longest_unavailability(history, end_us),
             violations: checker::check(history),
+            leadership: None,
             timeline,
             dir: report_dir(scenario),
         }
@@ -142,6 +146,9 @@ impl Report {
             w.from_us as f64 / 1e6,
             w.to_us as f64 / 1e6
         );
+        if let Some(leadership) = &self.leadership {
+            let _ = writeln!(out, "leadership: {leadership}");
+        }
         if !self.errors.is_empty() {
             let _ = writeln!(out, "errors:");
             for (cause, n) in &self.errors {

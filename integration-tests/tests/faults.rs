@@ -84,6 +84,41 @@ async fn leader_cut_off() {
     cut_off("leader-cut-off", Backend::Postgres, true).await;
 }
 
+/// A follower's link to its peers flaps: cut off for several election timeouts, back
+/// for a few seconds, three times. Without Pre-Vote each return deposes the leader
+/// (the follower's term rose meanwhile); with it the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_flapping() {
+    const CUTS: u32 = 3;
+    const OFF: Duration = Duration::from_secs(3);
+    const ON: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let Some(mut run) = Run::start("follower-flapping", Backend::Redb)
+        .await
+        .expect("start")
+    else {
+        return;
+    };
+    run.run_for(WARM_UP).await;
+    let leader = run.cluster.leader(READY).await.expect("leader");
+    let node = run.cluster.other_than(leader);
+    for cut in 1..=CUTS {
+        run.note(format!(
+            "cut {cut} of {CUTS}: follower node {} off from its peers",
+            node + 1
+        ));
+        run.cluster.disconnect(node).await.expect("disconnect");
+        run.run_for(OFF).await;
+        run.cluster.connect(node).await.expect("connect");
+        run.note(format!("node {} reconnected", node + 1));
+        run.run_for(ON).await;
+    }
+    run.cluster.wait_ready(READY).await.expect("ready");
+    run.healed("every node is ready");
+    run.run_for(RECOVERY).await;
+    run.finish(FLOOR).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_paused() {
     let _serial = SERIAL.lock().await;
