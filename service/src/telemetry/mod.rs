@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use tracing::level_filters::LevelFilter;
 use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::{filter_fn, Directive, FilterExt, Targets};
+use tracing_subscriber::filter::{Directive, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -141,20 +141,12 @@ fn layers<W>(
     filter: EnvFilter,
     writer: W,
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> Vec<BoxedLayer>
+) -> BoxedLayer
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    // Spans reach the log lines (as `span` and `spans`) only at `debug` and below: at
-    // `info` the fmt layer would format every request's spans into JSON as they open,
-    // a sixth of a busy node's time, for lines that are rarely written. Without that
-    // and without trace export, spans are off altogether and cost nothing.
-    let spans_in_logs = filter
-        .max_level_hint()
-        .is_some_and(|level| level >= LevelFilter::DEBUG);
-    let fmt = fmt_layer(format, writer)
-        .with_filter(filter.and(filter_fn(move |m| spans_in_logs || !m.is_span())))
-        .boxed();
+    let gate = Gate::new(filter, tracer.is_some());
+    let fmt = fmt_layer(format, writer, gate.spans_in_logs);
     // Only kvstore's own spans are exported; openraft's internals would drown them.
     let otel = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
@@ -162,7 +154,120 @@ where
             .with_filter(Targets::new().with_target("kvstore", Level::INFO))
             .boxed()
     });
-    std::iter::once(fmt).chain(otel).collect()
+    // `and_then`: what the gate refuses reaches neither layer (in a `Vec`, a layer's
+    // refusal would only speak for itself).
+    gate.and_then(std::iter::once(fmt).chain(otel).collect::<Vec<_>>())
+        .boxed()
+}
+
+/// What reaches the layers: events as `logging.level` says; spans when the log lines
+/// show them (at `debug` and below) or when they are exported (kvstore's own, at
+/// `info`, whatever `logging.level` says). At `info` without export, spans are off and
+/// cost nothing: formatting every request's spans cost a sixth of a busy node's time,
+/// for lines that are rarely written.
+///
+/// One filter in front of the whole stack rather than one per layer: with the log
+/// filter as a per-layer filter, a node on PostgreSQL lost some of its own `info`
+/// lines (the start-up and repair lines the PostgreSQL tests look for), while the
+/// same lines on redb came through.
+struct Gate {
+    env: EnvFilter,
+    spans_in_logs: bool,
+    exported: bool,
+}
+
+impl Gate {
+    fn new(env: EnvFilter, exported: bool) -> Self {
+        let spans_in_logs = env
+            .max_level_hint()
+            .is_some_and(|level| level >= LevelFilter::DEBUG);
+        Self {
+            env,
+            spans_in_logs,
+            exported,
+        }
+    }
+
+    /// Whether a span is wanted for export, whatever the log filter says.
+    fn exported(&self, meta: &tracing::Metadata<'_>) -> bool {
+        self.exported && *meta.level() <= Level::INFO && meta.target().starts_with("kvstore")
+    }
+}
+
+impl<S> Layer<S> for Gate
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.is_span() {
+            if self.exported(meta) {
+                return tracing::subscriber::Interest::always();
+            }
+            if !self.spans_in_logs {
+                return tracing::subscriber::Interest::never();
+            }
+        }
+        Layer::<S>::register_callsite(&self.env, meta)
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if meta.is_span() {
+            if self.exported(meta) {
+                return true;
+            }
+            if !self.spans_in_logs {
+                return false;
+            }
+        }
+        Layer::<S>::enabled(&self.env, meta, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let logs = Layer::<S>::max_level_hint(&self.env);
+        if self.exported {
+            logs.map(|level| level.max(LevelFilter::INFO))
+        } else {
+            logs
+        }
+    }
+
+    // The log filter follows spans for its span-scoped directives (`[span]=debug`).
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.env.on_new_span(attrs, id, cx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.env.on_record(id, values, cx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.env.on_enter(id, cx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.env.on_exit(id, cx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        self.env.on_close(id, cx);
+    }
 }
 
 /// The filter of `logging.level`, with two defaults an operator would otherwise have
@@ -202,7 +307,8 @@ fn create_parent_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn fmt_layer<W>(format: LogFormat, writer: W) -> BoxedLayer
+/// The log lines; `spans`: whether JSON lines carry the spans they were logged in.
+fn fmt_layer<W>(format: LogFormat, writer: W, spans: bool) -> BoxedLayer
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -211,7 +317,12 @@ where
         .with_target(true)
         .with_ansi(false);
     match format {
-        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(spans)
+            .with_span_list(spans)
+            .boxed(),
         LogFormat::Text => layer.boxed(),
     }
 }
@@ -256,6 +367,13 @@ mod tests {
     /// Logs one warning inside a request-like span with `level`, exporting spans to
     /// memory; answers the log text and the names of the exported spans.
     fn log_in_a_span(level: &str) -> (String, Vec<String>) {
+        log_with(level, true, || {
+            let span = tracing::info_span!(target: "kvstore::api", "HTTP request", key = "k1");
+            span.in_scope(|| tracing::warn!(target: "kvstore::api", "inside"));
+        })
+    }
+
+    fn log_with(level: &str, export: bool, log: impl FnOnce()) -> (String, Vec<String>) {
         use opentelemetry::trace::TracerProvider as _;
         let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
@@ -274,13 +392,10 @@ mod tests {
             LogFormat::Json,
             log_filter(&settings).unwrap(),
             buffer.clone(),
-            Some(provider.tracer("test")),
+            export.then(|| provider.tracer("test")),
         );
         let subscriber = tracing_subscriber::registry().with(layers);
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(target: "kvstore::api", "HTTP request", key = "k1");
-            span.in_scope(|| tracing::warn!(target: "kvstore::api", "inside"));
-        });
+        tracing::subscriber::with_default(subscriber, log);
         provider.force_flush().unwrap();
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let names = exporter
