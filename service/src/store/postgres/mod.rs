@@ -40,6 +40,7 @@ use sqlx::PgPool;
 pub use log_store::PgLogStore;
 pub use state_machine::PgStateMachine;
 
+use super::DiskFull;
 use crate::config::DatabaseSettings;
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -80,7 +81,11 @@ pub struct PgStore {
 
 /// Connects (failing fast if the database cannot be reached at start), applies the
 /// migrations, and opens the store.
-pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStore, OpenError> {
+pub async fn open(
+    settings: &DatabaseSettings,
+    data_dir: &Path,
+    disk_full: Arc<DiskFull>,
+) -> Result<PgStore, OpenError> {
     super::check_writable(data_dir).map_err(|e| OpenError::DataDir {
         path: data_dir.to_owned(),
         reason: e.to_string(),
@@ -121,6 +126,7 @@ pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStor
         pool,
         available: Arc::new(AtomicBool::new(true)),
         probing: Arc::new(AtomicBool::new(false)),
+        disk_full,
     };
     let snapshot_dir = data_dir.join("snapshots");
     super::create_dir_durably(&snapshot_dir).map_err(|e| OpenError::DataDir {
@@ -145,6 +151,8 @@ pub(crate) struct Db {
     available: Arc<AtomicBool>,
     /// Whether a probe task is already waiting for the database to come back.
     probing: Arc<AtomicBool>,
+    /// Marked while a write is retried because the server's disk is full.
+    disk_full: Arc<DiskFull>,
 }
 
 impl Db {
@@ -174,6 +182,11 @@ impl Db {
                 Err(e) => return Err(io::Error::other(format!("{what}: {e}"))),
             }
         }
+    }
+
+    /// Whether a write is waiting for room on the server's disk.
+    pub(crate) fn is_disk_full(&self) -> bool {
+        self.disk_full.is_full()
     }
 
     /// Runs `op` once; an unreachable database is reported as `NotConnected`.
