@@ -528,49 +528,9 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
 }
 
 /// A tmpfs mounted on a temp dir (needs root); unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallDisk { dir })
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remount to {size}");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart() {
-    let Some(disk) = SmallDisk::mount("48m") else {
-        assert!(
-            std::env::var_os("KV_REQUIRE_ROOT").is_none(),
-            "KV_REQUIRE_ROOT is set but a tmpfs cannot be mounted"
-        );
-        eprintln!("SKIPPED: mounting a small file system needs root");
+    let Some(disk) = support::small_disk_or_skip("48m") else {
         return;
     };
     let client = reqwest::Client::builder()
@@ -683,12 +643,7 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
 /// kept, also across a restart (no torn record left in the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
-    let Some(disk) = SmallDisk::mount("24m") else {
-        assert!(
-            std::env::var_os("KV_REQUIRE_ROOT").is_none(),
-            "KV_REQUIRE_ROOT is set but a tmpfs cannot be mounted"
-        );
-        eprintln!("SKIPPED: mounting a small file system needs root");
+    let Some(disk) = support::small_disk_or_skip("24m") else {
         return;
     };
     let client = reqwest::Client::builder()
