@@ -97,6 +97,8 @@ pub enum Writer {
     Log = 1,
     /// The embedded state machine (`state.redb`).
     StateMachine = 2,
+    /// PostgreSQL, which holds both (its `53100 disk_full`, or `53200 out_of_memory`).
+    Database = 4,
 }
 
 /// Which writers found the disk full on their last attempt. Set by the store when a
