@@ -25,7 +25,7 @@ use crate::store::snapshot::{
 use crate::store::space::Writer as DiskWriter;
 use crate::store::{
     blocking, encode, is_out_of_space, retry_while_full, Command, CommandResult, DiskFull,
-    Preamble, Proposal, SnapshotFile,
+    Preamble, Proposal, SnapshotFile, RETRY_FIRST, RETRY_MAX,
 };
 
 const LAST_APPLIED: &str = "last_applied";
@@ -89,6 +89,9 @@ pub(super) struct Shared {
     /// Marked while a commit failed for want of space; the pending writes wait in
     /// memory meanwhile, and [`Shared::retry_failed_flush`] tries them again.
     disk_full: Arc<DiskFull>,
+    /// When the next such retry is due, and the pause after it: each failed attempt
+    /// opens the database again, which is not free on a large file.
+    next_retry: Mutex<(Instant, Duration)>,
     pending: RwLock<Pending>,
     /// Held by whoever commits pending writes, so flushes happen one at a time; holds
     /// when the state machine was last committed durably.
@@ -240,13 +243,23 @@ impl Shared {
         self.flush(true, |_| Ok(((), None)))
     }
 
-    /// After a commit failed for want of space: tries the pending writes again. Called
-    /// by the node's space watcher, twice a second, until it succeeds.
+    /// After a commit failed for want of space: tries the pending writes again, after
+    /// a pause that doubles from [`RETRY_FIRST`] up to [`RETRY_MAX`]. Called by the
+    /// node's space watcher, twice a second, until it succeeds.
     pub(super) fn retry_failed_flush(&self) {
-        if self.disk_full.is_marked(DiskWriter::StateMachine) {
-            // Marks or clears the disk as full itself.
-            let _ = self.flush(false, |_| Ok(((), None)));
+        if !self.disk_full.is_marked(DiskWriter::StateMachine) {
+            return;
         }
+        let mut next = self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, pause) = *next;
+        if Instant::now() < at {
+            return;
+        }
+        // Marks or clears the disk as full itself.
+        *next = match self.flush(false, |_| Ok(((), None))) {
+            Ok(()) => (Instant::now(), RETRY_FIRST),
+            Err(_) => (Instant::now() + pause, (pause * 2).min(RETRY_MAX)),
+        };
     }
 
     /// Opens the database again if a failed write requires it, and puts back in memory
@@ -302,6 +315,7 @@ impl RedbStateMachine {
             shared: Arc::new(Shared {
                 db,
                 disk_full,
+                next_retry: Mutex::new((Instant::now(), RETRY_FIRST)),
                 pending: RwLock::new(Pending::default()),
                 flush: Mutex::new(Instant::now()),
                 snapshots: Mutex::new(()),
