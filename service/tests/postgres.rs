@@ -35,7 +35,7 @@ impl StoreBuilder<TypeConfig, PgLogStore, PgStateMachine, tempfile::TempDir> for
         let mut settings = Settings::load_from(None, |_| None).expect("defaults");
         self.server.configure(&mut settings, &database);
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = postgres::open(&settings.database, dir.path())
+        let store = postgres::open(&settings.database, dir.path(), Default::default())
             .await
             .expect("open the PostgreSQL store");
         Ok((dir, store.log_store, store.state_machine))
@@ -468,7 +468,7 @@ fn put_entries(range: std::ops::RangeInclusive<u64>) -> Vec<kvstore::raft::typ::
 async fn open_store(server: &PgServer, database: &str, dir: &std::path::Path) -> postgres::PgStore {
     let mut settings = Settings::load_from(None, |_| None).expect("defaults");
     server.configure(&mut settings, database);
-    postgres::open(&settings.database, dir)
+    postgres::open(&settings.database, dir, Default::default())
         .await
         .expect("open the PostgreSQL store")
 }

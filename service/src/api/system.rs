@@ -202,9 +202,9 @@ impl SystemApi {
     /// Readiness
     ///
     /// 200 only when this node is in touch with a leader (it leads with a majority's
-    /// acknowledgement, or its leader's heartbeats arrive, within the leader lease) and
-    /// has applied every entry it knows to be committed; otherwise 503 `NOT_READY` with
-    /// the reason.
+    /// acknowledgement, or its leader's heartbeats arrive, within the leader lease),
+    /// has applied every entry it knows to be committed, and its last write to disk did
+    /// not fail for want of space; otherwise 503 `NOT_READY` with the reason.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Result<ReadyResult, ApiError> {
         let leader_id = self.readiness().await.map_err(ApiError::NotReady)?;
@@ -290,6 +290,9 @@ impl SystemApi {
         }
         if !self.node.storage_available() {
             return Err("the storage backend is unreachable".into());
+        }
+        if let Some(reason) = self.node.disk_full() {
+            return Err(reason);
         }
         let Some(leader_id) = self.node.leader_in_touch().await else {
             return Err(match m.current_leader {

@@ -158,6 +158,8 @@ struct Inner {
     request_timeout: Duration,
     /// The storage quota and free-space floor, and whether they are passed.
     space: store::space::Space,
+    /// Whether a write to disk failed for want of space; the store retries it.
+    disk_full: Arc<store::DiskFull>,
     /// openraft's leader lease (the maximum election timeout): a leader that no majority
     /// has acknowledged for this long stops serving, and a follower that has not heard
     /// from its leader for this long no longer counts it as its leader.
@@ -297,7 +299,9 @@ pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<
                 settings.storage.quota_bytes,
                 settings.storage.min_free_bytes,
                 settings.storage.data_dir.clone(),
+                store.disk_full.clone(),
             ),
+            disk_full: store.disk_full,
             leader_contact: AtomicU64::new(0),
             started_at: Instant::now(),
             incoming_snapshots: settings.storage.data_dir.join("snapshots").join("incoming"),
@@ -467,6 +471,7 @@ impl RaftNode {
                     if node.is_shut_down() {
                         return;
                     }
+                    node.inner.store.retry_failed_writes().await;
                     if let Ok(stored) = node.inner.store.size_bytes().await {
                         let full = node.inner.space.check(stored);
                         ::metrics::gauge!(metrics::OUT_OF_SPACE).set(if full { 1.0 } else { 0.0 });
@@ -475,6 +480,12 @@ impl RaftNode {
                 tokio::time::sleep(store::space::CHECK_INTERVAL).await;
             }
         });
+    }
+
+    /// Why this node cannot write to its disk right now, if a write failed for want of
+    /// space (and is being retried).
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.disk_full.reason()
     }
 
     /// Refuses a new value at once while the node is out of space; deletes pass, since

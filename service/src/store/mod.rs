@@ -17,7 +17,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
 use futures::{Stream, TryStreamExt};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
+pub use space::{is_out_of_space, DiskFull};
 
 use crate::config::{Settings, StorageType};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
@@ -123,26 +125,32 @@ pub struct Store {
     pub log_store: LogStore,
     pub state_machine: StateMachine,
     pub handle: StoreHandle,
+    /// Set while a write failed for want of space; the store retries it until it
+    /// succeeds.
+    pub disk_full: Arc<DiskFull>,
 }
 
 /// Opens the backend `storage.type` names.
 pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
     let data_dir = &settings.storage.data_dir;
+    let disk_full = Arc::new(DiskFull::default());
     Ok(match settings.storage.kind {
         StorageType::File => {
-            let s = redb::open(data_dir, settings.storage.sync_writes)?;
+            let s = redb::open(data_dir, settings.storage.sync_writes, disk_full.clone())?;
             Store {
                 log_store: LogStore::Redb(s.log_store),
                 state_machine: StateMachine::Redb(s.state_machine),
                 handle: StoreHandle::Redb(s.handle),
+                disk_full,
             }
         }
         StorageType::Database => {
-            let s = postgres::open(&settings.database, data_dir).await?;
+            let s = postgres::open(&settings.database, data_dir, disk_full.clone()).await?;
             Store {
                 log_store: LogStore::Postgres(s.log_store),
                 state_machine: StateMachine::Postgres(s.state_machine),
                 handle: StoreHandle::Postgres(s.handle),
+                disk_full,
             }
         }
     })
@@ -309,6 +317,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        // A snapshot on a full disk would only fail; the policy's next turn comes soon.
+        let full = dispatch!(StateMachine, self, s => s.disk_full());
+        (force || !full).then(|| self.clone())
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -372,6 +386,15 @@ impl StoreHandle {
         match self {
             StoreHandle::Redb(_) => true,
             StoreHandle::Postgres(h) => h.is_available(),
+        }
+    }
+
+    /// Tries again the state machine's writes that failed for want of space (the log
+    /// store retries its own); clears the disk-full mark when they succeed.
+    pub async fn retry_failed_writes(&self) {
+        match self {
+            StoreHandle::Redb(h) => h.retry_failed_writes().await,
+            StoreHandle::Postgres(_) => {}
         }
     }
 
@@ -446,6 +469,38 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+}
+
+/// The first pause before a write that failed for want of space is tried again, and
+/// the longest: the pause doubles between them.
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(100);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Runs `write` until it succeeds or fails for a reason other than a full disk. While
+/// the disk is full it marks `writer` in `disk_full`, calls `recover` (which undoes
+/// what the failed attempt left half done) and waits a growing pause. Blocking.
+pub(crate) fn retry_while_full<T>(
+    disk_full: &DiskFull,
+    writer: space::Writer,
+    mut recover: impl FnMut(),
+    mut write: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match write() {
+            Err(e) if is_out_of_space(&e) => {
+                disk_full.mark(writer, &e);
+                recover();
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            Ok(value) => {
+                disk_full.clear(writer);
+                return Ok(value);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs blocking storage work off the async runtime's worker threads.

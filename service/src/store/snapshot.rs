@@ -120,6 +120,22 @@ impl SnapshotWriter {
     }
 }
 
+/// Removes the snapshot files that a failed build or install left unfinished; called,
+/// with builds and installs serialised, before it is tried again.
+pub fn remove_unfinished_snapshots(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".snap.tmp"))
+        {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes snapshot files (finished or partial) other than `keep_id`'s. Called once the
 /// record of `keep_id` is committed, with builds and installs serialised, so that no
 /// file another operation still writes, and no file the record names, goes.

@@ -922,3 +922,103 @@ async fn a_leader_cut_off_from_the_majority_answers_no_leader_within_the_lease()
         .wait_local_value(old, "k", "new", Duration::from_secs(15))
         .await;
 }
+
+/// A follower whose disk fills stops acknowledging (its log writes fail) but stays a
+/// member; the leader and the other follower keep taking writes. The full node refuses
+/// new values itself (507) and is not ready; once room is made it catches up by
+/// itself, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is_room() {
+    let mut disks = BTreeMap::new();
+    for id in 1..=3u64 {
+        let Some(disk) = support::small_disk_or_skip("64m") else {
+            return;
+        };
+        disks.insert(id, disk);
+    }
+    let node_env = disks
+        .iter()
+        .map(|(id, disk)| {
+            let dir = disk.path().display().to_string();
+            (*id, vec![("KV_STORAGE_DATA_DIR".to_string(), dir)])
+        })
+        .collect();
+    let cluster = Cluster::start_with_node_env(
+        3,
+        &[
+            ("KV_STORAGE_MIN_FREE_BYTES", "0"),
+            ("KV_STORAGE_QUOTA_BYTES", "0"),
+        ],
+        node_env,
+    );
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let full = others(&[1, 2, 3], leader)[0];
+    let healthy = others(&[1, 2, 3], full);
+    put_ok(&cluster.client, &cluster.url(full, "/kv/before"), "before").await;
+    cluster
+        .wait_local_value(full, "before", "before", Duration::from_secs(10))
+        .await;
+
+    disks[&full].fill();
+    let keys: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let target = healthy[i % 2];
+        put_ok(
+            &cluster.client,
+            &cluster.url(target, &format!("/kv/{key}")),
+            key,
+        )
+        .await;
+    }
+    // The full node knows: not ready, refuses new values; it stays a member, behind.
+    eventually(
+        Duration::from_secs(10),
+        "the full node to be not ready",
+        || async {
+            let (code, body) = get_json(&cluster.client, &cluster.url(full, "/ready")).await?;
+            (code == 503 && body["error"].as_str()?.contains("disk is full")).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = put_json(&cluster.client, &cluster.url(full, "/kv/refused"), "x")
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (507, Some("NO_SPACE")),
+        "{body}"
+    );
+    let status = cluster.status(leader).await.expect("leader status");
+    let behind = status["followers"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["id"] == full))
+        .unwrap_or_else(|| panic!("node {full} is no longer a follower: {status}"));
+    assert!(behind["lag"].as_u64() > Some(0), "{status}");
+    let (_, members) = get_json(&cluster.client, &cluster.url(leader, "/cluster/members"))
+        .await
+        .expect("members");
+    assert!(
+        members.to_string().contains(&format!("\"id\":{full}")),
+        "{members}"
+    );
+    assert_all_readable(&cluster, &healthy, &keys).await;
+
+    // Room again: it catches up by itself.
+    disks[&full].free();
+    cluster
+        .wait_local_value(full, "f39", "f39", Duration::from_secs(30))
+        .await;
+    assert_all_readable(&cluster, &[full], &keys).await;
+    eventually(
+        Duration::from_secs(10),
+        "the full node to be ready",
+        || async {
+            let (code, _) = get_json(&cluster.client, &cluster.url(full, "/ready")).await?;
+            (code == 200).then_some(())
+        },
+    )
+    .await;
+    put_ok(&cluster.client, &cluster.url(full, "/kv/after"), "after").await;
+}

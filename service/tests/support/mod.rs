@@ -395,3 +395,78 @@ pub async fn sigkill_during_writes_loses_nothing(data_dir: &Path, env: &[(&str, 
         &missing[..missing.len().min(5)]
     );
 }
+
+/// A small tmpfs, as a data dir that fills up. Mounting needs root: `mount` returns
+/// `None` without it, and the test skips. Unmounted on drop.
+pub struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount to {size}");
+    }
+
+    /// Fills every free byte with a file of its own, until the file system answers
+    /// `ENOSPC`.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler()).expect("create the filler");
+        for chunk in [1 << 20, 4096, 1] {
+            let block = vec![0u8; chunk];
+            while file.write_all(&block).is_ok() {}
+        }
+    }
+
+    /// Removes what [`SmallDisk::fill`] wrote.
+    pub fn free(&self) {
+        std::fs::remove_file(self.filler()).expect("remove the filler");
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.dir.path().join("filler")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Mounts a [`SmallDisk`] of `size`, or says the test is skipped (and fails it when
+/// `KV_REQUIRE_ROOT` is set).
+pub fn small_disk_or_skip(size: &str) -> Option<SmallDisk> {
+    let disk = SmallDisk::mount(size);
+    if disk.is_none() {
+        assert!(
+            std::env::var_os("KV_REQUIRE_ROOT").is_none(),
+            "KV_REQUIRE_ROOT is set but a tmpfs cannot be mounted"
+        );
+        eprintln!("SKIPPED: mounting a small file system needs root");
+    }
+    disk
+}

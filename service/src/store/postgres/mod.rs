@@ -22,6 +22,10 @@
 //! database already holds, so a retry after a lost commit acknowledgement is safe.
 //! Meanwhile the store reports itself unavailable, and the API answers 503
 //! `STORAGE_UNAVAILABLE` at once. A probe notices when the database is back.
+//!
+//! A full disk on the server (`53100 disk_full`, or `53200 out_of_memory`) is retried
+//! the same way, the failed statement being the probe; meanwhile the node refuses new
+//! values (507 `NO_SPACE`) and is not ready, as with the embedded store.
 
 mod log_store;
 mod state_machine;
@@ -40,6 +44,8 @@ use sqlx::PgPool;
 pub use log_store::PgLogStore;
 pub use state_machine::PgStateMachine;
 
+use super::space::Writer as DiskWriter;
+use super::DiskFull;
 use crate::config::DatabaseSettings;
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -80,7 +86,11 @@ pub struct PgStore {
 
 /// Connects (failing fast if the database cannot be reached at start), applies the
 /// migrations, and opens the store.
-pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStore, OpenError> {
+pub async fn open(
+    settings: &DatabaseSettings,
+    data_dir: &Path,
+    disk_full: Arc<DiskFull>,
+) -> Result<PgStore, OpenError> {
     super::check_writable(data_dir).map_err(|e| OpenError::DataDir {
         path: data_dir.to_owned(),
         reason: e.to_string(),
@@ -121,6 +131,7 @@ pub async fn open(settings: &DatabaseSettings, data_dir: &Path) -> Result<PgStor
         pool,
         available: Arc::new(AtomicBool::new(true)),
         probing: Arc::new(AtomicBool::new(false)),
+        disk_full,
     };
     let snapshot_dir = data_dir.join("snapshots");
     super::create_dir_durably(&snapshot_dir).map_err(|e| OpenError::DataDir {
@@ -145,6 +156,8 @@ pub(crate) struct Db {
     available: Arc<AtomicBool>,
     /// Whether a probe task is already waiting for the database to come back.
     probing: Arc<AtomicBool>,
+    /// Marked while a write is retried because the server's disk is full.
+    disk_full: Arc<DiskFull>,
 }
 
 impl Db {
@@ -160,10 +173,14 @@ impl Db {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let mut backoff = Duration::from_millis(50);
+        let mut was_full = false;
         loop {
             match op().await {
                 Ok(value) => {
                     self.mark_available();
+                    if was_full {
+                        self.disk_full.clear(DiskWriter::Database);
+                    }
                     return Ok(value);
                 }
                 Err(e) if is_transient(&e) => {
@@ -171,9 +188,21 @@ impl Db {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(e) if is_disk_full(&e) => {
+                    was_full = true;
+                    let error = io::Error::new(io::ErrorKind::StorageFull, format!("{what}: {e}"));
+                    self.disk_full.mark(DiskWriter::Database, &error);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
                 Err(e) => return Err(io::Error::other(format!("{what}: {e}"))),
             }
         }
+    }
+
+    /// Whether a write is waiting for room on the server's disk.
+    pub(crate) fn is_disk_full(&self) -> bool {
+        self.disk_full.is_full()
     }
 
     /// Runs `op` once; an unreachable database is reported as `NotConnected`.
@@ -244,6 +273,18 @@ fn is_transient(e: &sqlx::Error) -> bool {
                     "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
                 )
         }),
+        _ => false,
+    }
+}
+
+/// Errors that mean "the server has no room for this write right now": its disk is
+/// full (`53100 disk_full`) or it ran out of memory (`53200 out_of_memory`). Both pass
+/// once an operator makes room, and a retried write is safe (see the module notes).
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(code.as_ref(), "53100" | "53200")),
         _ => false,
     }
 }
@@ -393,4 +434,105 @@ impl Meta {
 /// Log indexes are `u64` in Raft and `BIGINT` in PostgreSQL.
 fn to_i64(index: u64) -> i64 {
     i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    /// An error as PostgreSQL reports it, with its SQLSTATE.
+    #[derive(Debug)]
+    struct ServerError(&'static str);
+
+    impl std::fmt::Display for ServerError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerError {}
+
+    impl sqlx::error::DatabaseError for ServerError {
+        fn message(&self) -> &str {
+            "server error"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server_error(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(ServerError(code)))
+    }
+
+    /// A store whose pool never connects: the operations under test do not use it.
+    fn db(disk_full: Arc<DiskFull>) -> Db {
+        Db {
+            pool: PgPoolOptions::new()
+                .connect_lazy("postgres://kvstore@127.0.0.1:1/kvstore")
+                .expect("a lazy pool"),
+            available: Arc::new(AtomicBool::new(true)),
+            probing: Arc::new(AtomicBool::new(false)),
+            disk_full,
+        }
+    }
+
+    /// `53100 disk_full` and `53200 out_of_memory` are retried, and the node counts as
+    /// out of space meanwhile (new values refused with 507, not ready); the mark goes
+    /// once the write succeeds. Other server errors fail at once, as before.
+    #[tokio::test]
+    async fn a_full_disk_on_the_server_is_retried_and_marked_until_the_write_succeeds() {
+        for code in ["53100", "53200"] {
+            let disk_full = Arc::new(DiskFull::default());
+            let db = db(disk_full.clone());
+            let attempts = AtomicU32::new(0);
+            let marked_meanwhile = AtomicBool::new(false);
+            let written = db
+                .retry("append log entries", || {
+                    let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+                    if attempt > 0 {
+                        marked_meanwhile.fetch_or(disk_full.is_full(), Ordering::SeqCst);
+                    }
+                    async move {
+                        if attempt < 2 {
+                            Err(server_error(code))
+                        } else {
+                            Ok(attempt)
+                        }
+                    }
+                })
+                .await
+                .expect("written once there is room");
+            assert_eq!(written, 2, "{code}");
+            assert!(marked_meanwhile.load(Ordering::SeqCst), "{code}");
+            assert!(!disk_full.is_full(), "{code}");
+            assert!(db.available.load(Ordering::SeqCst), "{code}: not an outage");
+        }
+
+        let disk_full = Arc::new(DiskFull::default());
+        let db = db(disk_full.clone());
+        let err = db
+            .retry("append log entries", || async {
+                Err::<(), _>(server_error("23505"))
+            })
+            .await
+            .expect_err("not retried");
+        assert!(err.to_string().contains("23505"), "{err}");
+        assert!(!disk_full.is_full());
+    }
 }

@@ -106,6 +106,11 @@ fn lost_applies(what: String) -> sqlx::Error {
 }
 
 impl PgStateMachine {
+    /// Whether a write is waiting for room on the server's disk.
+    pub fn disk_full(&self) -> bool {
+        self.db.is_disk_full()
+    }
+
     pub(super) fn new(db: Db, snapshot_dir: PathBuf) -> Self {
         Self {
             db,

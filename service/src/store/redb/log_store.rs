@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use redb::{Database, Durability, ReadableDatabase};
+use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
 use super::segments::Segments;
-use super::{read_meta, LOG_META};
+use super::{read_meta, redb_err, Db, LOG_META};
 use crate::raft::typ::{Entry, LogId, Vote};
 use crate::raft::TypeConfig;
-use crate::store::{decode, encode, io_err};
+use crate::store::space::Writer as DiskWriter;
+use crate::store::{decode, encode, is_out_of_space, DiskFull, RETRY_FIRST, RETRY_MAX};
 
 const VOTE: &str = "vote";
 pub(super) const COMMITTED: &str = "committed";
@@ -39,7 +40,7 @@ const MAX_GROUP: usize = 1024;
 /// `kvstore.redb`.
 #[derive(Clone)]
 pub struct RedbLogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     log: Arc<RwLock<Segments>>,
     /// Entries handed to the writer and not yet durable, by index. Readers look here
     /// first; the writer removes entries once they are on disk.
@@ -99,7 +100,7 @@ const LAZY_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The writer thread's own state.
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<Db>,
     log: Arc<RwLock<Segments>>,
     sync_writes: bool,
     last_sync: Instant,
@@ -180,36 +181,92 @@ impl Writer {
         if meta.is_empty() && committed.is_none() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(io_err)?;
-        {
-            let mut table = txn.open_table(LOG_META).map_err(io_err)?;
-            if let Some(bytes) = &committed {
-                table.insert(COMMITTED, bytes.as_slice()).map_err(io_err)?;
+        let result = (|| {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(redb_err)?;
+            {
+                let mut table = txn.open_table(LOG_META).map_err(redb_err)?;
+                if let Some(bytes) = &committed {
+                    table
+                        .insert(COMMITTED, bytes.as_slice())
+                        .map_err(redb_err)?;
+                }
+                for (key, bytes) in meta.iter() {
+                    table.insert(*key, *bytes).map_err(redb_err)?;
+                }
             }
-            for (key, bytes) in meta.drain(..) {
-                table.insert(key, bytes).map_err(io_err)?;
+            txn.commit().map_err(redb_err)
+        })();
+        match result {
+            Ok(()) => {
+                meta.clear();
+                self.committed_at = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                // Written with the next attempt, unless a newer one comes first.
+                if self.committed.is_none() {
+                    self.committed = committed;
+                }
+                Err(e)
             }
         }
-        txn.commit().map_err(io_err)?;
-        self.committed_at = Instant::now();
-        Ok(())
+    }
+
+    /// Undoes what a write group that failed for want of space left behind, so that
+    /// it can be written again: the log's files lose any half-written record (see
+    /// `Segments::append`), and the database is opened again if redb requires it.
+    fn recover(&mut self) {
+        if let Err(error) = self.db.recover() {
+            tracing::warn!(%error, "cannot open the log's database again yet");
+        }
+    }
+
+    /// Writes one group, retrying while the disk is full: each retry writes the whole
+    /// group again (appends, truncations and purges are idempotent), after a pause that
+    /// doubles up to [`RETRY_MAX`]. Gives up only when every handle to the store is
+    /// gone (the node is shutting down).
+    fn write_group_retrying(
+        &mut self,
+        group: &[Op],
+        disk_full: &DiskFull,
+        closed: impl Fn() -> bool,
+    ) -> io::Result<bool> {
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.write_group(group) {
+                Ok(durable) => {
+                    disk_full.clear(DiskWriter::Log);
+                    return Ok(durable);
+                }
+                Err(e) if is_out_of_space(&e) && !closed() => {
+                    disk_full.mark(DiskWriter::Log, &e);
+                    self.recover();
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
 /// The writer thread: takes everything queued, writes it, makes it durable (with
-/// `sync_writes` off, at most once a second), then reports. After a failed write it
-/// writes nothing more and fails every later operation: the log on disk must not get a
-/// hole. Ends when every handle to the store is gone and the queue is drained.
+/// `sync_writes` off, at most once a second), then reports. A group that fails for want
+/// of space is retried until it succeeds, and nothing is reported meanwhile (openraft
+/// goes on without waiting; the node refuses new values). After any other failed write
+/// it writes nothing more and fails every later operation: the log on disk must not get
+/// a hole. Ends when every handle to the store is gone and the queue is drained.
 fn run_writer(
     mut writer: Writer,
     unflushed: Arc<Mutex<BTreeMap<u64, Entry>>>,
     durable_end: Arc<AtomicU64>,
+    disk_full: Arc<DiskFull>,
     mut queue: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut group = Vec::new();
@@ -229,7 +286,9 @@ fn run_writer(
             }
             continue;
         }
-        let result = writer.write_group(&group).map_err(|e| e.to_string());
+        let result = writer
+            .write_group_retrying(&group, &disk_full, || queue.is_closed())
+            .map_err(|e| e.to_string());
         match &result {
             Err(error) => {
                 tracing::error!(%error, "log write failed; the log store accepts no more writes");
@@ -279,10 +338,11 @@ impl RedbLogStore {
     /// `durable_end` is kept up to date with one past the last log index durable on
     /// disk; the state machine fsyncs only applies the durable log covers.
     pub(super) fn new(
-        db: Arc<Database>,
+        db: Arc<Db>,
         log: Arc<RwLock<Segments>>,
         sync_writes: bool,
         durable_end: Arc<AtomicU64>,
+        disk_full: Arc<DiskFull>,
     ) -> io::Result<Self> {
         if let Some(next) = lock_read(&log).next_index() {
             durable_end.store(next, Ordering::SeqCst);
@@ -301,7 +361,7 @@ impl RedbLogStore {
         let (thread_unflushed, thread_end) = (unflushed.clone(), durable_end.clone());
         std::thread::Builder::new()
             .name("redb-log-writer".into())
-            .spawn(move || run_writer(state, thread_unflushed, thread_end, queue))?;
+            .spawn(move || run_writer(state, thread_unflushed, thread_end, disk_full, queue))?;
         Ok(Self {
             db,
             log,
@@ -332,8 +392,8 @@ impl RedbLogStore {
     }
 
     fn read_log_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(LOG_META).map_err(io_err)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG_META).map_err(redb_err)?;
         read_meta(&table, key)
     }
 }

@@ -11,6 +11,12 @@
 //! consistent earlier point and openraft re-applies the rest from the log (the log is
 //! only purged up to a snapshot, which is built from the flushed state and whose
 //! record is committed durably).
+//!
+//! A full disk stops nothing for good: a log write group, a state machine commit, a
+//! snapshot that fails with `ENOSPC` is retried until it succeeds (the log writer with
+//! a pause that doubles up to 2 s; pending applies by the node's space watcher), after
+//! undoing what the failed attempt left: a half-written log record is cut off, and a
+//! database file that redb refuses to write after the error is opened again.
 
 mod log_store;
 mod segments;
@@ -19,13 +25,14 @@ mod state_machine;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use log_store::RedbLogStore;
 pub use state_machine::RedbStateMachine;
 
-use super::{check_writable, decode, io_err};
+use super::{check_writable, decode, io_err, DiskFull};
 
 /// Raft log entries by index, JSON-encoded: where the log lived before it moved to
 /// segment files. Read once, to move a log from before then.
@@ -58,13 +65,19 @@ pub struct RedbStore {
     pub handle: RedbHandle,
 }
 
-/// Opens (creating if needed) the store under `data_dir`.
-pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> {
+/// Opens (creating if needed) the store under `data_dir`. A write that fails for want
+/// of space is marked in `disk_full` and retried until it succeeds.
+pub fn open(
+    data_dir: &Path,
+    sync_writes: bool,
+    disk_full: Arc<DiskFull>,
+) -> Result<RedbStore, OpenError> {
     check_writable(data_dir).map_err(|e| OpenError::DataDir {
         path: data_dir.to_owned(),
         reason: e.to_string(),
     })?;
-    let log_db = open_db(&data_dir.join(DB_FILE), |txn| {
+    let log_path = data_dir.join(DB_FILE);
+    let log_db = open_db(&log_path, |txn| {
         txn.open_table(LOG_META)?;
         Ok(())
     })?;
@@ -107,11 +120,14 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
     let log = Arc::new(RwLock::new(
         segments::Segments::open_committed(&log_dir, purged, committed).map_err(|e| log_err(&e))?,
     ));
+    let log_db = Arc::new(Db::new(log_path, log_db));
+    let state_db = Arc::new(Db::new(state_path.clone(), state_db));
     let durable_log_end = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let state_machine = RedbStateMachine::new(
         state_db.clone(),
         data_dir.join("snapshots"),
         durable_log_end.clone(),
+        disk_full.clone(),
     )
     .map_err(|e| db_err(&state_path, &e))?;
     // The files and directories made above exist after a power loss only once the
@@ -121,8 +137,14 @@ pub fn open(data_dir: &Path, sync_writes: bool) -> Result<RedbStore, OpenError> 
         reason: format!("cannot sync the directory: {e}"),
     })?;
     Ok(RedbStore {
-        log_store: RedbLogStore::new(log_db.clone(), log.clone(), sync_writes, durable_log_end)
-            .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
+        log_store: RedbLogStore::new(
+            log_db.clone(),
+            log.clone(),
+            sync_writes,
+            durable_log_end,
+            disk_full,
+        )
+        .map_err(|e| db_err(&data_dir.join(DB_FILE), &e))?,
         handle: RedbHandle {
             log_db,
             log,
@@ -221,7 +243,7 @@ fn move_legacy_log(log_db: &Database, data_dir: &Path) -> io::Result<bool> {
 fn open_db(
     path: &Path,
     create_tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
-) -> Result<Arc<Database>, OpenError> {
+) -> Result<Database, OpenError> {
     let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -235,18 +257,114 @@ fn open_db(
     let txn = db.begin_write().map_err(|e| db_err(&e))?;
     create_tables(&txn).map_err(|e| db_err(&e))?;
     txn.commit().map_err(|e| db_err(&e))?;
-    Ok(Arc::new(db))
+    Ok(db)
+}
+
+/// A redb database that can be closed and opened again in place. After a failed write
+/// (a full disk), redb fails every later transaction with `PreviousIo` until the
+/// database is closed and opened again (which repairs the file); [`Db::recover`] does
+/// that, so the node goes on without a restart.
+pub(super) struct Db {
+    path: PathBuf,
+    /// `None` only while an opening again failed; the next [`Db::recover`] tries again.
+    current: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long opening the database again waits for the old handle's last users to let go.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+impl Db {
+    fn new(path: PathBuf, db: Database) -> Self {
+        Self {
+            path,
+            current: RwLock::new(Some(Arc::new(db))),
+        }
+    }
+
+    fn get(&self) -> io::Result<Arc<Database>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{} is closed after a failed write and could not be opened again yet",
+                        self.path.display()
+                    ),
+                )
+            })
+    }
+
+    pub(super) fn begin_read(&self) -> io::Result<redb::ReadTransaction> {
+        self.get()?.begin_read().map_err(redb_err)
+    }
+
+    pub(super) fn begin_write(&self) -> io::Result<redb::WriteTransaction> {
+        self.get()?.begin_write().map_err(redb_err)
+    }
+
+    /// Opens the database again if an earlier write failed (redb then refuses to begin
+    /// a write); does nothing otherwise. Returns whether it was opened again: it then
+    /// holds what its last fsynced commit holds, without the commits after it.
+    pub(super) fn recover(&self) -> io::Result<bool> {
+        let failed = match self.get() {
+            Err(_) => true,
+            Ok(db) => matches!(
+                db.begin_write(),
+                Err(redb::TransactionError::Storage(
+                    redb::StorageError::PreviousIo
+                ))
+            ),
+        };
+        if !failed {
+            return Ok(false);
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        // Closes the file once the last transaction that still holds it is done.
+        drop(current.take());
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    tracing::info!(path = %self.path.display(), "opened the database file again after a failed write");
+                    *current = Some(Arc::new(db));
+                    return Ok(true);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(redb_err(e)),
+            }
+        }
+    }
+}
+
+/// A redb error as an `io::Error`, keeping an I/O error's kind so that a full disk is
+/// recognised. `PreviousIo` (an earlier write failed; the database must be opened
+/// again) counts as a full disk too: that is the only failed write the node survives,
+/// and the retry that follows opens the database again.
+pub(super) fn redb_err(e: impl Into<redb::Error>) -> io::Error {
+    match e.into() {
+        redb::Error::Io(e) => e,
+        redb::Error::PreviousIo => io::Error::new(
+            io::ErrorKind::StorageFull,
+            "an earlier write to the database failed; it is opened again before the next",
+        ),
+        e => io_err(e),
+    }
 }
 
 /// The API's direct view of the store. Reads see the state machine as applied so far;
 /// linearizability is the caller's job (a read barrier through Raft before reading).
 #[derive(Clone)]
 pub struct RedbHandle {
-    log_db: Arc<Database>,
+    log_db: Arc<Db>,
     log: Arc<RwLock<segments::Segments>>,
     /// The state machine's data: the database and the applied writes not yet in it.
     state: Arc<state_machine::Shared>,
-    state_db: Arc<Database>,
+    state_db: Arc<Db>,
     paths: [PathBuf; 2],
 }
 
@@ -279,19 +397,29 @@ impl RedbHandle {
 
     /// Ids of nodes that were removed from the cluster and may never rejoin.
     pub fn retired_ids(&self) -> io::Result<std::collections::BTreeSet<u64>> {
-        let txn = self.state_db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(SM_META).map_err(io_err)?;
+        let txn = self.state_db.begin_read()?;
+        let table = txn.open_table(SM_META).map_err(redb_err)?;
         Ok(read_meta(&table, state_machine::RETIRED)?.unwrap_or_default())
+    }
+
+    /// Tries again to write the applied values that a full disk kept in memory.
+    pub async fn retry_failed_writes(&self) {
+        let state = self.state.clone();
+        let _ = super::blocking(move || {
+            state.retry_failed_flush();
+            Ok(())
+        })
+        .await;
     }
 
     /// Makes every earlier commit durable (state machine applies, and log writes with
     /// `storage.sync_writes` off, are committed without an fsync); called at shutdown.
     pub fn flush(&self) -> io::Result<()> {
         self.log.read().unwrap_or_else(|e| e.into_inner()).sync()?;
-        let mut txn = self.log_db.begin_write().map_err(io_err)?;
+        let mut txn = self.log_db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)
-            .map_err(io_err)?;
-        txn.commit().map_err(io_err)?;
+            .map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
         // After the log: the state machine is made durable only as far as the log is.
         self.state.flush_all()
     }
@@ -326,7 +454,7 @@ mod tests {
         ) -> Result<(tempfile::TempDir, RedbLogStore, RedbStateMachine), StorageError<TypeConfig>>
         {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = open(dir.path(), true).expect("open store");
+            let store = open(dir.path(), true, Default::default()).expect("open store");
             Ok((dir, store.log_store, store.state_machine))
         }
     }
@@ -341,7 +469,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"x").unwrap();
-        let err = open(&file.join("sub"), true).err().expect("must fail");
+        let err = open(&file.join("sub"), true, Default::default())
+            .err()
+            .expect("must fail");
         assert!(err.to_string().contains("storage.data_dir"), "{err}");
     }
 
@@ -350,7 +480,7 @@ mod tests {
     fn reopen(dir: &Path) -> RedbStore {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match open(dir, true) {
+            match open(dir, true, Default::default()) {
                 Ok(store) => return store,
                 Err(e) if std::time::Instant::now() < deadline => {
                     assert!(e.to_string().contains("already open"), "{e}");
@@ -406,7 +536,7 @@ mod tests {
         use crate::store::test_entries::{delete, put};
         use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path(), true).unwrap();
+        let mut store = open(dir.path(), true, Default::default()).unwrap();
         let sm = &mut store.state_machine;
         // In the file: a, b.
         apply(sm, vec![put(1, "a", "1"), put(2, "b", "2")]).await;
@@ -462,7 +592,7 @@ mod tests {
         use crate::store::test_entries::{delete, put};
         use crate::store::CommandResult;
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), true).unwrap();
+        let store = open(dir.path(), true, Default::default()).unwrap();
         let shared = store.state_machine.shared();
         let results = |entries: Vec<_>| RedbStateMachine::apply_pending(&shared, &entries).unwrap();
         results(vec![put(1, "in-file", "x")]);
@@ -530,7 +660,9 @@ mod tests {
         let path = dir.path().join(DB_FILE);
         let garbage = vec![0xA5u8; 8192];
         std::fs::write(&path, &garbage).unwrap();
-        let err = open(dir.path(), true).err().expect("must fail");
+        let err = open(dir.path(), true, Default::default())
+            .err()
+            .expect("must fail");
         assert!(err.to_string().contains(DB_FILE), "{err}");
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -572,7 +704,7 @@ mod tests {
         use openraft::storage::RaftStateMachine;
         let dir = tempfile::tempdir().unwrap();
         let peer = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path(), true).unwrap();
+        let mut store = open(dir.path(), true, Default::default()).unwrap();
         apply(&mut store.state_machine, vec![put(1, "a", "old")]).await;
         store.handle.state.flush_all().unwrap();
         apply(&mut store.state_machine, vec![put(2, "a", "pending")]).await;
@@ -608,7 +740,7 @@ mod tests {
         use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
         let dir = tempfile::tempdir().unwrap();
         let peer = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), true).unwrap();
+        let store = open(dir.path(), true, Default::default()).unwrap();
         let mut sm = store.state_machine.clone();
         let entries: Vec<_> = (1..=20_000)
             .map(|i| put(i, &format!("k{i:06}"), "v"))

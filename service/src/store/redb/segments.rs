@@ -299,7 +299,13 @@ impl Segments {
             buf.extend_from_slice(&index.to_le_bytes());
             buf.extend_from_slice(payload);
         }
-        segment.file.write_all_at(&buf, segment.end)?;
+        if let Err(e) = segment.file.write_all_at(&buf, segment.end) {
+            // A write that failed midway (a full disk) may have left part of a record:
+            // cut it off, so that the next attempt, or the next start, finds the log
+            // ending at its last whole record. Frees the space it took, too.
+            let _ = segment.file.set_len(segment.end);
+            return Err(e);
+        }
         segment.end += buf.len() as u64;
         segment.offsets.extend(offsets);
         Ok(())

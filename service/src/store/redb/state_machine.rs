@@ -13,16 +13,19 @@ use futures::Stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
+use redb::{Durability, ReadableTableMetadata};
 
-use super::{read_meta, KV, SM_META};
+use super::{read_meta, redb_err, Db, KV, SM_META};
 use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::raft::TypeConfig;
 use crate::store::snapshot::{
-    remove_other_snapshots, snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter,
+    remove_other_snapshots, remove_unfinished_snapshots, snapshot_file_id, SnapshotReader,
+    SnapshotRecord, SnapshotWriter,
 };
+use crate::store::space::Writer as DiskWriter;
 use crate::store::{
-    blocking, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
+    blocking, encode, is_out_of_space, retry_while_full, Command, CommandResult, DiskFull,
+    Preamble, Proposal, SnapshotFile, RETRY_FIRST, RETRY_MAX,
 };
 
 const LAST_APPLIED: &str = "last_applied";
@@ -57,6 +60,12 @@ struct Pending {
     last_applied: Option<LogId>,
     /// When the oldest entry in `active` was applied.
     since: Option<Instant>,
+    /// The writes committed without an fsync since the last commit with one, and the
+    /// last applied id they carry. The database is opened again after a failed write
+    /// (a full disk), and comes back as of its last fsynced commit: these are put back
+    /// in `active` then, under anything newer.
+    unsynced: Writes,
+    unsynced_applied: Option<LogId>,
 }
 
 impl Pending {
@@ -76,7 +85,13 @@ impl Pending {
 
 /// What the state machine, its snapshot builder and the API's reads share.
 pub(super) struct Shared {
-    db: Arc<Database>,
+    db: Arc<Db>,
+    /// Marked while a commit failed for want of space; the pending writes wait in
+    /// memory meanwhile, and [`Shared::retry_failed_flush`] tries them again.
+    disk_full: Arc<DiskFull>,
+    /// When the next such retry is due, and the pause after it: each failed attempt
+    /// opens the database again, which is not free on a large file.
+    next_retry: Mutex<(Instant, Duration)>,
     pending: RwLock<Pending>,
     /// Held by whoever commits pending writes, so flushes happen one at a time; holds
     /// when the state machine was last committed durably.
@@ -107,9 +122,9 @@ impl Shared {
         }
         // Not pending: a flush only ever adds newer values to the database, and any
         // value applied after the check above is newer than this read.
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(KV).map_err(io_err)?;
-        let value = table.get(key).map_err(io_err)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KV).map_err(redb_err)?;
+        let value = table.get(key).map_err(redb_err)?;
         Ok(value.map(|v| v.value().to_string()))
     }
 
@@ -118,9 +133,9 @@ impl Shared {
         let pending = self.pending();
         // Under the lock: the pending maps and the database's view agree for every key
         // they hold, whether or not a running flush has committed yet.
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(KV).map_err(io_err)?;
-        let mut len = table.len().map_err(io_err)? as i64;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KV).map_err(redb_err)?;
+        let mut len = table.len().map_err(redb_err)? as i64;
         let flushing = pending
             .flushing
             .as_deref()
@@ -132,7 +147,7 @@ impl Shared {
         );
         for key in keys {
             let now = matches!(pending.lookup(key), Some(Some(_)));
-            let stored = table.get(key.as_str()).map_err(io_err)?.is_some();
+            let stored = table.get(key.as_str()).map_err(redb_err)?.is_some();
             len += i64::from(now) - i64::from(stored);
         }
         Ok(len.max(0) as u64)
@@ -155,23 +170,23 @@ impl Shared {
             (writes, pending.last_applied.take())
         };
         let result = (|| {
-            let mut txn = self.db.begin_write().map_err(io_err)?;
+            let mut txn = self.db.begin_write()?;
             {
-                let mut kv = txn.open_table(KV).map_err(io_err)?;
+                let mut kv = txn.open_table(KV).map_err(redb_err)?;
                 for (key, value) in writes.iter() {
                     match value {
                         Some(value) => kv.insert(key.as_str(), value.as_str()).map(drop),
                         None => kv.remove(key.as_str()).map(drop),
                     }
-                    .map_err(io_err)?;
+                    .map_err(redb_err)?;
                 }
             }
             let (value, more_applied) = more(&txn)?;
             let applied = more_applied.or(last_applied);
             if let Some(last) = applied {
-                let mut meta = txn.open_table(SM_META).map_err(io_err)?;
+                let mut meta = txn.open_table(SM_META).map_err(redb_err)?;
                 meta.insert(LAST_APPLIED, encode(&Some(last))?.as_slice())
-                    .map_err(io_err)?;
+                    .map_err(redb_err)?;
             }
             let covered =
                 applied.is_none_or(|id| id.index() < self.durable_log_end.load(Ordering::SeqCst));
@@ -181,20 +196,31 @@ impl Shared {
             } else {
                 Durability::None
             })
-            .map_err(io_err)?;
-            txn.commit().map_err(io_err)?;
+            .map_err(redb_err)?;
+            txn.commit().map_err(redb_err)?;
             if durable {
                 *last_sync = Instant::now();
             }
-            Ok(value)
+            Ok((value, durable, applied))
         })();
         let mut pending = self.pending_mut();
         pending.flushing = None;
+        let writes = Arc::try_unwrap(writes).unwrap_or_else(|w| (*w).clone());
         match result {
-            Ok(value) => Ok(value),
+            Ok((value, durable, applied)) => {
+                if durable {
+                    pending.unsynced.clear();
+                    pending.unsynced_applied = None;
+                } else {
+                    pending.unsynced.extend(writes);
+                    pending.unsynced_applied = applied.or(pending.unsynced_applied);
+                }
+                drop(pending);
+                self.disk_full.clear(DiskWriter::StateMachine);
+                Ok(value)
+            }
             Err(e) => {
                 // Nothing was written: put the writes back, under any newer ones.
-                let writes = Arc::try_unwrap(writes).unwrap_or_else(|w| (*w).clone());
                 for (key, value) in writes {
                     pending.active.entry(key).or_insert(value);
                 }
@@ -202,6 +228,11 @@ impl Shared {
                     pending.last_applied = last_applied;
                 }
                 pending.since.get_or_insert_with(Instant::now);
+                drop(pending);
+                if is_out_of_space(&e) {
+                    self.disk_full.mark(DiskWriter::StateMachine, &e);
+                    self.recover();
+                }
                 Err(e)
             }
         }
@@ -210,6 +241,58 @@ impl Shared {
     /// Commits pending writes and fsyncs the database; called at shutdown.
     pub(super) fn flush_all(&self) -> io::Result<()> {
         self.flush(true, |_| Ok(((), None)))
+    }
+
+    /// After a commit failed for want of space: tries the pending writes again, after
+    /// a pause that doubles from [`RETRY_FIRST`] up to [`RETRY_MAX`]. Called by the
+    /// node's space watcher, twice a second, until it succeeds.
+    pub(super) fn retry_failed_flush(&self) {
+        if !self.disk_full.is_marked(DiskWriter::StateMachine) {
+            return;
+        }
+        let mut next = self.next_retry.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, pause) = *next;
+        if Instant::now() < at {
+            return;
+        }
+        // Marks or clears the disk as full itself.
+        *next = match self.flush(false, |_| Ok(((), None))) {
+            Ok(()) => (Instant::now(), RETRY_FIRST),
+            Err(_) => (Instant::now() + pause, (pause * 2).min(RETRY_MAX)),
+        };
+    }
+
+    /// Opens the database again if a failed write requires it, and puts back in memory
+    /// what that loses (see [`Pending::unsynced`]).
+    fn recover(&self) {
+        let mut pending = self.pending_mut();
+        match self.db.recover() {
+            Ok(false) => {}
+            Ok(true) => {
+                let unsynced = std::mem::take(&mut pending.unsynced);
+                for (key, value) in unsynced {
+                    pending.active.entry(key).or_insert(value);
+                }
+                if let Some(applied) = pending.unsynced_applied.take() {
+                    pending.last_applied.get_or_insert(applied);
+                    pending.since.get_or_insert_with(Instant::now);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the state machine's database again yet");
+            }
+        }
+    }
+
+    /// Runs `write`, retrying it while the disk is full (see
+    /// [`crate::store::retry_while_full`]). Blocking.
+    fn retrying<T>(&self, write: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        retry_while_full(
+            &self.disk_full,
+            DiskWriter::StateMachine,
+            || self.recover(),
+            write,
+        )
     }
 }
 
@@ -222,14 +305,17 @@ pub struct RedbStateMachine {
 
 impl RedbStateMachine {
     pub(super) fn new(
-        db: Arc<Database>,
+        db: Arc<Db>,
         snapshot_dir: PathBuf,
         durable_log_end: Arc<AtomicU64>,
+        disk_full: Arc<DiskFull>,
     ) -> io::Result<Self> {
         crate::store::create_dir_durably(&snapshot_dir)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
+                disk_full,
+                next_retry: Mutex::new((Instant::now(), RETRY_FIRST)),
                 pending: RwLock::new(Pending::default()),
                 flush: Mutex::new(Instant::now()),
                 snapshots: Mutex::new(()),
@@ -244,9 +330,14 @@ impl RedbStateMachine {
         self.shared.clone()
     }
 
+    /// Whether a write to the disk failed for want of space and has not succeeded since.
+    pub fn disk_full(&self) -> bool {
+        self.shared.disk_full.is_full()
+    }
+
     fn read_sm_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let txn = self.shared.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(SM_META).map_err(io_err)?;
+        let txn = self.shared.db.begin_read()?;
+        let table = txn.open_table(SM_META).map_err(redb_err)?;
         read_meta(&table, key)
     }
 
@@ -274,9 +365,9 @@ impl RedbStateMachine {
                     let existed = match pending.lookup(key) {
                         Some(value) => value.is_some(),
                         None => {
-                            let txn = shared.db.begin_read().map_err(io_err)?;
-                            let table = txn.open_table(KV).map_err(io_err)?;
-                            table.get(key.as_str()).map_err(io_err)?.is_some()
+                            let txn = shared.db.begin_read()?;
+                            let table = txn.open_table(KV).map_err(redb_err)?;
+                            table.get(key.as_str()).map_err(redb_err)?.is_some()
                         }
                     };
                     pending.active.insert(key.clone(), None);
@@ -295,10 +386,12 @@ impl RedbStateMachine {
     /// Applies a batch that changes the membership: pending writes and the whole batch
     /// are committed in one transaction.
     fn apply_through(shared: &Shared, entries: &[Entry]) -> io::Result<Vec<CommandResult>> {
-        shared.flush(false, |txn| {
+        // Fsynced (when the durable log covers it): a database opened again after a
+        // failed write would lose the membership records of a commit without one.
+        shared.flush(true, |txn| {
             let mut results = Vec::with_capacity(entries.len());
-            let mut kv = txn.open_table(KV).map_err(io_err)?;
-            let mut meta = txn.open_table(SM_META).map_err(io_err)?;
+            let mut kv = txn.open_table(KV).map_err(redb_err)?;
+            let mut meta = txn.open_table(SM_META).map_err(redb_err)?;
             for entry in entries {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
@@ -306,14 +399,14 @@ impl RedbStateMachine {
                         command: Command::Put { key, value },
                         ..
                     }) => {
-                        kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
+                        kv.insert(key.as_str(), value.as_str()).map_err(redb_err)?;
                         CommandResult::Stored
                     }
                     EntryPayload::Normal(Proposal {
                         command: Command::Delete { key },
                         ..
                     }) => {
-                        let existed = kv.remove(key.as_str()).map_err(io_err)?.is_some();
+                        let existed = kv.remove(key.as_str()).map_err(redb_err)?.is_some();
                         CommandResult::Deleted { existed }
                     }
                     EntryPayload::Membership(membership) => {
@@ -324,13 +417,13 @@ impl RedbStateMachine {
                                 read_meta(&meta, RETIRED)?.unwrap_or_default();
                             if crate::store::retire_leavers(&mut retired, &previous, membership) {
                                 meta.insert(RETIRED, encode(&retired)?.as_slice())
-                                    .map_err(io_err)?;
+                                    .map_err(redb_err)?;
                             }
                         }
                         let stored =
                             StoredMembership::new(Some(entry.log_id()), membership.clone());
                         meta.insert(MEMBERSHIP, encode(&stored)?.as_slice())
-                            .map_err(io_err)?;
+                            .map_err(redb_err)?;
                         CommandResult::None
                     }
                 };
@@ -348,16 +441,17 @@ impl RedbStateMachine {
         record.open(&self.snapshot_dir)
     }
 
-    fn record_snapshot(db: &Database, record: &SnapshotRecord) -> io::Result<()> {
-        let mut txn = db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    fn record_snapshot(db: &Db, record: &SnapshotRecord) -> io::Result<()> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(redb_err)?;
         {
-            let mut table = txn.open_table(SM_META).map_err(io_err)?;
+            let mut table = txn.open_table(SM_META).map_err(redb_err)?;
             table
                 .insert(SNAPSHOT, encode(record)?.as_slice())
-                .map_err(io_err)?;
+                .map_err(redb_err)?;
         }
-        txn.commit().map_err(io_err)
+        txn.commit().map_err(redb_err)
     }
 }
 
@@ -369,12 +463,30 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
         let dir = self.snapshot_dir.clone();
         blocking(move || {
             let _snapshots = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+            // Refused while the disk is full unless openraft needs it to catch a follower
+            // up; then it waits for room.
+            shared.retrying(|| {
+                Self::build(&shared, &dir).inspect_err(|e| {
+                    if is_out_of_space(e) {
+                        let _ = remove_unfinished_snapshots(&dir);
+                    }
+                })
+            })
+        })
+        .await
+    }
+}
+
+impl RedbStateMachine {
+    /// Builds a snapshot of the state as committed; the caller holds `snapshots`.
+    fn build(shared: &Shared, dir: &std::path::Path) -> io::Result<Snapshot<SnapshotFile>> {
+        {
             shared.flush(false, |_| Ok(((), None)))?;
             let db = &shared.db;
             // One read transaction: the data, last applied id and membership are one
             // consistent point in time, while applies continue concurrently.
-            let txn = db.begin_read().map_err(io_err)?;
-            let meta_table = txn.open_table(SM_META).map_err(io_err)?;
+            let txn = db.begin_read()?;
+            let meta_table = txn.open_table(SM_META).map_err(redb_err)?;
             let last_applied: Option<LogId> =
                 read_meta::<Option<LogId>>(&meta_table, LAST_APPLIED)?.flatten();
             let membership: StoredMembership =
@@ -384,10 +496,10 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
             let preamble = Preamble {
                 retired_node_ids: read_meta(&meta_table, RETIRED)?.unwrap_or_default(),
             };
-            let mut writer = SnapshotWriter::create(&dir, &file_id, Some(&preamble))?;
-            let kv = txn.open_table(KV).map_err(io_err)?;
-            for item in redb::ReadableTable::iter(&kv).map_err(io_err)? {
-                let (key, value) = item.map_err(io_err)?;
+            let mut writer = SnapshotWriter::create(dir, &file_id, Some(&preamble))?;
+            let kv = txn.open_table(KV).map_err(redb_err)?;
+            for item in redb::ReadableTable::iter(&kv).map_err(redb_err)? {
+                let (key, value) = item.map_err(redb_err)?;
                 writer.write_pair(key.value(), value.value())?;
             }
             let file = writer.finish()?;
@@ -399,13 +511,12 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 file_id,
             };
             Self::record_snapshot(db, &record)?;
-            remove_other_snapshots(&dir, &record.file_id)?;
+            remove_other_snapshots(dir, &record.file_id)?;
             Ok(Snapshot {
                 meta: record.meta,
                 snapshot: file,
             })
-        })
-        .await
+        }
     }
 }
 
@@ -436,14 +547,21 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
         let results = if membership {
             let shared = self.shared.clone();
-            blocking(move || Self::apply_through(&shared, &batch)).await?
+            // Membership changes wait for room: they cannot stay in memory.
+            blocking(move || shared.retrying(|| Self::apply_through(&shared, &batch))).await?
         } else {
             // In memory, on this task: only a delete of a key with nothing pending
             // reads the database (from its cache, as the API's reads do).
             let results = Self::apply_pending(&self.shared, &batch)?;
-            if self.shared.pending().is_due() {
+            // While the disk is full the writes stay in memory (readable there); the
+            // space watcher retries the commit.
+            let full = self.shared.disk_full.is_marked(DiskWriter::StateMachine);
+            if self.shared.pending().is_due() && !full {
                 let shared = self.shared.clone();
-                blocking(move || shared.flush(false, |_| Ok(((), None)))).await?;
+                match blocking(move || shared.flush(false, |_| Ok(((), None)))).await {
+                    Err(e) if !is_out_of_space(&e) => return Err(e),
+                    _ => {}
+                }
             }
             results
         };
@@ -471,45 +589,18 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             // snapshot is committed: without them, reads would see the file as it was
             // before them, older than what openraft reports applied.
             let _flush = shared.flush.lock().unwrap_or_else(|e| e.into_inner());
-            let db = &shared.db;
-            // Keep our own copy first: the received file may live elsewhere.
             let mut snapshot = snapshot;
-            let file_id = snapshot_file_id(meta.last_log_id.as_ref());
-            let mut writer = SnapshotWriter::create(&dir, &file_id, None)?;
-            writer.copy_from(&mut snapshot)?;
-            let copy = writer.finish()?;
-
-            let mut txn = db.begin_write().map_err(io_err)?;
-            txn.set_durability(Durability::Immediate).map_err(io_err)?;
-            txn.delete_table(KV).map_err(io_err)?;
-            {
-                let mut kv = txn.open_table(KV).map_err(io_err)?;
-                let (preamble, pairs) = SnapshotReader::new(copy)?;
-                for pair in pairs {
-                    let (key, value) = pair?;
-                    kv.insert(key.as_str(), value.as_str()).map_err(io_err)?;
-                }
-                let mut sm_meta = txn.open_table(SM_META).map_err(io_err)?;
-                sm_meta
-                    .insert(LAST_APPLIED, encode(&meta.last_log_id)?.as_slice())
-                    .map_err(io_err)?;
-                sm_meta
-                    .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
-                    .map_err(io_err)?;
-                sm_meta
-                    .insert(RETIRED, encode(&preamble.retired_node_ids)?.as_slice())
-                    .map_err(io_err)?;
-                let record = SnapshotRecord {
-                    meta,
-                    file_id: file_id.clone(),
-                };
-                sm_meta
-                    .insert(SNAPSHOT, encode(&record)?.as_slice())
-                    .map_err(io_err)?;
-            }
-            txn.commit().map_err(io_err)?;
+            // On a full disk, waits for room: the snapshot is what this node must catch
+            // up with.
+            shared.retrying(|| {
+                Self::install(&shared, &dir, &meta, &mut snapshot).inspect_err(|e| {
+                    if is_out_of_space(e) {
+                        let _ = remove_unfinished_snapshots(&dir);
+                    }
+                })
+            })?;
             *shared.pending_mut() = Pending::default();
-            remove_other_snapshots(&dir, &file_id)
+            Ok(())
         })
         .await?;
         tracing::info!(last_log_id = ?meta_log_id, "installed snapshot");
@@ -518,5 +609,56 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
         self.current_snapshot()
+    }
+}
+
+impl RedbStateMachine {
+    /// Replaces the state with `snapshot`'s; the caller holds `snapshots` and `flush`.
+    fn install(
+        shared: &Shared,
+        dir: &std::path::Path,
+        meta: &SnapshotMeta,
+        snapshot: &mut SnapshotFile,
+    ) -> io::Result<()> {
+        {
+            let db = &shared.db;
+            // Keep our own copy first: the received file may live elsewhere.
+            let file_id = snapshot_file_id(meta.last_log_id.as_ref());
+            let mut writer = SnapshotWriter::create(dir, &file_id, None)?;
+            writer.copy_from(snapshot)?;
+            let copy = writer.finish()?;
+
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(redb_err)?;
+            txn.delete_table(KV).map_err(redb_err)?;
+            {
+                let mut kv = txn.open_table(KV).map_err(redb_err)?;
+                let (preamble, pairs) = SnapshotReader::new(copy)?;
+                for pair in pairs {
+                    let (key, value) = pair?;
+                    kv.insert(key.as_str(), value.as_str()).map_err(redb_err)?;
+                }
+                let mut sm_meta = txn.open_table(SM_META).map_err(redb_err)?;
+                sm_meta
+                    .insert(LAST_APPLIED, encode(&meta.last_log_id)?.as_slice())
+                    .map_err(redb_err)?;
+                sm_meta
+                    .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                    .map_err(redb_err)?;
+                sm_meta
+                    .insert(RETIRED, encode(&preamble.retired_node_ids)?.as_slice())
+                    .map_err(redb_err)?;
+                let record = SnapshotRecord {
+                    meta: meta.clone(),
+                    file_id: file_id.clone(),
+                };
+                sm_meta
+                    .insert(SNAPSHOT, encode(&record)?.as_slice())
+                    .map_err(redb_err)?;
+            }
+            txn.commit().map_err(redb_err)?;
+            remove_other_snapshots(dir, &file_id)
+        }
     }
 }
