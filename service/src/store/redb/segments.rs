@@ -483,26 +483,42 @@ mod tests {
 
     /// A flipped byte in the middle of the last segment, with fsynced records after it,
     /// is corruption, not a torn write: refused, the file named with the offset, and
-    /// left as it is (cutting there would destroy acknowledged entries).
+    /// left as it is (cutting there would destroy acknowledged entries). That holds
+    /// for the high byte of a record's length too, which makes the record run past
+    /// the end of the file as an unfinished write would (a log that reads lengths
+    /// before checksums takes it for one and cuts the rest off).
     #[test]
     fn corruption_followed_by_valid_records_in_the_last_segment_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = Segments::open(dir.path(), None).unwrap();
-        for i in 1..=300 {
-            append(&mut log, i..i + 1);
-        }
-        drop(log);
-        let path = dir.path().join(segment_name(1));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x5A;
-        std::fs::write(&path, &bytes).unwrap();
+        for flip in [
+            "a byte in the middle",
+            "the high byte of entry 150's length",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = Segments::open(dir.path(), None).unwrap();
+            for i in 1..=300 {
+                append(&mut log, i..i + 1);
+            }
+            let entry_150 = log.segments[&1].offsets[149] as usize;
+            drop(log);
+            let path = dir.path().join(segment_name(1));
+            let mut bytes = std::fs::read(&path).unwrap();
+            if flip == "a byte in the middle" {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x5A;
+            } else {
+                bytes[entry_150 + 3] ^= 0x40;
+            }
+            std::fs::write(&path, &bytes).unwrap();
 
-        let err = Segments::open(dir.path(), None).err().expect("refused");
-        let message = err.to_string();
-        assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("at offset"), "{message}");
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left alone");
+            let err = Segments::open(dir.path(), None).err().expect(flip);
+            let message = err.to_string();
+            assert!(
+                message.contains(&path.display().to_string()),
+                "{flip}: {message}"
+            );
+            assert!(message.contains("at offset"), "{flip}: {message}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{flip}: left alone");
+        }
     }
 
     /// A torn tail is cut off only above the committed index: entries at or below it
