@@ -13,7 +13,8 @@
 //! record is committed durably).
 
 mod log_store;
-mod segments;
+/// Public for `examples/log_compare.rs`, which measures it against another log.
+pub mod segments;
 mod state_machine;
 
 use std::io;
