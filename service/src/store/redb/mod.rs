@@ -19,7 +19,8 @@
 //! database file that redb refuses to write after the error is opened again.
 
 mod log_store;
-mod segments;
+/// Public for `examples/log_compare.rs`, which measures it against another log.
+pub mod segments;
 mod state_machine;
 
 use std::io;
