@@ -35,6 +35,8 @@ type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// How long a retry waits for news (a leader change) before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often a leader whose disk is full may hand leadership over.
+const HAND_OFF_EVERY: Duration = Duration::from_secs(10);
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -465,6 +467,7 @@ impl RaftNode {
     pub fn watch_space(&self) {
         let weak = self.downgrade();
         tokio::spawn(async move {
+            let mut handed_off: Option<Instant> = None;
             loop {
                 {
                     let Some(node) = weak.upgrade() else { return };
@@ -472,6 +475,7 @@ impl RaftNode {
                         return;
                     }
                     node.inner.store.retry_failed_writes().await;
+                    node.hand_off_if_disk_full(&mut handed_off).await;
                     if let Ok(stored) = node.inner.store.size_bytes().await {
                         let full = node.inner.space.check(stored);
                         ::metrics::gauge!(metrics::OUT_OF_SPACE).set(if full { 1.0 } else { 0.0 });
@@ -480,6 +484,39 @@ impl RaftNode {
                 tokio::time::sleep(store::space::CHECK_INTERVAL).await;
             }
         });
+    }
+
+    /// A leader whose disk is full (a write failed for want of space) can neither append
+    /// nor apply, so the cluster would take no writes while it leads. It hands
+    /// leadership to the voter that holds the most of the log, at most once every
+    /// [`HAND_OFF_EVERY`] (if every disk is full, leadership would otherwise bounce).
+    async fn hand_off_if_disk_full(&self, last: &mut Option<Instant>) {
+        if !self.inner.disk_full.is_full() || last.is_some_and(|t| t.elapsed() < HAND_OFF_EVERY) {
+            return;
+        }
+        let m = self.metrics();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.inner.id) {
+            return;
+        }
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let Some(target) = self
+            .followers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| voters.contains(&f.id))
+            .max_by_key(|f| f.matched_index)
+        else {
+            return; // a single voter: nobody to hand over to
+        };
+        *last = Some(Instant::now());
+        tracing::warn!(
+            to = target.id,
+            "this leader's disk is full: handing leadership to node {}",
+            target.id
+        );
+        if let Err(e) = self.inner.raft.trigger().transfer_leader(target.id).await {
+            tracing::warn!(error = %e, "cannot hand leadership over");
+        }
     }
 
     /// Why this node cannot write to its disk right now, if a write failed for want of

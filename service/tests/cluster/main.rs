@@ -1022,3 +1022,78 @@ async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is
     .await;
     put_ok(&cluster.client, &cluster.url(full, "/kv/after"), "after").await;
 }
+
+/// A leader whose disk fills cannot append or apply: it hands leadership to a follower,
+/// and the cluster goes on taking writes; once room is made it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_full_disk_hands_over_and_the_cluster_keeps_taking_writes() {
+    let mut disks = BTreeMap::new();
+    for id in 1..=3u64 {
+        let Some(disk) = support::small_disk_or_skip("64m") else {
+            return;
+        };
+        disks.insert(id, disk);
+    }
+    let node_env = disks
+        .iter()
+        .map(|(id, disk)| {
+            let dir = disk.path().display().to_string();
+            (*id, vec![("KV_STORAGE_DATA_DIR".to_string(), dir)])
+        })
+        .collect();
+    let cluster = Cluster::start_with_node_env(
+        3,
+        &[
+            ("KV_STORAGE_MIN_FREE_BYTES", "0"),
+            ("KV_STORAGE_QUOTA_BYTES", "0"),
+        ],
+        node_env,
+    );
+    let full = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let healthy = others(&[1, 2, 3], full);
+    put_ok(&cluster.client, &cluster.url(full, "/kv/before"), "before").await;
+
+    disks[&full].fill();
+    // Values through the healthy nodes until the full leader's disk refuses one and it
+    // hands over: some writes fail meanwhile; then a new leader takes them.
+    let value = "v".repeat(64 * 1024);
+    let mut i = 0;
+    let leader = eventually(
+        Duration::from_secs(60),
+        "a healthy leader after the leader's disk filled",
+        || {
+            i += 1;
+            let via = healthy[i % 2];
+            let url = cluster.url(via, &format!("/kv/fill{i}"));
+            let (client, value) = (cluster.client.clone(), value.clone());
+            let status_url = cluster.url(via, "/status");
+            async move {
+                let _ = put_json(&client, &url, &value).await;
+                let (_, status) = get_json(&client, &status_url).await?;
+                let leader = status["leader_id"].as_u64()?;
+                (leader != full).then_some(leader)
+            }
+        },
+    )
+    .await;
+    assert!(healthy.contains(&leader), "{leader}");
+    let keys: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        put_ok(
+            &cluster.client,
+            &cluster.url(healthy[i % 2], &format!("/kv/{key}")),
+            key,
+        )
+        .await;
+    }
+    assert_all_readable(&cluster, &healthy, &keys).await;
+
+    // Room again: the old leader catches up by itself.
+    disks[&full].free();
+    cluster
+        .wait_local_value(full, "h19", "h19", Duration::from_secs(30))
+        .await;
+    assert_all_readable(&cluster, &[full], &keys).await;
+}
