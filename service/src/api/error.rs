@@ -58,7 +58,8 @@ pub struct ErrorBody {
     pub details: Option<InvalidJsonDetails>,
 }
 
-/// The seed's `details` of an `INVALID_JSON` answer, so a client can see what it sent.
+/// The `details` of an `INVALID_JSON` answer (README, "Errors"), so a client can see
+/// what it sent.
 #[derive(Debug, Clone, PartialEq, Eq, Object)]
 pub struct InvalidJsonDetails {
     /// The JSON parser's message, with the line and column where it stopped.
@@ -102,7 +103,7 @@ impl Example for ErrorBody {
 /// Every way a request can fail.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    // The seed's texts, word for word: its clients may show them.
+    // The texts of the README's error table, word for word: clients may show them.
     #[error("Invalid JSON format")]
     InvalidJson(InvalidJsonDetails),
     #[error("Request body is required")]
@@ -427,8 +428,9 @@ impl ApiResponse for ApiError {
     }
 }
 
-/// Used by `catch_all_error`: everything the router or an extractor rejects becomes
-/// the same JSON error shape as the handlers' own errors.
+/// Used by the outermost error layer of the client API (`api::app`) and of the Raft
+/// listener: everything the router or an extractor rejects becomes the same JSON error
+/// shape as the handlers' own errors.
 pub fn to_json_response(err: poem::Error, method: &str, path: &str) -> Response {
     let api = ApiError::from_poem(&err, method, path);
     let mut response = api.into_response();
@@ -454,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn key_not_found_matches_the_seed_shape() {
+    fn key_not_found_matches_the_documented_shape() {
         let body = ApiError::KeyNotFound("user:1".into()).body();
         let json = body.to_json().unwrap();
         assert_eq!(

@@ -383,7 +383,7 @@ fn route_label(resp: &Response, path: &str) -> &'static str {
 /// rest of a `/kv/...` path is re-escaped into one segment before routing (poem
 /// percent-decodes it again for the handler). Keys that cannot be decoded to UTF-8 are
 /// refused here with `INVALID_KEY`. `/kv/` itself names no key and is no route: 404
-/// `NOT_FOUND` for every method, as in the seed.
+/// `NOT_FOUND` for every method, as the README's error table says.
 fn route_key_path(mut req: Request) -> Result<Request, ApiError> {
     let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX) else {
         return Ok(req);

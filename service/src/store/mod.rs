@@ -457,8 +457,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
-/// Creates the data dir if needed and proves a file can be written in it, so a
-/// read-only or foreign-owned directory fails at start, not at the first write.
 /// Adds to `retired` the members of `previous` that `next` leaves out: a node that
 /// leaves the membership is retired for good, and its id is never reused. Returns
 /// whether the set grew.
@@ -478,6 +476,8 @@ pub(crate) fn retire_leavers(
     retired.len() != before
 }
 
+/// Creates the data dir if needed and proves a file can be written in it, so a
+/// read-only or foreign-owned directory fails at start, not at the first write.
 pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
     create_dir_durably(dir)?;
     let probe = dir.join(".write-probe");

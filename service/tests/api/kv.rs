@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::helpers::{error, json, spawn_app, Backend};
 
-async fn seed_examples_return_the_seed_json(backend: Backend) {
+async fn readme_examples_return_the_documented_json(backend: Backend) {
     let app = spawn_app(backend).await;
 
     let body = json(app.put("user:1", "John Doe").await, 201).await;
@@ -113,7 +113,7 @@ async fn stale_reads_serve_the_local_copy(backend: Backend) {
 }
 
 crate::backend_tests!(
-    seed_examples_return_the_seed_json,
+    readme_examples_return_the_documented_json,
     responses_name_the_serving_node,
     put_overwrites,
     delete_of_missing_key_is_404_with_the_key,
