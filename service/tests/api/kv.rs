@@ -92,26 +92,6 @@ async fn non_ascii_keys_and_values_round_trip(backend: Backend) {
     app.stop().await;
 }
 
-async fn stale_reads_serve_the_local_copy(backend: Backend) {
-    let app = spawn_app(backend).await;
-    json(app.put("k", "v").await, 201).await;
-    let resp = app
-        .client
-        .get(app.url("/kv/k?consistency=stale"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(resp, 200).await["value"], "v");
-    let resp = app
-        .client
-        .get(app.url("/kv/k?consistency=linearizable"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(resp, 200).await["value"], "v");
-    app.stop().await;
-}
-
 crate::backend_tests!(
     readme_examples_return_the_documented_json,
     responses_name_the_serving_node,
@@ -120,5 +100,4 @@ crate::backend_tests!(
     keys_may_contain_slashes,
     percent_escapes_are_decoded,
     non_ascii_keys_and_values_round_trip,
-    stale_reads_serve_the_local_copy,
 );
