@@ -3,6 +3,7 @@
 //! - [`admission`] bounds the bytes of writes in flight.
 //! - [`cpu`] runs heavy encoding and decoding without stalling other tasks.
 //! - [`config`] holds the settings from YAML and `KV_*` variables.
+//! - [`probe`] is `kvstore health`, the probe container health checks run.
 //! - [`api`] is the HTTP API (poem-openapi), Swagger UI and the OpenAPI spec.
 //! - [`raft`] is the openraft wiring and the running node.
 //! - [`store`] is the storage contract and its backends.
@@ -13,6 +14,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod cpu;
+pub mod probe;
 pub mod raft;
 pub mod startup;
 pub mod store;
