@@ -5,9 +5,9 @@
 mod auth;
 mod body;
 mod cluster;
-pub mod error;
 mod kv;
 mod middleware;
+mod node_error;
 mod request_log;
 mod system;
 
@@ -23,7 +23,9 @@ use self::body::BodyRules;
 use self::middleware::{AllowedMethods, LoadShedding};
 pub use self::request_log::RequestLog;
 use crate::admission::ByteBudget;
+pub use crate::error;
 use crate::raft::RaftNode;
+use crate::secret::secret_matches;
 
 /// Request limits, from the `server` settings.
 #[derive(Debug, Clone, Copy)]
@@ -122,31 +124,4 @@ pub fn app(
         // the node's load.
         .around(move |ep, req| middleware::authenticate(ep, req, auth.clone()))
         .around(move |ep, req| middleware::observe(ep, req, node_id, request_log.clone()))
-}
-
-/// Compares a presented secret with the configured one in time independent of where
-/// they differ, so the secret cannot be guessed byte by byte from response times.
-pub fn secret_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::secret_matches;
-
-    #[test]
-    fn secrets_match_only_when_equal() {
-        assert!(secret_matches("s3cret", "s3cret"));
-        assert!(!secret_matches("s3cres", "s3cret"));
-        assert!(!secret_matches("s3cre", "s3cret"));
-        assert!(!secret_matches("s3cret+", "s3cret"));
-        assert!(!secret_matches("", "s3cret"));
-    }
 }

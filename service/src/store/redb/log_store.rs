@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::segments::Segments;
 use super::{read_meta, LOG_META};
-use crate::raft::typ::{Entry, LogId, Vote};
-use crate::raft::TypeConfig;
 use crate::store::{decode, encode, io_err};
+use crate::types::typ::{Entry, LogId, Vote};
+use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
 pub(super) const COMMITTED: &str = "committed";

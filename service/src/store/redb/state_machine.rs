@@ -16,14 +16,14 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
 
 use super::{read_meta, KV, SM_META};
-use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
-use crate::raft::TypeConfig;
 use crate::store::snapshot::{
     remove_other_snapshots, snapshot_file_id, SnapshotReader, SnapshotRecord, SnapshotWriter,
 };
 use crate::store::{
     blocking, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
+use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::TypeConfig;
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
