@@ -1,9 +1,9 @@
 //! Node configuration: built-in defaults, then an optional YAML file, then `KV_*`
 //! environment variables, in that order of precedence (last wins).
 //!
-//! The section and key names follow the seed README (`server`, `storage`, `database`,
-//! `raft`, `logging`); the environment variables keep the seed's names
-//! (`KV_DB_HOST`, `KV_LOG_LEVEL`, ...) and every other setting has a `KV_` override
+//! The section and key names (`server`, `storage`, `database`, `raft`, `logging`) and
+//! the environment variables (`KV_DB_HOST`, `KV_LOG_LEVEL`, ...) are a contract with
+//! existing deployments (README, "Configuration") and every other setting has a `KV_` override
 //! listed in [`ENV_OVERRIDES`].
 
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Every environment variable the node reads, and the setting it overrides.
 ///
-/// An explicit table rather than a naming rule: the seed's names (`KV_DB_NAME` for
+/// An explicit table rather than a naming rule: the documented names (`KV_DB_NAME` for
 /// `database.database`, `KV_LOG_LEVEL` for `logging.level`) do not follow one, and the
 /// README's reference table is generated from the same facts.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -79,9 +79,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_TLS_PEER_MTLS", "tls.peer_mtls"),
 ];
 
-/// The seed names the `logging` section's variables `KV_LOG_*`; each may also be spelled
-/// after the section, `KV_LOGGING_*` (`KV_LOGGING_ACCESS_LOG` for `KV_LOG_ACCESS_LOG`),
-/// since that is the name a reader of the YAML keys would guess first.
+/// The documented names of the `logging` section's variables are `KV_LOG_*`; each may
+/// also be spelled after the section, `KV_LOGGING_*` (`KV_LOGGING_ACCESS_LOG` for
+/// `KV_LOG_ACCESS_LOG`), since that is the name a reader of the YAML keys would guess
+/// first.
 const LOG_PREFIX: &str = "KV_LOG_";
 const LOGGING_PREFIX: &str = "KV_LOGGING_";
 
@@ -229,8 +230,7 @@ pub struct StorageSettings {
     pub min_free_bytes: u64,
 }
 
-/// The seed's PostgreSQL section. Read and validated now; used by the `database`
-/// storage type.
+/// The PostgreSQL connection, used by the `database` storage type.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -280,7 +280,8 @@ pub struct RaftSettings {
     /// Minimum election timeout; the maximum is twice this.
     #[serde(deserialize_with = "duration")]
     pub election_timeout: Duration,
-    /// Interval between leader heartbeats (the seed's name for it).
+    /// Interval between leader heartbeats (the documented name, kept for existing
+    /// configuration files).
     #[serde(deserialize_with = "duration")]
     pub heartbeat_timeout: Duration,
     /// Build a snapshot after this many log entries since the last one.
@@ -579,7 +580,8 @@ impl TlsSettings {
 }
 
 /// The defaults, as YAML: what a node runs with when no file and no variable says
-/// otherwise. `config/server.yaml` spells out the same values.
+/// otherwise; the one place they are written. `config/server.yaml` is an annotated
+/// example for a single node: it repeats the common ones, not all of them.
 const DEFAULTS: &str = r#"
 server:
   host: "0.0.0.0"

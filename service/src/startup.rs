@@ -51,8 +51,8 @@ impl Application {
         }
         crate::telemetry::metrics::install();
         let node = raft::start(settings, advertised).await?;
-        crate::telemetry::metrics::watch_raft(&node);
-        crate::telemetry::metrics::sample_storage(&node);
+        raft::watch_raft(&node);
+        raft::sample_storage(&node);
         node.watch_space();
         Ok(Self {
             api,

@@ -162,15 +162,20 @@ async fn a_write_to_a_follower_is_one_trace_across_both_nodes() {
         rpc.span_context.span_id(),
         "the proposal is the leader's work for the forwarded request"
     );
-    assert_eq!(
-        append.parent_span_id,
-        propose.span_context.span_id(),
-        "storage append is in the trace"
+    // Under load a proposal can be retried (a leader change during the write): the
+    // entry's storage spans belong to the proposal that reached the log.
+    let proposals: Vec<SpanId> = spans
+        .iter()
+        .filter(|s| s.name == "raft.propose")
+        .map(|s| s.span_context.span_id())
+        .collect();
+    assert!(
+        proposals.contains(&append.parent_span_id),
+        "storage append is in the trace, under a proposal"
     );
-    assert_eq!(
-        apply.parent_span_id,
-        propose.span_context.span_id(),
-        "storage apply is in the trace"
+    assert!(
+        proposals.contains(&apply.parent_span_id),
+        "storage apply is in the trace, under a proposal"
     );
     assert_eq!(
         attr(root, "http.response.status_code").as_deref(),

@@ -1,6 +1,6 @@
 //! A JSON request body extractor whose every failure is an [`ApiError`] with its own
 //! code (poem-openapi's `Json<T>` answers these cases with plain-text errors). The
-//! answers are the seed's: 400 for a `Content-Type` that is not JSON (a body without
+//! answers are those of the README's error table: 400 for a `Content-Type` that is not JSON (a body without
 //! one is read as JSON), `EMPTY_BODY`, and `INVALID_JSON` with `details`.
 //!
 //! The body size is bounded before reading: a `Content-Length` over the limit is refused
@@ -109,7 +109,7 @@ fn too_large(limit: usize) -> ApiError {
 
 /// Accepts `application/json` and any `application/*+json`, with or without parameters,
 /// and a body without a `Content-Type` (or with an empty one), which is read as JSON, as
-/// the seed does.
+/// the README's error table promises existing clients.
 fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
     let Some(raw) = content_type.filter(|ct| !ct.trim().is_empty()) else {
         return Ok(());

@@ -1,4 +1,5 @@
-//! `/kv/{key}`: the seed's key-value API.
+//! `/kv/{key}`: the key-value API, with the request and response shapes of the API
+//! contract in the README (section "API").
 
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -42,7 +43,8 @@ pub struct PutRequest {
     /// The value to store: a non-empty UTF-8 string of at most `server.max_value_bytes`
     /// bytes (1 MiB by default).
     // A missing or null `value` reads as empty, so `{}`, `{"value": null}` and
-    // `{"val": "x"}` answer `EMPTY_VALUE` like `{"value": ""}`, as in the seed.
+    // `{"val": "x"}` answer `EMPTY_VALUE` like `{"value": ""}`, as the README's error
+    // table says.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub value: String,
 }

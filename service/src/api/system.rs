@@ -57,7 +57,7 @@ pub struct FollowerView {
 #[derive(Debug, Clone, Object)]
 #[oai(example)]
 pub struct StatusResponse {
-    /// Always `kvstore`: which server answers (a field the seed's clients read).
+    /// Always `kvstore`: which server answers (a field existing clients of the API read).
     pub server: String,
     /// `healthy` when this node can serve reads and writes (what `/ready` answers 200
     /// for), otherwise `degraded`: no leader known, applying behind, storage

@@ -22,8 +22,8 @@ use super::rpc::{
 };
 use super::typ::Snapshot;
 use super::{RaftNode, TypeConfig};
-use crate::api::error::{ApiError, InvalidJsonDetails};
-use crate::api::secret_matches;
+use crate::error::{ApiError, InvalidJsonDetails};
+use crate::secret::secret_matches;
 use crate::telemetry::trace;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -99,7 +99,7 @@ pub fn rpc_app(
                 };
                 Ok(match ep.call(req).instrument(span).await {
                     Ok(resp) => resp.into_response(),
-                    Err(err) => crate::api::error::to_json_response(err, method.as_str(), path),
+                    Err(err) => crate::error::to_json_response(err, method.as_str(), path),
                 })
             }
         })

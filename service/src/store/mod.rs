@@ -26,60 +26,17 @@ use openraft::storage::{
     EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine,
 };
 use openraft::{OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::Instrument;
 
 pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
 pub use space::{is_out_of_space, DiskFull};
 
 use crate::config::{Settings, StorageType};
-use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
-use crate::raft::TypeConfig;
 use crate::telemetry::metrics;
-
-/// A change to the key-value data, replicated through the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
-}
-
-impl Command {
-    /// The bytes of client data the command carries (key and value): what bounds its
-    /// share of replication messages and of the leader's bytes in flight.
-    pub fn payload_bytes(&self) -> usize {
-        match self {
-            Command::Put { key, value } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
-        }
-    }
-}
-
-impl std::fmt::Display for Command {
-    // Shown in openraft's logs: names the key, never the value.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Put { key, value } => write!(f, "put {key:?} ({} bytes)", value.len()),
-            Command::Delete { key } => write!(f, "delete {key:?}"),
-        }
-    }
-}
-
-/// A [`Command`] as it travels in the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    pub command: Command,
-    /// W3C `traceparent` of the span that proposed the command. Storage work happens in
-    /// openraft's own tasks, on every node; this links its spans to the request's trace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<String>,
-}
-
-impl std::fmt::Display for Proposal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.command, f)
-    }
-}
+use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
+use crate::types::TypeConfig;
+pub use crate::types::{Command, CommandResult, Proposal};
 
 /// The `traceparent` of the first entry that carries one.
 fn first_trace<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Option<String> {
@@ -103,21 +60,6 @@ fn storage_span(
     };
     crate::telemetry::trace::set_parent_from_traceparent(&span, &trace);
     Some(span)
-}
-
-/// What applying a [`Command`] did, returned to the client that proposed it.
-///
-/// Whether a delete found its key is decided by the state machine, at the command's
-/// place in the log, so a 404 for a delete is as linearizable as the delete itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum CommandResult {
-    /// Blank and membership entries carry no client command.
-    #[default]
-    None,
-    Stored,
-    Deleted {
-        existed: bool,
-    },
 }
 
 /// The three views of one opened store.
@@ -512,15 +454,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
-/// Creates the data dir if needed and proves a file can be written in it, so a
-/// read-only or foreign-owned directory fails at start, not at the first write.
 /// Adds to `retired` the members of `previous` that `next` leaves out: a node that
 /// leaves the membership is retired for good, and its id is never reused. Returns
 /// whether the set grew.
 pub(crate) fn retire_leavers(
     retired: &mut BTreeSet<u64>,
     previous: &StoredMembership,
-    next: &openraft::Membership<u64, crate::raft::NodeAddr>,
+    next: &openraft::Membership<u64, crate::types::NodeAddr>,
 ) -> bool {
     let before = retired.len();
     retired.extend(
@@ -533,6 +473,8 @@ pub(crate) fn retire_leavers(
     retired.len() != before
 }
 
+/// Creates the data dir if needed and proves a file can be written in it, so a
+/// read-only or foreign-owned directory fails at start, not at the first write.
 pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
     create_dir_durably(dir)?;
     let probe = dir.join(".write-probe");
@@ -578,7 +520,7 @@ pub(crate) mod test_entries {
     use openraft::entry::RaftEntry;
 
     use super::{Command, Proposal};
-    use crate::raft::typ::{Entry, LogId};
+    use crate::types::typ::{Entry, LogId};
 
     pub fn entry(index: u64, command: Command) -> Entry {
         let leader = openraft::impls::leader_id_adv::LeaderId {

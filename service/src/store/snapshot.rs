@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::raft::typ::{LogId, SnapshotMeta};
+use crate::types::typ::{LogId, SnapshotMeta};
 
 /// The data of one snapshot: an open file positioned at its start.
 pub type SnapshotFile = File;
@@ -35,9 +35,9 @@ pub struct SnapshotRecord {
 impl SnapshotRecord {
     /// Opens the recorded snapshot in `dir`; `None` when its file is gone (a data dir
     /// that was wiped), so openraft builds a new one.
-    pub fn open(self, dir: &Path) -> io::Result<Option<crate::raft::typ::Snapshot<SnapshotFile>>> {
+    pub fn open(self, dir: &Path) -> io::Result<Option<crate::types::typ::Snapshot<SnapshotFile>>> {
         match File::open(snapshot_path(dir, &self.file_id)) {
-            Ok(file) => Ok(Some(crate::raft::typ::Snapshot {
+            Ok(file) => Ok(Some(crate::types::typ::Snapshot {
                 meta: self.meta,
                 snapshot: file,
             })),

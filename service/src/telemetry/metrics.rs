@@ -2,16 +2,13 @@
 //!
 //! Names follow Prometheus conventions: a `kvstore_` prefix, base units in the name
 //! (`_seconds`, `_bytes`, `_entries`), `_total` on counters. HTTP and storage code
-//! records into the recorder directly. A watcher task turns openraft's metrics into
-//! gauges, and a sampler task reads key counts and storage size every few seconds.
+//! records into the recorder directly; so does the Raft layer, whose tasks turn openraft's
+//! metrics into gauges and sample key counts and storage size (`raft/gauges.rs`).
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use openraft::async_runtime::WatchReceiver;
-use openraft::ServerState;
 
 pub const HTTP_REQUESTS: &str = "kvstore_http_requests_total";
 pub const HTTP_ERRORS: &str = "kvstore_http_errors_total";
@@ -24,6 +21,10 @@ pub const RAFT_IS_LEADER: &str = "kvstore_raft_is_leader";
 pub const RAFT_LEADER_ID: &str = "kvstore_raft_leader_id";
 pub const RAFT_LEADER_CHANGES: &str = "kvstore_raft_leader_changes_total";
 pub const PRE_VOTE_ROUNDS: &str = "kvstore_raft_pre_vote_rounds_total";
+/// The `outcome` labels of [`PRE_VOTE_ROUNDS`]: the round led to an election, or not.
+pub const PRE_VOTE_ELECTION: &str = "election";
+pub const PRE_VOTE_NO_ELECTION: &str = "no_election";
+const PRE_VOTE_OUTCOMES: [&str; 2] = [PRE_VOTE_ELECTION, PRE_VOTE_NO_ELECTION];
 pub const RAFT_LAST_LOG: &str = "kvstore_raft_last_log_index";
 pub const RAFT_COMMITTED: &str = "kvstore_raft_committed_index";
 pub const RAFT_APPLIED: &str = "kvstore_raft_applied_index";
@@ -195,7 +196,7 @@ fn describe() {
     // Counters that a dashboard queries must exist before their first event.
     counter!(LOG_LINES_DROPPED).absolute(0);
     counter!(RAFT_LEADER_CHANGES).absolute(0);
-    for outcome in crate::raft::pre_vote_outcomes() {
+    for outcome in PRE_VOTE_OUTCOMES {
         counter!(PRE_VOTE_ROUNDS, "outcome" => outcome).absolute(0);
     }
     counter!(SNAPSHOTS_BUILT).absolute(0);
@@ -206,91 +207,4 @@ fn describe() {
     for kind in ["write", "read_index", "admin"] {
         counter!(FORWARDED, "kind" => kind).absolute(0);
     }
-}
-
-/// The shortest pause between two updates of the Raft gauges.
-const METRICS_MIN_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs.
-pub fn watch_raft(node: &crate::raft::RaftNode) {
-    gauge!(
-        NODE_INFO,
-        "node_id" => node.id().to_string(),
-        "version" => env!("CARGO_PKG_VERSION"),
-        "storage" => node.storage_type().as_str()
-    )
-    .set(1.0);
-    let mut rx = node.raft_metrics_watch();
-    let weak = node.downgrade();
-    tokio::spawn(async move {
-        let mut leader: Option<u64> = None;
-        loop {
-            let m = rx.borrow_watched().clone();
-            if m.running_state.is_err() || m.state == ServerState::Shutdown {
-                return;
-            }
-            // The leader as clients see it: none while this node leads without a
-            // majority, or has not heard from its leader, within the lease.
-            // Held only for this call, so that the node (and its store) can close.
-            let Some(node) = weak.upgrade() else { return };
-            let in_touch = node.leader_in_touch().await;
-            drop(node);
-            if m.current_leader.is_some() && m.current_leader != leader {
-                counter!(RAFT_LEADER_CHANGES).increment(1);
-            }
-            leader = m.current_leader;
-            gauge!(RAFT_TERM).set(m.current_term as f64);
-            gauge!(RAFT_IS_LEADER).set(if in_touch == Some(m.id) { 1.0 } else { 0.0 });
-            gauge!(RAFT_LEADER_ID).set(in_touch.unwrap_or(0) as f64);
-            gauge!(RAFT_LAST_LOG).set(m.last_log_index.unwrap_or(0) as f64);
-            gauge!(RAFT_COMMITTED).set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
-            gauge!(RAFT_APPLIED).set(m.last_applied.as_ref().map_or(0, |l| l.index) as f64);
-            if m.state == ServerState::Leader {
-                let last = m.last_log_index.unwrap_or(0);
-                for (id, matched) in m.replication.iter().flatten() {
-                    if *id != m.id {
-                        let behind = last.saturating_sub(matched.as_ref().map_or(0, |l| l.index));
-                        gauge!(RAFT_LAG, "follower" => id.to_string()).set(behind as f64);
-                    }
-                }
-                for (id, acked) in m.heartbeat.iter().flatten() {
-                    if *id != m.id {
-                        let age = acked.as_ref().map_or(f64::NAN, |at| {
-                            openraft::Instant::elapsed(&**at).as_secs_f64()
-                        });
-                        gauge!(RAFT_HEARTBEAT_AGE, "follower" => id.to_string()).set(age);
-                    }
-                }
-            }
-            // Wake on a change, and at least once a second for the ages; but no more
-            // than ten times a second: under load Raft's metrics change on every
-            // commit, and scrapes come seconds apart.
-            tokio::time::sleep(METRICS_MIN_INTERVAL).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
-        }
-    });
-}
-
-/// Samples the key count and the storage size every five seconds, for as long as the
-/// node exists (it holds the node only while sampling, so the store can close).
-pub fn sample_storage(node: &crate::raft::RaftNode) {
-    let weak = node.downgrade();
-    tokio::spawn(async move {
-        loop {
-            {
-                let Some(node) = weak.upgrade() else { return };
-                if node.is_shut_down() {
-                    return;
-                }
-                if let Ok(keys) = node.key_count().await {
-                    gauge!(KEYS).set(keys as f64);
-                }
-                if let Ok(bytes) = node.storage_size().await {
-                    gauge!(STORAGE_SIZE, "backend" => node.storage_type().as_str())
-                        .set(bytes as f64);
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
 }

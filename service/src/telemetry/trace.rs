@@ -5,7 +5,7 @@
 //! A write that reaches a follower is one trace: the follower's HTTP span, the
 //! forwarded call, the leader's RPC span, the Raft proposal, and the storage append and
 //! apply on every node. Storage work runs in openraft's own tasks, so the proposing
-//! span's `traceparent` travels inside the log entry ([`crate::store::Proposal`]) and
+//! span's `traceparent` travels inside the log entry ([`crate::types::Proposal`]) and
 //! the append and apply spans take it as their parent.
 
 use opentelemetry::propagation::TextMapCompositePropagator;

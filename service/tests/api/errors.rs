@@ -8,8 +8,8 @@ use reqwest::Method;
 
 use crate::helpers::{error, json, spawn_app, spawn_app_with, Backend};
 
-// The seed's error contract, row by row: the same status, `code` and `error` text as
-// the seed's reference server.
+// The error table of the README, row by row: the status, `code` and `error` text that
+// existing clients of the API rely on.
 
 async fn empty_body_is_empty_body(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -109,7 +109,7 @@ async fn a_content_type_that_is_not_json_is_invalid_content_type(backend: Backen
     app.stop().await;
 }
 
-/// As with the seed, a body without a `Content-Type` is read as JSON.
+/// As the README's error table says, a body without a `Content-Type` is read as JSON.
 async fn a_body_without_content_type_is_read_as_json(backend: Backend) {
     let app = spawn_app(backend).await;
     let resp = app.put_raw("k", None, "{\"value\": \"v\"}").await;

@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::helpers::{error, json, spawn_app, Backend};
 
-async fn seed_examples_return_the_seed_json(backend: Backend) {
+async fn readme_examples_return_the_documented_json(backend: Backend) {
     let app = spawn_app(backend).await;
 
     let body = json(app.put("user:1", "John Doe").await, 201).await;
@@ -92,33 +92,12 @@ async fn non_ascii_keys_and_values_round_trip(backend: Backend) {
     app.stop().await;
 }
 
-async fn stale_reads_serve_the_local_copy(backend: Backend) {
-    let app = spawn_app(backend).await;
-    json(app.put("k", "v").await, 201).await;
-    let resp = app
-        .client
-        .get(app.url("/kv/k?consistency=stale"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(resp, 200).await["value"], "v");
-    let resp = app
-        .client
-        .get(app.url("/kv/k?consistency=linearizable"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(resp, 200).await["value"], "v");
-    app.stop().await;
-}
-
 crate::backend_tests!(
-    seed_examples_return_the_seed_json,
+    readme_examples_return_the_documented_json,
     responses_name_the_serving_node,
     put_overwrites,
     delete_of_missing_key_is_404_with_the_key,
     keys_may_contain_slashes,
     percent_escapes_are_decoded,
     non_ascii_keys_and_values_round_trip,
-    stale_reads_serve_the_local_copy,
 );

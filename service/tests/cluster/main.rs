@@ -202,6 +202,44 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     );
 }
 
+/// A stale read is answered from the node's own copy, without the leader: a follower
+/// whose peers are all stalled still serves it (a value, and a 404 for a key it does not
+/// have), while a linearizable read there, which needs the leader, fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_serve_the_local_copy() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let follower = others(&[1, 2, 3], leader)[0];
+    put_ok(&cluster.client, &cluster.url(leader, "/kv/k"), "v").await;
+    cluster
+        .wait_local_value(follower, "k", "v", Duration::from_secs(5))
+        .await;
+
+    for id in others(&[1, 2, 3], follower) {
+        cluster.pause(id);
+    }
+    let stale = |key: &str| cluster.url(follower, &format!("/kv/{key}?consistency=stale"));
+    let (code, body) = get_json(&cluster.client, &stale("k")).await.unwrap();
+    assert_eq!((code, &body["value"]), (200, &json!("v")), "{body}");
+    assert_eq!(body["node_id"], follower);
+    let (code, body) = get_json(&cluster.client, &stale("absent")).await.unwrap();
+    assert_eq!(
+        (code, &body["code"]),
+        (404, &json!("KEY_NOT_FOUND")),
+        "{body}"
+    );
+    let (code, body) = get_json(&cluster.client, &cluster.url(follower, "/kv/k"))
+        .await
+        .expect("an HTTP answer");
+    assert!(
+        code == 503 || code == 504,
+        "a linearizable read without the leader must fail: {code} {body}"
+    );
+    assert!(body["code"].is_string(), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_follower_does_not_stop_the_majority_and_converges() {
     let cluster = Cluster::start(3, &[]);

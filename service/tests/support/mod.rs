@@ -164,21 +164,29 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        // A stopped process must be continued before it can die of SIGKILL cleanly.
-        signal(self.pid(), "CONT");
+        // A stopped process must be continued before it can die of SIGKILL cleanly. One
+        // that has exited and been reaped has no pid left to signal.
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.pid(), "CONT");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Sends signal `name` to `pid`; a signal that was not delivered fails the test, so a
+/// test never goes on believing it stopped, continued or reloaded a process.
 pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
+    let out = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status()
+        .output()
         .expect("run kill");
-    let _ = status;
+    assert!(
+        out.status.success(),
+        "kill -{name} {pid} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 /// A port that is free on `ip` now, for a server that must be told its port before it

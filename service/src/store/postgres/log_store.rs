@@ -11,9 +11,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use super::{read_meta, to_i64, Db, Meta};
-use crate::raft::typ::{Entry, LogId, Vote};
-use crate::raft::TypeConfig;
 use crate::store::{decode, encode};
+use crate::types::typ::{Entry, LogId, Vote};
+use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";

@@ -320,7 +320,7 @@ impl PgHandle {
         let known = self.state_machine.applied_index();
         let (value, stored) = read().await?;
         let stored_index = stored
-            .and_then(|b| super::decode::<Option<crate::raft::typ::LogId>>(&b).ok())
+            .and_then(|b| super::decode::<Option<crate::types::typ::LogId>>(&b).ok())
             .flatten()
             .map(|id| id.index);
         if known.is_none_or(|known| stored_index.is_some_and(|s| s >= known)) {

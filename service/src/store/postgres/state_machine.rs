@@ -15,8 +15,6 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use sqlx::{Postgres, Transaction};
 
 use super::{read_meta, Db, Meta};
-use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
-use crate::raft::TypeConfig;
 use crate::store::snapshot::{
     remove_other_snapshots, snapshot_file_id, snapshot_path, SnapshotReader, SnapshotRecord,
     SnapshotWriter,
@@ -24,6 +22,8 @@ use crate::store::snapshot::{
 use crate::store::{
     blocking, decode, encode, io_err, Command, CommandResult, Preamble, Proposal, SnapshotFile,
 };
+use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::TypeConfig;
 
 pub(super) const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";

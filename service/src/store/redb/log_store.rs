@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::segments::Segments;
 use super::{read_meta, redb_err, Db, LOG_META};
-use crate::raft::typ::{Entry, LogId, Vote};
-use crate::raft::TypeConfig;
 use crate::store::space::Writer as DiskWriter;
 use crate::store::{decode, encode, is_out_of_space, DiskFull, RETRY_FIRST, RETRY_MAX};
+use crate::types::typ::{Entry, LogId, Vote};
+use crate::types::TypeConfig;
 
 const VOTE: &str = "vote";
 pub(super) const COMMITTED: &str = "committed";

@@ -108,7 +108,7 @@ pub fn open(
             segments::LOG_DIR
         );
     }
-    type LogId = openraft::alias::LogIdOf<crate::raft::TypeConfig>;
+    type LogId = openraft::alias::LogIdOf<crate::types::TypeConfig>;
     let (purged, committed) = {
         let read = log_db.begin_read().map_err(|e| log_err(&e))?;
         let meta = read.open_table(LOG_META).map_err(|e| log_err(&e))?;
@@ -443,7 +443,7 @@ mod tests {
     use openraft::StorageError;
 
     use super::*;
-    use crate::raft::TypeConfig;
+    use crate::types::TypeConfig;
 
     /// Each suite case gets a fresh, empty store in its own temp dir; the dir lives as
     /// long as the case (the guard `G`).
@@ -526,7 +526,7 @@ mod tests {
     }
 
     /// Applies `entries` as openraft would, without waiting for the results.
-    async fn apply(sm: &mut RedbStateMachine, entries: Vec<crate::raft::typ::Entry>) {
+    async fn apply(sm: &mut RedbStateMachine, entries: Vec<crate::types::typ::Entry>) {
         use openraft::storage::RaftStateMachine;
         let items = entries.into_iter().map(|e| Ok((e, None)));
         sm.apply(futures::stream::iter(items)).await.unwrap();
@@ -678,7 +678,7 @@ mod tests {
         index: u64,
         a: &str,
         filler: usize,
-    ) -> (crate::raft::typ::SnapshotMeta, std::fs::File) {
+    ) -> (crate::types::typ::SnapshotMeta, std::fs::File) {
         let mut writer = crate::store::SnapshotWriter::create(
             dir,
             &format!("peer-{index}"),
@@ -689,7 +689,7 @@ mod tests {
         for i in 0..filler {
             writer.write_pair(&format!("filler-{i:08}"), "x").unwrap();
         }
-        let meta = crate::raft::typ::SnapshotMeta {
+        let meta = crate::types::typ::SnapshotMeta {
             last_log_id: Some(crate::store::test_entries::put(index, "a", a).log_id),
             last_membership: Default::default(),
         };

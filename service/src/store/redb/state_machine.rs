@@ -16,8 +16,6 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Durability, ReadableTableMetadata};
 
 use super::{read_meta, redb_err, Db, KV, SM_META};
-use crate::raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
-use crate::raft::TypeConfig;
 use crate::store::snapshot::{
     remove_other_snapshots, remove_unfinished_snapshots, snapshot_file_id, SnapshotReader,
     SnapshotRecord, SnapshotWriter,
@@ -27,6 +25,8 @@ use crate::store::{
     blocking, encode, is_out_of_space, retry_while_full, Command, CommandResult, DiskFull,
     Preamble, Proposal, SnapshotFile, RETRY_FIRST, RETRY_MAX,
 };
+use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::TypeConfig;
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";

@@ -1,5 +1,7 @@
-//! The one error type every route returns. Each variant has one HTTP status and one
-//! stable `code`; the body is always JSON: `{"error": text, "code": CODE, ...}`.
+//! The one error type every route returns, on the client API and on the Raft listener.
+//! Each variant has one HTTP status and one stable `code`; the body is always JSON:
+//! `{"error": text, "code": CODE, ...}`. It imports nothing else of this crate; how
+//! the node's errors map onto it is the API's business (`api/node_error.rs`).
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
@@ -7,8 +9,6 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{Example, Type};
 use poem_openapi::{ApiResponse, Enum, Object};
-
-use crate::raft::NodeError;
 
 /// Stable, machine-readable error codes. Clients branch on these, never on `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -58,7 +58,8 @@ pub struct ErrorBody {
     pub details: Option<InvalidJsonDetails>,
 }
 
-/// The seed's `details` of an `INVALID_JSON` answer, so a client can see what it sent.
+/// The `details` of an `INVALID_JSON` answer (README, "Errors"), so a client can see
+/// what it sent.
 #[derive(Debug, Clone, PartialEq, Eq, Object)]
 pub struct InvalidJsonDetails {
     /// The JSON parser's message, with the line and column where it stopped.
@@ -102,7 +103,7 @@ impl Example for ErrorBody {
 /// Every way a request can fail.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    // The seed's texts, word for word: its clients may show them.
+    // The texts of the README's error table, word for word: clients may show them.
     #[error("Invalid JSON format")]
     InvalidJson(InvalidJsonDetails),
     #[error("Request body is required")]
@@ -281,31 +282,6 @@ impl ApiError {
     }
 }
 
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        let message = e.to_string();
-        match e {
-            NodeError::NoLeader { leader } => ApiError::NoLeader { message, leader },
-            NodeError::LeaderUnreachable { leader } => ApiError::NoLeader {
-                message,
-                leader: Some(leader),
-            },
-            NodeError::NoQuorum(_) => ApiError::NoLeader {
-                message,
-                leader: None,
-            },
-            NodeError::InvalidMembership(_) => ApiError::InvalidMembership(message),
-            NodeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
-            NodeError::Timeout(_) => ApiError::Timeout(message),
-            NodeError::Overloaded(_) => ApiError::Overloaded(message),
-            NodeError::Unavailable(_) => ApiError::Unavailable(message),
-            NodeError::StorageUnavailable(_) => ApiError::StorageUnavailable(message),
-            NodeError::NoSpace(_) => ApiError::NoSpace(message),
-            NodeError::Storage(_) => ApiError::Internal(message),
-        }
-    }
-}
-
 impl poem::error::ResponseError for ApiError {
     fn status(&self) -> StatusCode {
         ApiError::status(self)
@@ -427,8 +403,9 @@ impl ApiResponse for ApiError {
     }
 }
 
-/// Used by `catch_all_error`: everything the router or an extractor rejects becomes
-/// the same JSON error shape as the handlers' own errors.
+/// Used by the outermost error layer of the client API (`api::app`) and of the Raft
+/// listener: everything the router or an extractor rejects becomes the same JSON error
+/// shape as the handlers' own errors.
 pub fn to_json_response(err: poem::Error, method: &str, path: &str) -> Response {
     let api = ApiError::from_poem(&err, method, path);
     let mut response = api.into_response();
@@ -454,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn key_not_found_matches_the_seed_shape() {
+    fn key_not_found_matches_the_documented_shape() {
         let body = ApiError::KeyNotFound("user:1".into()).body();
         let json = body.to_json().unwrap();
         assert_eq!(
@@ -472,34 +449,6 @@ mod tests {
         let short = InvalidJsonDetails::new("m", b"{\"value\": \xff");
         assert_eq!(short.body_length, 11);
         assert_eq!(short.body_preview, "{\"value\": \u{fffd}");
-    }
-
-    #[test]
-    fn bodies_never_show_rust_internals() {
-        // What a full disk made openraft report, and what a client once read.
-        let fatal = "when Write Log(LogId { leader_id: LeaderId { term: 1, node_id: 1 }, \
-                     index: 140 }): std::io::error::Error: No space left on device (os error 28)";
-        let errors = [
-            ApiError::from(NodeError::Unavailable(fatal.into())),
-            ApiError::from(NodeError::Storage(fatal.into())),
-            ApiError::from(NodeError::OutcomeUnknown(format!(
-                "discarded: {:?}",
-                Some(std::io::Error::other("x"))
-            ))),
-            ApiError::Internal(format!("{:?}", std::io::Error::other("boom"))),
-        ];
-        for e in errors {
-            let body = e.body();
-            assert!(!reveals_internals(&body.error), "{body:?}");
-            assert!(!body.error.is_empty());
-            assert_eq!(body.code, e.code());
-        }
-        // Sentences of kvstore's own pass unchanged.
-        let body = ApiError::from(NodeError::NoLeader { leader: Some(2) }).body();
-        assert_eq!(
-            body.error,
-            "no leader is available to serve this request (last known leader: node 2)"
-        );
     }
 
     #[test]
