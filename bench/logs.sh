@@ -45,7 +45,7 @@ start_cluster() { # DIR [VAR=VALUE...]: three nodes with the default logging set
     env -i PATH="$PATH" KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="$(api_port "$i")" \
       KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="$(raft_port "$i")" \
       KV_CLUSTER_INITIAL_MEMBERS="$(IFS=,; echo "${members[*]}")" \
-      KV_STORAGE_DATA_DIR="$dir/node$i" KV_RAFT_ELECTION_TIMEOUT=500ms "$@" \
+      KV_STORAGE_DATA_DIR="$dir/node$i" KV_RAFT_ELECTION_TIMEOUT=500ms KV_CLUSTER_INSECURE=true "$@" \
       "$KV" >"$dir/node$i.log" 2>&1 &
     PIDS+=($!)
   done

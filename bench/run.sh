@@ -110,7 +110,8 @@ start_kvstore() { # N BACKEND
   for i in $(seq "$n"); do
     local env=(KV_RAFT_NODE_ID="$i" KV_SERVER_HOST=127.0.0.1 KV_SERVER_PORT="1808$i"
       KV_CLUSTER_RAFT_HOST=127.0.0.1 KV_CLUSTER_RAFT_PORT="1908$i" KV_CLUSTER_INITIAL_MEMBERS="$initial"
-      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND-$RUN" KV_RAFT_ELECTION_TIMEOUT=500ms)
+      KV_STORAGE_DATA_DIR="$WORK/kv-$backend-$n-$i-r$ROUND-$RUN" KV_RAFT_ELECTION_TIMEOUT=500ms
+      KV_CLUSTER_INSECURE=true)
     if [ -n "$LOG_LEVEL" ]; then env+=(KV_LOG_LEVEL="$LOG_LEVEL"); fi
     if [ "$backend" = postgres ]; then
       env+=(KV_STORAGE_TYPE=database KV_DB_HOST=127.0.0.1 KV_DB_PORT="$PG_PORT" KV_DB_NAME="kv${ROUND}_$i"

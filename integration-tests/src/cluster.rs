@@ -138,6 +138,8 @@ impl Cluster {
             .map(|i| format!("{i}=http://kv{i}:{API_PORT}|http://kv{i}:{RAFT_PORT}"))
             .collect::<Vec<_>>()
             .join(",");
+        // The nodes talk over a network of their own, with the secret a deployment uses.
+        let secret = format!("{name}-secret");
         let mut nodes = Vec::new();
         for i in 1..=3u32 {
             let mut request = GenericImage::new(&image, &tag)
@@ -157,6 +159,7 @@ impl Cluster {
                     format!("http://kv{i}:{RAFT_PORT}"),
                 )
                 .with_env_var("KV_CLUSTER_INITIAL_MEMBERS", &members)
+                .with_env_var("KV_CLUSTER_SECRET", &secret)
                 .with_env_var("KV_RAFT_ELECTION_TIMEOUT", "500ms")
                 .with_env_var("KV_RAFT_PRE_VOTE", pre_vote.to_string())
                 .with_env_var("KV_SERVER_REQUEST_TIMEOUT", "2s")

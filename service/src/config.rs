@@ -61,6 +61,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("KV_CLUSTER_INITIAL_MEMBERS", "cluster.initial_members"),
     ("KV_CLUSTER_BOOTSTRAP", "cluster.bootstrap"),
     ("KV_CLUSTER_SECRET", "cluster.secret"),
+    ("KV_CLUSTER_INSECURE", "cluster.insecure"),
     ("KV_AUTH_TOKENS", "auth.tokens"),
     ("KV_LOG_LEVEL", "logging.level"),
     ("KV_LOG_FORMAT", "logging.format"),
@@ -318,6 +319,10 @@ pub struct ClusterSettings {
     pub bootstrap: bool,
     /// Shared secret for Raft RPC and the membership routes. Empty: no check.
     pub secret: String,
+    /// Allows a node of a multi-node cluster to run without `secret`, leaving its Raft
+    /// listener and membership routes open to anyone who can reach them. Off, such a
+    /// node refuses to start: an open Raft port lets anyone rewrite the cluster's data.
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -330,6 +335,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("advertise_raft", &self.advertise_raft)
             .field("initial_members", &self.initial_members)
             .field("bootstrap", &self.bootstrap)
+            .field("insecure", &self.insecure)
             .field(
                 "secret",
                 &if self.secret.is_empty() {
@@ -625,6 +631,7 @@ cluster:
   initial_members: []
   bootstrap: true
   secret: ""
+  insecure: false
 auth:
   tokens: []
 logging:
@@ -936,6 +943,28 @@ impl Settings {
                     self.raft.node_id
                 ),
             ));
+        }
+        if c.secret.is_empty() && !c.insecure {
+            let peers = if c.initial_members.len() > 1 {
+                Some(format!(
+                    "cluster.initial_members lists {} members",
+                    c.initial_members.len()
+                ))
+            } else {
+                (!c.bootstrap).then(|| "cluster.bootstrap is false (it joins a cluster)".into())
+            };
+            if let Some(peers) = peers {
+                return Err(ConfigError::invalid(
+                    "cluster.secret",
+                    format!(
+                        "is empty, and {peers}: without a secret anyone who can reach \
+                         the Raft listener or the /cluster routes can rewrite the \
+                         cluster's data. Set the same cluster.secret (KV_CLUSTER_SECRET) \
+                         on every node, or set cluster.insecure: true \
+                         (KV_CLUSTER_INSECURE) to run without one on a network you trust"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1371,17 +1400,20 @@ mod tests {
 
     #[test]
     fn initial_members_from_yaml_and_from_env() {
-        let yaml = "raft:\n  node_id: 2\ncluster:\n  initial_members:\n    - {id: 1, api_addr: \"http://a:8081\", raft_addr: \"http://a:9001\"}\n    - {id: 2, api_addr: \"http://b:8082\", raft_addr: \"http://b:9002\"}\n";
+        let yaml = "raft:\n  node_id: 2\ncluster:\n  initial_members:\n    - {id: 1, api_addr: \"http://a:8081\", raft_addr: \"http://a:9001\"}\n    - {id: 2, api_addr: \"http://b:8082\", raft_addr: \"http://b:9002\"}\n  secret: \"s3cret\"\n";
         let s = load(Some(yaml), &[]).unwrap();
         assert_eq!(s.cluster.initial_members.len(), 2);
         assert_eq!(s.cluster.initial_members[1].raft_addr, "http://b:9002");
 
         let s = load(
             None,
-            &[(
-                "KV_CLUSTER_INITIAL_MEMBERS",
-                "1=http://a:8081|http://a:9001, 2=http://b:8082|http://b:9002",
-            )],
+            &[
+                (
+                    "KV_CLUSTER_INITIAL_MEMBERS",
+                    "1=http://a:8081|http://a:9001, 2=http://b:8082|http://b:9002",
+                ),
+                ("KV_CLUSTER_INSECURE", "true"),
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -1410,6 +1442,32 @@ mod tests {
         assert!(msg.contains("cluster.initial_members"), "{msg}");
         let msg = error_text(None, &[("KV_CLUSTER_ADVERTISE_API", "localhost:8080")]);
         assert!(msg.contains("cluster.advertise_api"), "{msg}");
+    }
+
+    /// A node with peers and no `cluster.secret` would leave its Raft listener open: it
+    /// refuses to start, naming both settings, unless `cluster.insecure` says to.
+    #[test]
+    fn a_multi_node_cluster_needs_a_secret_or_insecure() {
+        let two = (
+            "KV_CLUSTER_INITIAL_MEMBERS",
+            "1=http://a:1|http://a:2,2=http://b:1|http://b:2",
+        );
+        for env in [vec![two], vec![("KV_CLUSTER_BOOTSTRAP", "false")]] {
+            let msg = error_text(None, &env);
+            assert!(msg.contains("`cluster.secret`"), "{msg}");
+            assert!(msg.contains("cluster.insecure"), "{msg}");
+            let with_secret = [env.clone(), vec![("KV_CLUSTER_SECRET", "s3cret")]].concat();
+            load(None, &with_secret).unwrap();
+            let insecure = [env, vec![("KV_CLUSTER_INSECURE", "true")]].concat();
+            assert!(load(None, &insecure).unwrap().cluster.insecure);
+        }
+        // A single node, alone or listed as the only initial member, needs neither.
+        load(None, &[]).unwrap();
+        load(
+            None,
+            &[("KV_CLUSTER_INITIAL_MEMBERS", "1=http://a:1|http://a:2")],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -45,8 +45,11 @@ impl Application {
         };
         if settings.cluster.secret.is_empty() {
             tracing::warn!(
-                "cluster.secret is not set: the Raft listener and the membership routes \
-                 accept requests from anyone who can reach them"
+                raft_addr = %raft_addr,
+                insecure = settings.cluster.insecure,
+                "cluster.secret is not set: the Raft listener and the /cluster routes \
+                 accept requests from anyone who can reach them, who can then read and \
+                 rewrite every key; set the same cluster.secret on every node"
             );
         }
         crate::telemetry::metrics::install();

@@ -129,7 +129,13 @@ async fn a_missing_log_directory_is_created_and_the_start_up_line_names_the_conf
 async fn status_is_degraded_while_no_leader_is_known() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[("KV_CLUSTER_BOOTSTRAP", "false")]);
+    let node = Node::start(
+        dir.path(),
+        &[
+            ("KV_CLUSTER_BOOTSTRAP", "false"),
+            ("KV_CLUSTER_INSECURE", "true"),
+        ],
+    );
     let resp = client.get(node.url("/status")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
@@ -171,6 +177,55 @@ fn invalid_config_exits_non_zero_naming_the_setting() {
             "{env:?}: stderr does not name {setting}: {stderr}"
         );
     }
+}
+
+/// A node with peers and no `cluster.secret` would open its Raft listener to anyone who
+/// reaches it: it exits non-zero before serving, naming `cluster.secret` and
+/// `cluster.insecure`. With `cluster.insecure: true` it starts and says what is open in
+/// one warning, as a single node without a secret does; with a secret, no warning.
+#[test]
+fn a_node_with_peers_starts_only_with_a_cluster_secret_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    // The peer need not exist: the node starts and waits for it.
+    let peers = (
+        "KV_CLUSTER_INITIAL_MEMBERS",
+        "1=http://127.0.0.1:1|http://127.0.0.1:2,2=http://127.0.0.1:3|http://127.0.0.1:4",
+    );
+    let joining = ("KV_CLUSTER_BOOTSTRAP", "false");
+    for (n, env) in [vec![peers], vec![joining]].into_iter().enumerate() {
+        let data = dir.path().join(format!("refused{n}"));
+        let (status, stdout, stderr) = run_to_exit(&data, &env, &[]);
+        assert!(!status.success(), "{env:?} started without a secret");
+        assert!(
+            stderr.contains("`cluster.secret`") && stderr.contains("cluster.insecure"),
+            "{env:?}: {stderr}"
+        );
+        assert!(!stdout.contains("serving the client API"), "{stdout}");
+    }
+
+    let warning = |node: &Node| {
+        node.log_lines()
+            .into_iter()
+            .filter(|l| {
+                l["level"] == "WARN"
+                    && l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("cluster.secret is not set"))
+            })
+            .count()
+    };
+    for (n, env) in [vec![peers], vec![joining]].into_iter().enumerate() {
+        let env = [env, vec![("KV_CLUSTER_INSECURE", "true")]].concat();
+        let node = Node::start(&dir.path().join(format!("insecure{n}")), &env);
+        assert_eq!(warning(&node), 1, "{env:?}");
+    }
+    let single = Node::start(&dir.path().join("single"), &[]);
+    assert_eq!(warning(&single), 1);
+    let secured = Node::start(
+        &dir.path().join("secured"),
+        &[peers, ("KV_CLUSTER_SECRET", "correct horse")],
+    );
+    assert_eq!(warning(&secured), 0);
 }
 
 #[test]

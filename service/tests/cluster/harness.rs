@@ -84,6 +84,9 @@ impl Cluster {
             ("KV_RAFT_HEARTBEAT_TIMEOUT".into(), "50ms".into()),
             ("KV_RAFT_ELECTION_TIMEOUT".into(), "500ms".into()),
             ("KV_SERVER_REQUEST_TIMEOUT".into(), "3s".into()),
+            // On loopback, and the tests call the Raft and /cluster routes directly;
+            // a test of the secret sets KV_CLUSTER_SECRET, which then applies.
+            ("KV_CLUSTER_INSECURE".into(), "true".into()),
         ];
         env.extend(
             extra_env
