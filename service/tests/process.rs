@@ -583,6 +583,18 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
 }
 
 /// A tmpfs mounted on a temp dir (needs root); unmounted when dropped.
+/// PUTs `value` to `url`: the status and the JSON body of the answer.
+async fn put_value(client: &reqwest::Client, url: String, value: &str) -> (u16, Value) {
+    let resp = client
+        .put(url)
+        .json(&serde_json::json!({ "value": value }))
+        .send()
+        .await
+        .expect("an answer");
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.expect("a JSON body"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart() {
     let Some(disk) = support::small_disk_or_skip("48m") else {
@@ -598,23 +610,7 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
     );
     wait_ready(&node, &client).await;
     let value = "v".repeat(64 * 1024);
-    let put = |key: String| {
-        let (client, url, value) = (
-            client.clone(),
-            node.url(&format!("/kv/{key}")),
-            value.clone(),
-        );
-        async move {
-            let resp = client
-                .put(url)
-                .json(&serde_json::json!({ "value": value }))
-                .send()
-                .await
-                .expect("an answer");
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.expect("a JSON body"))
-        }
-    };
+    let put = |key: String| put_value(&client, node.url(&format!("/kv/{key}")), &value);
 
     // Fill it until new values are refused.
     let mut acked = Vec::new();
@@ -713,23 +709,7 @@ async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
     let mut node = Node::start(disk.dir.path(), &env);
     wait_ready(&node, &client).await;
     let value = "v".repeat(64 * 1024);
-    let put = |node: &Node, key: &str| {
-        let (client, url, value) = (
-            client.clone(),
-            node.url(&format!("/kv/{key}")),
-            value.clone(),
-        );
-        async move {
-            let resp = client
-                .put(url)
-                .json(&serde_json::json!({ "value": value }))
-                .send()
-                .await
-                .expect("an answer");
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.expect("a JSON body"))
-        }
-    };
+    let put = |node: &Node, key: &str| put_value(&client, node.url(&format!("/kv/{key}")), &value);
 
     // Fill it until new values are refused. A write under way when the disk filled
     // may end without an answer (its outcome unknown); it is not counted.

@@ -965,14 +965,12 @@ async fn a_leader_cut_off_from_the_majority_answers_no_leader_within_the_lease()
 /// member; the leader and the other follower keep taking writes. The full node refuses
 /// new values itself (507) and is not ready; once room is made it catches up by
 /// itself, without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is_room() {
+/// Three nodes, each with its data on a 64 MiB tmpfs of its own (the storage limits
+/// off, so that a full disk is met for real); `None` without root.
+fn cluster_on_small_disks() -> Option<(Cluster, BTreeMap<u64, support::SmallDisk>)> {
     let mut disks = BTreeMap::new();
     for id in 1..=3u64 {
-        let Some(disk) = support::small_disk_or_skip("64m") else {
-            return;
-        };
-        disks.insert(id, disk);
+        disks.insert(id, support::small_disk_or_skip("64m")?);
     }
     let node_env = disks
         .iter()
@@ -989,6 +987,14 @@ async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is
         ],
         node_env,
     );
+    Some((cluster, disks))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is_room() {
+    let Some((cluster, disks)) = cluster_on_small_disks() else {
+        return;
+    };
     let leader = cluster
         .wait_leader(&[1, 2, 3], Duration::from_secs(5))
         .await;
@@ -1065,28 +1071,9 @@ async fn a_follower_with_a_full_disk_stays_a_member_and_catches_up_once_there_is
 /// and the cluster goes on taking writes; once room is made it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_with_a_full_disk_hands_over_and_the_cluster_keeps_taking_writes() {
-    let mut disks = BTreeMap::new();
-    for id in 1..=3u64 {
-        let Some(disk) = support::small_disk_or_skip("64m") else {
-            return;
-        };
-        disks.insert(id, disk);
-    }
-    let node_env = disks
-        .iter()
-        .map(|(id, disk)| {
-            let dir = disk.path().display().to_string();
-            (*id, vec![("KV_STORAGE_DATA_DIR".to_string(), dir)])
-        })
-        .collect();
-    let cluster = Cluster::start_with_node_env(
-        3,
-        &[
-            ("KV_STORAGE_MIN_FREE_BYTES", "0"),
-            ("KV_STORAGE_QUOTA_BYTES", "0"),
-        ],
-        node_env,
-    );
+    let Some((cluster, disks)) = cluster_on_small_disks() else {
+        return;
+    };
     let full = cluster
         .wait_leader(&[1, 2, 3], Duration::from_secs(5))
         .await;
