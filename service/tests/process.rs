@@ -583,6 +583,18 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
 }
 
 /// A tmpfs mounted on a temp dir (needs root); unmounted when dropped.
+/// Fails unless every key in `keys` answers 200 on `node`; `when` goes in the message.
+async fn assert_present(client: &reqwest::Client, node: &Node, keys: &[String], when: &str) {
+    for key in keys {
+        let resp = client
+            .get(node.url(&format!("/kv/{key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "acknowledged {key} lost {when}");
+    }
+}
+
 /// PUTs `value` to `url`: the status and the JSON body of the answer.
 async fn put_value(client: &reqwest::Client, url: String, value: &str) -> (u16, Value) {
     let resp = client
@@ -671,14 +683,7 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
         }
     }
     // Nothing acknowledged was lost.
-    for key in &acked {
-        let resp = client
-            .get(node.url(&format!("/kv/{key}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "acknowledged {key} lost");
-    }
+    assert_present(&client, &node, &acked, "").await;
     let resp = client
         .get(node.url(&format!("/kv/{gone}")))
         .send()
@@ -787,14 +792,7 @@ async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
 
     // Nothing acknowledged was lost, before and after a restart.
     for round in ["running", "restarted"] {
-        for key in &acked {
-            let resp = client
-                .get(node.url(&format!("/kv/{key}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "acknowledged {key} lost ({round})");
-        }
+        assert_present(&client, &node, &acked, round).await;
         if round == "running" {
             node.signal("TERM");
             assert!(node.wait_exit(Duration::from_secs(20)).success());
