@@ -18,9 +18,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY service/Cargo.toml service/
 COPY integration-tests/Cargo.toml integration-tests/
 COPY testfs/Cargo.toml testfs/
-RUN mkdir -p service/src/bin integration-tests/src testfs/src \
+COPY bench/kvbench/Cargo.toml bench/kvbench/
+RUN mkdir -p service/src integration-tests/src testfs/src bench/kvbench/src \
  && echo 'fn main() {}' > service/src/main.rs \
- && echo 'fn main() {}' > service/src/bin/kvbench.rs \
+ && echo 'fn main() {}' > bench/kvbench/src/main.rs \
  && touch service/src/lib.rs integration-tests/src/lib.rs testfs/src/lib.rs \
  && cargo build --release --locked -p kvstore --bin kvstore
 
@@ -30,7 +31,8 @@ COPY migrations migrations
 COPY service service
 COPY integration-tests integration-tests
 COPY testfs testfs
-RUN find service/src integration-tests/src testfs/src -name '*.rs' -exec touch {} + \
+COPY bench/kvbench bench/kvbench
+RUN find service/src integration-tests/src testfs/src bench/kvbench/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p kvstore --bin kvstore \
  && strip target/release/kvstore
 

@@ -55,7 +55,7 @@ command -v etcd >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server
 }
 log "building release binaries"
-cargo build --release -q -p kvstore --bins
+cargo build --release -q -p kvstore -p kvbench
 KV="${KVSTORE_BIN:-target/release/kvstore}"
 BENCH=target/release/kvbench
 

@@ -1,0 +1,169 @@
+//! `kvbench` against a real node: the node runs in this process (kvstore's library), the
+//! generator is the built binary, so its command line, exit status and output are what
+//! is tested.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kvstore::config::Settings;
+use kvstore::startup::Application;
+use serde_json::Value;
+
+/// A node on loopback with fast Raft timers and `data_dir` as storage, configured as an
+/// operator would through `KV_*` variables (`env` adds to them); stops when dropped.
+struct Node {
+    addr: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Node {
+    async fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
+        let data_dir = data_dir.to_str().expect("UTF-8 temp dir");
+        let vars: HashMap<String, String> = [
+            ("KV_SERVER_HOST", "127.0.0.1"),
+            ("KV_SERVER_PORT", "0"),
+            ("KV_CLUSTER_RAFT_HOST", "127.0.0.1"),
+            ("KV_CLUSTER_RAFT_PORT", "0"),
+            ("KV_STORAGE_DATA_DIR", data_dir),
+            ("KV_RAFT_HEARTBEAT_TIMEOUT", "50ms"),
+            ("KV_RAFT_ELECTION_TIMEOUT", "150ms"),
+        ]
+        .iter()
+        .chain(env)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let settings = Settings::load_from(None, |name| vars.get(name).cloned()).expect("settings");
+        let app = Application::build(&settings).await.expect("build the node");
+        let addr = app.local_addr().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Node { addr, _stop: stop }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Polls `/ready` until it answers 200, failing after 10 s.
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = client.get(self.url("/ready")).send().await;
+            if resp.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node was not ready within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs `kvbench` to completion (it stops by itself after warm-up plus duration; the
+/// test fails if it has not exited within 30 s), off the runtime's threads, which serve
+/// the node meanwhile.
+async fn kvbench(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvbench"))
+            .args(&args)
+            .env_remove("KVBENCH_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvbench");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kvbench {args:?} did not exit within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    })
+    .await
+    .expect("kvbench runner")
+}
+
+/// The load generator against a real node with client authentication: with a token it
+/// reports operations, latencies and no errors; without one, every operation is an
+/// error counted under the API's code; a bad `--ca-file` stops it before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_reports_throughput_latency_and_errors_by_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[("KV_AUTH_TOKENS", "bench-tok-41:write")]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let common = [
+        "--urls",
+        &url,
+        "--connections",
+        "4",
+        "--keys",
+        "50",
+        "--writes",
+        "0.5",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+
+    let (status, out, err) = kvbench(&[&common[..], &["--token", "bench-tok-41"]].concat()).await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let ok = report["ok"].as_u64().unwrap();
+    assert!(ok > 0, "{report}");
+    assert!(report["ok_all"].as_u64().unwrap() >= ok, "{report}");
+    assert!(report["throughput"].as_f64().unwrap() > 0.0, "{report}");
+    let latency = &report["latency_ms"];
+    let at = |q: &str| latency[q].as_f64().unwrap();
+    assert!(
+        at("p50") > 0.0 && at("p50") <= at("p99") && at("p99") <= at("max"),
+        "{report}"
+    );
+    // The generator really wrote: its keys are there.
+    let stored = client
+        .get(node.url("/status"))
+        .bearer_auth("bench-tok-41")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(stored["key_count"].as_u64().unwrap() > 0, "{stored}");
+
+    let refused = client.get(node.url("/kv/x")).send().await.unwrap();
+    let code = refused.json::<Value>().await.unwrap()["code"].clone();
+    let (status, out, err) = kvbench(&common).await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["ok"], 0, "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert_eq!(errors.len(), 1, "{report}");
+    assert!(
+        errors[code.as_str().unwrap()].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    let missing = dir.path().join("no-such-ca.pem");
+    let (status, _, err) =
+        kvbench(&[&common[..], &["--ca-file", missing.to_str().unwrap()]].concat()).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+}
