@@ -70,9 +70,10 @@ ps: ## List the dev stack's containers
 
 soak: ## Power-loss soak: one node cut 50 times under writes (and 50 torn cuts), a 3-node cluster through 5 rounds of cuts (needs /dev/fuse, root)
 	KV_POWERLOSS_CUTS=$${KV_POWERLOSS_CUTS:-50} KV_POWERLOSS_ROUNDS=$${KV_POWERLOSS_ROUNDS:-5} \
-	  $(CARGO) test -p kvstore --test powerloss -- --nocapture --test-threads 1 \
-	  power_cuts_lose_no_acknowledged_write torn_cuts_without_sync_writes_start_or_refuse_cleanly \
-	  a_cluster_whose_nodes_lose_power_stays_linearizable
+	  $(CARGO) test -p kvstore --test node -- --nocapture --test-threads 1 \
+	  powerloss::power_cuts_lose_no_acknowledged_write \
+	  powerloss::torn_cuts_without_sync_writes_start_or_refuse_cleanly \
+	  powerloss::a_cluster_whose_nodes_lose_power_stays_linearizable
 
 bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table with ratios
 	bench/run.sh

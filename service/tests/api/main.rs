@@ -1,6 +1,9 @@
 //! Black-box tests of the HTTP API: each test starts a real server on port 0 with
-//! fresh storage and talks to it over HTTP. Every test runs twice, once per storage
-//! backend: `<test>::redb` and `<test>::postgres`.
+//! fresh storage and talks to it over HTTP. The tests of the API's behaviour run twice,
+//! once per storage backend: `<test>::redb` and `<test>::postgres`. Then the PostgreSQL
+//! backend on its own against a real server in a container (`postgres`: openraft's
+//! storage suite, outages, crashes, a cluster sharing one server), and the API over
+//! TLS (`tls`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -36,4 +39,6 @@ mod kv;
 mod limits;
 mod membership;
 mod openapi;
+mod postgres;
 mod system;
+mod tls;

@@ -4,20 +4,17 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod harness;
-mod large_values;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use harness::Cluster;
 use kvstore::raft::{rpc, TypeConfig};
 use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde_json::json;
-use support::{eventually, get_json, put_json, put_ok};
+use support::harness::{self, Cluster};
+use support::{eventually, get_json, large_values, put_json, put_ok};
 use tokio_util::codec::Framed;
 
 fn others(all: &[u64], but: u64) -> Vec<u64> {

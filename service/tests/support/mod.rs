@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod harness;
+pub mod large_values;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};

@@ -15,11 +15,6 @@
 //! `KV_POWERLOSS_CUTS` (cuts of the single node) and `KV_POWERLOSS_ROUNDS` (rounds of
 //! the cluster) make the runs longer; `make soak` sets them.
 
-mod support;
-
-#[path = "cluster/harness.rs"]
-mod harness;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,8 +24,8 @@ use integration_tests::report::{report_dir, Report};
 use integration_tests::workload::{self, Endpoints, Workload};
 use testfs::PowerLossFs;
 
-use harness::Cluster;
-use support::{unique_writers, wait_ready, NodeProcess};
+use crate::support::harness::Cluster;
+use crate::support::{unique_writers, wait_ready, NodeProcess};
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -289,7 +284,7 @@ async fn torn_cuts_without_sync_writes_start_or_refuse_cleanly() {
         NodeProcess::start(&data, &env)
     });
     wait_ready(&node, &client).await;
-    support::put_ok(&client, &node.url("/kv/after-the-cuts"), "served").await;
+    crate::support::put_ok(&client, &node.url("/kv/after-the-cuts"), "served").await;
     let counters = disk.fs.counters();
     println!("torn cuts: {started} starts, {refused} refused as corrupt, {counters:?}");
     assert!(

@@ -2,18 +2,16 @@
 //! whose certificate comes from another CA turned away. Certificates are made for each
 //! test with rcgen.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::{eventually, free_port, get_json, put_ok};
 use kvstore::config::{Member, Settings};
 use kvstore::startup::Application;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use support::{eventually, free_port, get_json, put_ok};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -176,7 +174,7 @@ async fn the_api_is_served_over_tls_only() {
         ("KV_TLS_CA_FILE", ca_pem.as_str()),
     ];
     let probe = |args: Vec<&str>, env: &[(&str, &str)]| {
-        let mut cmd = tokio::process::Command::new(support::BIN);
+        let mut cmd = tokio::process::Command::new(crate::support::BIN);
         cmd.env_clear()
             .arg("health")
             .args(args)

@@ -7,14 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod support;
-
-use support::{command, run_to_exit, wait_ready, NodeProcess as Node};
+use crate::support::{command, run_to_exit, wait_ready, NodeProcess as Node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    support::sigkill_during_writes_loses_nothing(dir.path(), &[]).await;
+    crate::support::sigkill_during_writes_loses_nothing(dir.path(), &[]).await;
 }
 
 #[tokio::test]
@@ -404,12 +402,13 @@ async fn request_logs_carry_the_callers_trace_id() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let line = support::eventually(Duration::from_secs(5), "the request's log line", || async {
-        node.log_lines()
-            .into_iter()
-            .find(|l| l["message"] == "request" && l["path"] == "/kv/traced")
-    })
-    .await;
+    let line =
+        crate::support::eventually(Duration::from_secs(5), "the request's log line", || async {
+            node.log_lines()
+                .into_iter()
+                .find(|l| l["message"] == "request" && l["path"] == "/kv/traced")
+        })
+        .await;
     assert_eq!(line["trace_id"], trace_id, "{line}");
     let inside = node
         .log_lines()
@@ -459,7 +458,7 @@ async fn bearer_tokens_are_never_logged() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     // Every one of those requests has logged its line.
-    support::eventually(Duration::from_secs(5), "the request log lines", || async {
+    crate::support::eventually(Duration::from_secs(5), "the request log lines", || async {
         let statuses: Vec<u64> = node
             .log_lines()
             .iter()
@@ -484,7 +483,6 @@ async fn bearer_tokens_are_never_logged() {
     assert!(!format!("{stdout}{stderr}").contains("tok-"), "{stderr}");
 }
 
-/// A tmpfs mounted on a temp dir (needs root); unmounted when dropped.
 /// Fails unless every key in `keys` answers 200 on `node`; `when` goes in the message.
 async fn assert_present(client: &reqwest::Client, node: &Node, keys: &[String], when: &str) {
     for key in keys {
@@ -511,7 +509,7 @@ async fn put_value(client: &reqwest::Client, url: String, value: &str) -> (u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart() {
-    let Some(disk) = support::small_disk_or_skip("48m") else {
+    let Some(disk) = crate::support::small_disk_or_skip("48m") else {
         return;
     };
     let client = reqwest::Client::builder()
@@ -560,7 +558,7 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
     let status = resp.status();
     let body = resp.text().await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let metrics = support::get_text(&client, &node.url("/metrics"))
+    let metrics = crate::support::get_text(&client, &node.url("/metrics"))
         .await
         .unwrap();
     assert!(
@@ -601,7 +599,7 @@ async fn a_full_disk_refuses_new_values_with_507_and_recovers_without_a_restart(
 /// kept, also across a restart (no torn record left in the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
-    let Some(disk) = support::small_disk_or_skip("24m") else {
+    let Some(disk) = crate::support::small_disk_or_skip("24m") else {
         return;
     };
     let client = reqwest::Client::builder()
@@ -654,8 +652,8 @@ async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
     assert_eq!(resp.status(), 200);
     let resp = client.get(node.url("/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 503, "{}", resp.text().await.unwrap());
-    support::eventually(Duration::from_secs(5), "the metric to show it", || async {
-        let metrics = support::get_text(&client, &node.url("/metrics")).await?;
+    crate::support::eventually(Duration::from_secs(5), "the metric to show it", || async {
+        let metrics = crate::support::get_text(&client, &node.url("/metrics")).await?;
         metrics
             .contains("kvstore_storage_out_of_space 1")
             .then_some(())
@@ -679,13 +677,13 @@ async fn a_real_enospc_refuses_new_values_and_recovers_by_itself() {
         }
     }
     acked.push("after".into());
-    support::eventually(Duration::from_secs(10), "the node to be ready", || async {
+    crate::support::eventually(Duration::from_secs(10), "the node to be ready", || async {
         let resp = client.get(node.url("/ready")).send().await.ok()?;
         (resp.status() == 200).then_some(())
     })
     .await;
-    support::eventually(Duration::from_secs(5), "the metric to clear", || async {
-        let metrics = support::get_text(&client, &node.url("/metrics")).await?;
+    crate::support::eventually(Duration::from_secs(5), "the metric to clear", || async {
+        let metrics = crate::support::get_text(&client, &node.url("/metrics")).await?;
         metrics
             .contains("kvstore_storage_out_of_space 0")
             .then_some(())

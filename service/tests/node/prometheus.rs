@@ -7,19 +7,14 @@
 //! Without the `prometheus` and `promtool` binaries the test says it is skipped, unless
 //! `KV_REQUIRE_PROMETHEUS` is set (CI sets it), which makes that a failure.
 
-mod support;
-
-#[path = "cluster/harness.rs"]
-mod harness;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::Cluster;
+use crate::support::harness::Cluster;
+use crate::support::{eventually, free_port, get_json, put_json};
 use serde_json::Value;
-use support::{eventually, free_port, get_json, put_json};
 
 fn tools_available() -> bool {
     available(&["prometheus", "promtool"])

@@ -2,17 +2,15 @@
 //! OpenTelemetry exporter; a write sent to a follower must be one trace with spans
 //! from the follower and the leader, parents and children linked.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{eventually, free_port, get_json, put_json};
 use kvstore::config::{Member, Settings};
 use kvstore::startup::Application;
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use support::{eventually, free_port, get_json, put_json};
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;

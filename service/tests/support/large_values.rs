@@ -4,12 +4,10 @@
 //! must keep serving small writes promptly afterwards; every stored value must read
 //! back byte-equal on every node, and every refused one must not exist.
 
-#![allow(dead_code)] // shared by the cluster and PostgreSQL test binaries
-
 use std::time::{Duration, Instant};
 
-use crate::harness::Cluster;
-use crate::support::eventually;
+use super::eventually;
+use super::harness::Cluster;
 
 /// Settings for the cluster under test: the default value limit of 1 MiB and the
 /// default Raft timers (the harness's short ones suit fault tests). In a release build,

@@ -2,15 +2,13 @@
 //! ports, and the operations the tests need: find the leader, kill, stall (SIGSTOP),
 //! restart, add a node.
 
-#![allow(dead_code)] // shared by the cluster and PostgreSQL test binaries
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{eventually, free_port, get_json, get_text, put_ok, NodeProcess};
+use super::{eventually, free_port, get_json, get_text, put_ok, NodeProcess};
 
 pub struct Cluster {
     pub client: reqwest::Client,

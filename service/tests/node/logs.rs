@@ -11,9 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod support;
-
-use support::{command, eventually, free_port, wait_ready, NodeProcess as Node};
+use crate::support::{command, eventually, free_port, wait_ready, NodeProcess as Node};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -224,7 +222,7 @@ async fn server_errors_warn_at_a_limited_rate() {
     // first would see the PUT refused. Scraping /metrics counts itself too (it is not
     // bounded by the slot).
     eventually(Duration::from_secs(20), "the slot to be taken", || async {
-        let metrics = support::get_text(&client, &node.url("/metrics")).await?;
+        let metrics = crate::support::get_text(&client, &node.url("/metrics")).await?;
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("kvstore_http_requests_in_flight "))
@@ -297,7 +295,7 @@ async fn openraft_logs_only_warnings_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     wait_ready(&node, &client).await;
-    support::put_ok(&client, &node.url("/kv/a"), "v").await;
+    crate::support::put_ok(&client, &node.url("/kv/a"), "v").await;
     assert!(
         !openraft_info(&node),
         "openraft logged below warn by default"
@@ -355,7 +353,7 @@ async fn sighup_reopens_the_log_file() {
     .await;
 
     std::fs::rename(&log, &rotated).unwrap();
-    support::signal(child.0.id(), "HUP");
+    crate::support::signal(child.0.id(), "HUP");
     // The node's own line about it is the first in the new file.
     eventually(Duration::from_secs(20), "a new log file", || async {
         file_has(&log, "reopened the log file").then_some(())

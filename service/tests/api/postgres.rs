@@ -2,25 +2,20 @@
 //! suite, crash safety, an outage under load, start-up errors, and a cluster of three
 //! nodes sharing one server.
 
-mod support;
-
-#[path = "cluster/harness.rs"]
-mod harness;
-#[path = "cluster/large_values.rs"]
-mod large_values;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::postgres::{PgServer, PASSWORD};
+use crate::support::{
+    eventually, get_json, harness, large_values, put_json, run_to_exit, wait_ready, NodeProcess,
+};
 use futures::StreamExt;
 use kvstore::config::Settings;
 use kvstore::raft::TypeConfig;
 use kvstore::store::postgres::{self, PgLogStore, PgStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
-use support::postgres::{PgServer, PASSWORD};
-use support::{eventually, get_json, put_json, run_to_exit, wait_ready, NodeProcess};
 
 /// Each suite case gets a fresh database on the shared server and a fresh data dir.
 struct Builder<'a> {
@@ -64,7 +59,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write_on_postgres() {
     let database = server.create_database().await;
     let env = server.env(&database);
     let dir = tempfile::tempdir().unwrap();
-    support::sigkill_during_writes_loses_nothing(dir.path(), &env_refs(&env)).await;
+    crate::support::sigkill_during_writes_loses_nothing(dir.path(), &env_refs(&env)).await;
 }
 
 /// A writer that puts `<url><i>` (the key as its value) until `stop`, recording every
@@ -520,7 +515,7 @@ async fn a_retried_apply_never_builds_on_lost_applies() {
     let applying = tokio::spawn(async move {
         apply(&mut sm, rest).await;
     });
-    support::eventually(
+    crate::support::eventually(
         Duration::from_secs(30),
         "the apply failing on the stopped server",
         || async { (!handle.is_available()).then_some(()) },
