@@ -80,7 +80,7 @@ bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table w
 
 .PHONY: api-fuzz
 api-fuzz: ## Fuzz the HTTP API against its served OpenAPI spec (schemathesis, one redb node): no 5xx, responses as documented
-	VENV=$(VENV) PYTHON=$(PYTHON) CARGO=$(CARGO) api-fuzz/run.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) CARGO=$(CARGO) integration-tests/api-fuzz/run.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API against its own OpenAPI spec: builds the debug binary, starts one
 # node on the embedded redb store (loopback, free ports, a temp data dir), and runs
-# schemathesis (pinned in api-fuzz/requirements.txt, installed into .venv/) on the
-# spec the node serves. It fails on any 5xx, any status code the spec does not
+# schemathesis (pinned in requirements.txt next to this script, installed into .venv/)
+# on the spec the node serves. It fails on any 5xx, any status code the spec does not
 # declare for the operation, any undeclared content type, and any body that does not
 # match the declared schema.
 #
@@ -12,7 +12,7 @@
 #   API_FUZZ_TIME_LIMIT    seconds after which a schemathesis run is stopped (600)
 #   VENV, PYTHON, CARGO    as in the Makefile
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
@@ -25,12 +25,12 @@ started=$(date +%s)
 say() { printf 'api-fuzz: %s\n' "$*"; }
 
 # schemathesis, at the pinned version, in the project's venv.
-want=$(sed -n 's/^schemathesis==//p' api-fuzz/requirements.txt)
+want=$(sed -n 's/^schemathesis==//p' integration-tests/api-fuzz/requirements.txt)
 have=$("$VENV/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}' || true)
 if [ "$have" != "$want" ]; then
   [ -x "$VENV/bin/pip" ] || "$PYTHON" -m venv "$VENV"
   say "installing schemathesis $want into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r api-fuzz/requirements.txt
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r integration-tests/api-fuzz/requirements.txt
 fi
 
 "$CARGO" build -p kvstore
