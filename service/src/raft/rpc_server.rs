@@ -22,6 +22,7 @@ use super::rpc::{
 };
 use super::typ::Snapshot;
 use super::{RaftNode, TypeConfig};
+use crate::background::Background;
 use crate::error::{ApiError, InvalidJsonDetails};
 use crate::secret::secret_matches;
 use crate::telemetry::trace;
@@ -35,10 +36,12 @@ const MAX_SNAPSHOT_HEADER: u64 = 1024 * 1024;
 
 /// The Raft RPC application. With a non-empty `secret`, every request must carry it in
 /// the `x-kvstore-secret` header, or is refused with 401.
+/// The replication streams it serves run as tasks of `background`, stopped at shutdown.
 pub fn rpc_app(
     node: RaftNode,
     secret: String,
     incoming_dir: PathBuf,
+    background: Background,
 ) -> impl Endpoint<Output = Response> {
     let node_id = node.id();
     Route::new()
@@ -54,6 +57,7 @@ pub fn rpc_app(
         .data(node)
         .data(IncomingDir(incoming_dir))
         .data(StreamSlots(Arc::new(Semaphore::new(rpc::MAX_STREAMS))))
+        .data(background)
         .around(move |ep, req| {
             let allowed = secret.is_empty()
                 || req
@@ -153,7 +157,12 @@ async fn transfer_leader(
 /// Upgrades the connection to a stream of calls (see [`rpc::STREAM`]) and serves it
 /// until the peer closes it.
 #[handler]
-fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Response {
+fn stream(
+    req: &Request,
+    node: Data<&RaftNode>,
+    slots: Data<&StreamSlots>,
+    background: Data<&Background>,
+) -> Response {
     let wanted = req
         .header(poem::http::header::UPGRADE)
         .is_some_and(|p| p.eq_ignore_ascii_case(rpc::STREAM_PROTOCOL));
@@ -167,6 +176,11 @@ fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Re
             .into_response()
         }
     };
+    // A node shutting down takes no new streams: its peers send plain requests until
+    // it is gone.
+    if background.is_stopping() {
+        return ApiError::Unavailable("this node is shutting down".into()).into_response();
+    }
     let Ok(slot) = slots.0 .0.clone().try_acquire_owned() else {
         return ApiError::Overloaded(format!(
             "{} streams are open; send plain requests",
@@ -175,11 +189,16 @@ fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Re
         .into_response();
     };
     let node = node.clone();
-    tokio::spawn(async move {
+    background.spawn(|stop| async move {
         let _slot = slot;
-        let Ok(io) = upgrade.await else { return };
-        if let Err(error) = serve_stream(&node, io).await {
-            tracing::debug!(%error, "replication stream ended");
+        let served = stop.run_until_cancelled(async {
+            let Ok(io) = upgrade.await else { return };
+            if let Err(error) = serve_stream(&node, io).await {
+                tracing::debug!(error = format!("{error:#}"), "replication stream ended");
+            }
+        });
+        if served.await.is_none() {
+            tracing::debug!("replication stream closed: shutting down");
         }
     });
     Response::builder()

@@ -2,9 +2,11 @@
 //! disk is full handing leadership over.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
 
 use super::{NodeError, RaftNode};
 use crate::store::{self, Command};
@@ -15,10 +17,10 @@ const HAND_OFF_EVERY: Duration = Duration::from_secs(10);
 
 impl RaftNode {
     /// Checks the storage limits twice a second for as long as the node exists (it holds
-    /// the node only while checking, so the store can close).
-    pub fn watch_space(&self) {
+    /// the node only while checking, so the store can close) or until `stop` fires.
+    pub fn watch_space(&self, stop: CancellationToken) -> impl Future<Output = ()> + Send {
         let weak = self.downgrade();
-        tokio::spawn(async move {
+        async move {
             let mut handed_off: Option<Instant> = None;
             loop {
                 {
@@ -33,9 +35,12 @@ impl RaftNode {
                         ::metrics::gauge!(metrics::OUT_OF_SPACE).set(if full { 1.0 } else { 0.0 });
                     }
                 }
-                tokio::time::sleep(store::space::CHECK_INTERVAL).await;
+                let pause = tokio::time::sleep(store::space::CHECK_INTERVAL);
+                if stop.run_until_cancelled(pause).await.is_none() {
+                    return;
+                }
             }
-        });
+        }
     }
 
     /// A leader whose disk is full (a write failed for want of space) can neither append
