@@ -23,6 +23,16 @@ use crate::raft::typ::{Entry, LogId, Snapshot, Vote};
 use crate::raft::TypeConfig;
 use crate::store::SnapshotFile;
 
+/// A failed call to one peer, as openraft is told of it: which peer, and why (its
+/// source, kept with the sources under it).
+#[derive(Debug, thiserror::Error)]
+#[error("node {target}: {error}")]
+struct PeerCallError {
+    target: u64,
+    #[source]
+    error: CallError,
+}
+
 /// Raft RPC to one peer.
 pub struct PeerClient {
     pub(super) net: PeerNetwork,
@@ -68,19 +78,19 @@ impl PeerClient {
             .await
             .map_err(|e| self.rpc_error(e))?;
         // The only error a peer returns here is that its Raft has stopped: back off.
-        answer.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.to_string())))
+        answer.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
-    fn rpc_error(&self, e: CallError) -> RPCError<TypeConfig> {
-        match e {
-            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::from_string(format!(
-                "node {}: {e}",
-                self.target
-            ))),
-            CallError::NoAnswer(_) => RPCError::Network(NetworkError::from_string(format!(
-                "node {}: {e}",
-                self.target
-            ))),
+    fn rpc_error(&self, error: CallError) -> RPCError<TypeConfig> {
+        let unreachable = matches!(error, CallError::Unreachable(_));
+        let e = PeerCallError {
+            target: self.target,
+            error,
+        };
+        if unreachable {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
         }
     }
 }
@@ -202,11 +212,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             closed = cancel => Err(StreamingError::Closed(closed)),
             answer = send => match answer {
                 Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(e.to_string()))),
+                Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
                 Err(e) => Err(match self.rpc_error(e) {
                     RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                     RPCError::Network(n) => StreamingError::Network(n),
-                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+                    other => StreamingError::Network(NetworkError::new(&other)),
                 }),
             },
         }

@@ -36,11 +36,15 @@ use super::{NodeAddr, TypeConfig};
 pub enum CallError {
     /// The connection could not be opened: the request was never delivered.
     #[error("peer unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] BoxError),
     /// The request may have been delivered, but no usable answer came back.
     #[error("no answer from peer: {0}")]
-    NoAnswer(String),
+    NoAnswer(#[source] BoxError),
 }
+
+/// What went wrong under a [`CallError`]: the HTTP client's, the codec's or the JSON
+/// parser's error, with its sources, or a sentence of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The shared HTTP client for all peers. Cheap to clone.
 #[derive(Clone)]
@@ -127,7 +131,7 @@ impl PeerNetwork {
         // One byte in front for the kind of call on a stream; a POST skips it.
         let mut frame = vec![rpc::stream_kind(path).unwrap_or(0)];
         crate::cpu::heavy(data_bytes, || serde_json::to_writer(&mut frame, body))
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(|e| CallError::Unreachable(e.into()))?;
         let timeout = for_payload(timeout, frame.len());
         let frame = bytes::Bytes::from(frame);
         if rpc::stream_kind(path).is_some() {
@@ -174,22 +178,20 @@ async fn decode<Resp: DeserializeOwned>(resp: reqwest::Response) -> Result<Resp,
         // Another node answers at that address, or a node without this route (an older
         // version, during a rolling upgrade): either way the request had no effect.
         let text = resp.text().await.unwrap_or_default();
-        return Err(CallError::Unreachable(text));
+        return Err(CallError::Unreachable(text.into()));
     }
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
-        return Err(CallError::NoAnswer(format!("HTTP {status}: {text}")));
+        return Err(CallError::NoAnswer(format!("HTTP {status}: {text}").into()));
     }
-    resp.json()
-        .await
-        .map_err(|e| CallError::NoAnswer(e.to_string()))
+    resp.json().await.map_err(|e| CallError::NoAnswer(e.into()))
 }
 
 fn classify(e: reqwest::Error) -> CallError {
     if e.is_connect() {
-        CallError::Unreachable(e.to_string())
+        CallError::Unreachable(e.into())
     } else {
-        CallError::NoAnswer(e.to_string())
+        CallError::NoAnswer(e.into())
     }
 }
 

@@ -80,10 +80,10 @@ impl PeerNetwork {
             stream
                 .send(frame)
                 .await
-                .map_err(|e| CallError::Unreachable(e.to_string()))?;
+                .map_err(|e| CallError::Unreachable(e.into()))?;
             match stream.next().await {
                 Some(Ok(answer)) => Ok(answer),
-                Some(Err(e)) => Err(CallError::NoAnswer(e.to_string())),
+                Some(Err(e)) => Err(CallError::NoAnswer(e.into())),
                 None => Err(CallError::NoAnswer("the peer closed the stream".into())),
             }
         };
@@ -99,7 +99,7 @@ impl PeerNetwork {
             streams.push((stream, Instant::now()));
         }
         drop(idle);
-        Some(serde_json::from_slice(&answer).map_err(|e| CallError::NoAnswer(e.to_string())))
+        Some(serde_json::from_slice(&answer).map_err(|e| CallError::NoAnswer(e.into())))
     }
 
     /// An idle stream to the peer that is still open. One the peer has closed (it
@@ -146,7 +146,7 @@ impl PeerNetwork {
         let io = resp
             .upgrade()
             .await
-            .map_err(|e| OpenStream::Failed(CallError::Unreachable(e.to_string())))?;
+            .map_err(|e| OpenStream::Failed(CallError::Unreachable(e.into())))?;
         Ok(Framed::new(io, rpc::stream_codec()))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ::metrics::counter;
 use openraft::{ChangeMembers, ServerState};
 
-use super::errors::{forward_failed, storage, unknown, write_error};
+use super::errors::{forward_failed, storage, unknown, write_error, Cause};
 use super::{remaining, FollowerProgress, MemberInfo, NodeError, RaftNode, Target};
 use crate::raft::rpc::{self, AdminOp};
 use crate::raft::NodeAddr;
@@ -92,14 +92,15 @@ impl RaftNode {
                     .map_err(storage)?
                     .contains(&id)
                 {
-                    return Err(NodeError::InvalidMembership(format!(
-                        "node id {id} belonged to a removed node; ids are never reused"
-                    )));
+                    return Err(NodeError::InvalidMembership(
+                        format!("node id {id} belonged to a removed node; ids are never reused")
+                            .into(),
+                    ));
                 }
                 if voters.contains(&id) {
-                    return Err(NodeError::InvalidMembership(format!(
-                        "node {id} is already a voter"
-                    )));
+                    return Err(NodeError::InvalidMembership(
+                        format!("node {id} is already a voter").into(),
+                    ));
                 }
                 let added =
                     tokio::time::timeout(remaining(deadline), raft.add_learner(id, node, true))
@@ -144,7 +145,7 @@ impl RaftNode {
                 raft.trigger()
                     .transfer_leader(to)
                     .await
-                    .map_err(|e| NodeError::Unavailable(e.to_string()))
+                    .map_err(|e| NodeError::Unavailable(Cause::new(e)))
             }
         }
     }

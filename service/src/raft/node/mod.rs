@@ -23,13 +23,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::linearizable_read::ReadLogId;
 use openraft::ServerState;
 
 pub use self::bootstrap::start;
 use self::errors::storage;
-pub use self::errors::NodeError;
+pub use self::errors::{Cause, NodeError};
 use super::batch::Batcher;
 use super::rpc::{ForwardWrite, ForwardWriteResult};
 use super::typ::RaftMetrics;
@@ -218,11 +219,7 @@ impl RaftNode {
     /// Stops Raft and makes everything applied durable. In-flight requests must be
     /// finished first.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
-        self.inner
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+        self.inner.raft.shutdown().await.context("raft shutdown")?;
         self.inner.store.close().await?;
         Ok(())
     }

@@ -7,7 +7,7 @@ use ::metrics::counter;
 use openraft::raft::linearizable_read::{Linearizer, LinearizerOption, ReadLogId};
 use openraft::ReadPolicy;
 
-use super::errors::{read_error, storage};
+use super::errors::{read_error, storage, Cause};
 use super::{remaining, Consistency, IndexSource, NodeError, Raft, RaftNode, Target};
 use crate::raft::batch::{Batcher, ByteBound};
 use crate::raft::rpc::{self, ReadIndexResult};
@@ -52,7 +52,7 @@ impl RaftNode {
         let ready = Linearizer::new(leader, read_log_id, applied)
             .try_await_ready(&self.inner.raft, Some(remaining(deadline)))
             .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            .map_err(|e| NodeError::Unavailable(Cause::new(e)))?;
         ready
             .map(|_| ())
             .map_err(|_| NodeError::Timeout(self.inner.request_timeout))

@@ -25,9 +25,9 @@ impl RaftNode {
     pub async fn delete(&self, key: String) -> Result<bool, NodeError> {
         match self.write(Command::Delete { key }).await? {
             CommandResult::Deleted { existed } => Ok(existed),
-            other => Err(NodeError::Storage(format!(
-                "unexpected result for a delete: {other:?}"
-            ))),
+            other => Err(NodeError::Storage(
+                format!("unexpected result for a delete: {other:?}").into(),
+            )),
         }
     }
 
@@ -110,12 +110,12 @@ impl RaftNode {
         let submitted = self.inner.writes.submit((leader, raft_url), write);
         match tokio::time::timeout(remaining(deadline), submitted).await {
             Ok(Some(result)) => result,
-            Ok(None) => Err(NodeError::OutcomeUnknown(format!(
-                "forwarded to leader {leader}, no answer"
-            ))),
-            Err(_) => Err(NodeError::OutcomeUnknown(format!(
-                "forwarded to leader {leader}, no answer in time"
-            ))),
+            Ok(None) => Err(NodeError::OutcomeUnknown(
+                format!("forwarded to leader {leader}, no answer").into(),
+            )),
+            Err(_) => Err(NodeError::OutcomeUnknown(
+                format!("forwarded to leader {leader}, no answer in time").into(),
+            )),
         }
     }
 }
@@ -148,10 +148,13 @@ pub(super) fn write_batcher(
                     .await;
                 let error = match answer {
                     Ok(results) if results.len() == count => return results,
-                    Ok(results) => NodeError::OutcomeUnknown(format!(
-                        "leader {leader} answered {} results for {count} writes",
-                        results.len()
-                    )),
+                    Ok(results) => NodeError::OutcomeUnknown(
+                        format!(
+                            "leader {leader} answered {} results for {count} writes",
+                            results.len()
+                        )
+                        .into(),
+                    ),
                     Err(e) => forward_failed(leader, e),
                 };
                 vec![Err(error); count]
