@@ -1,7 +1,8 @@
 //! Bringing a node up: bind both listeners (client API and Raft RPC), start Raft and
 //! storage, serve until told to stop, then shut down in order: stop accepting clients,
 //! drain their requests, stop the background tasks, stop Raft, flush storage, and last
-//! stop the Raft listener (draining client writes may still need the peers).
+//! stop the Raft listener and the streams it serves (draining client writes may still
+//! need the peers).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub struct Application {
     node: RaftNode,
     /// The node's background tasks, stopped before the store closes.
     background: Background,
+    /// The replication streams the Raft listener serves, stopped once Raft has: until
+    /// then a peer's forwarded write on one may still commit here.
+    streams: Background,
     limits: Limits,
     shutdown_timeout: Duration,
     secret: String,
@@ -73,6 +77,7 @@ impl Application {
             raft_addr,
             node,
             background,
+            streams: Background::new(),
             limits: Limits {
                 max_key_bytes: settings.server.max_key_bytes,
                 max_value_bytes: settings.server.max_value_bytes,
@@ -109,7 +114,7 @@ impl Application {
             self.node.clone(),
             self.secret.clone(),
             self.node.incoming_snapshot_dir(),
-            self.background.clone(),
+            self.streams.clone(),
         );
         let raft_server = tokio::spawn(
             Server::new_with_acceptor(self.raft).run_with_graceful_shutdown(
@@ -137,6 +142,7 @@ impl Application {
         let stopped = self.node.shutdown().await;
         let _ = stop_raft.send(());
         let raft_served = raft_server.await;
+        self.streams.shutdown(BACKGROUND_STOP).await;
         served?;
         stopped?;
         raft_served??;

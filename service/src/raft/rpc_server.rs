@@ -36,12 +36,12 @@ const MAX_SNAPSHOT_HEADER: u64 = 1024 * 1024;
 
 /// The Raft RPC application. With a non-empty `secret`, every request must carry it in
 /// the `x-kvstore-secret` header, or is refused with 401.
-/// The replication streams it serves run as tasks of `background`, stopped at shutdown.
+/// The replication streams it serves run as tasks of `streams`, stopped at shutdown.
 pub fn rpc_app(
     node: RaftNode,
     secret: String,
     incoming_dir: PathBuf,
-    background: Background,
+    streams: Background,
 ) -> impl Endpoint<Output = Response> {
     let node_id = node.id();
     Route::new()
@@ -57,7 +57,7 @@ pub fn rpc_app(
         .data(node)
         .data(IncomingDir(incoming_dir))
         .data(StreamSlots(Arc::new(Semaphore::new(rpc::MAX_STREAMS))))
-        .data(background)
+        .data(streams)
         .around(move |ep, req| {
             let allowed = secret.is_empty()
                 || req
@@ -176,8 +176,8 @@ fn stream(
             .into_response()
         }
     };
-    // A node shutting down takes no new streams: its peers send plain requests until
-    // it is gone.
+    // A node whose streams are being stopped takes no new ones: its peers send plain
+    // requests until it is gone.
     if background.is_stopping() {
         return ApiError::Unavailable("this node is shutting down".into()).into_response();
     }
