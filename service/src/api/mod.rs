@@ -1,6 +1,8 @@
 //! The client-facing HTTP API: routes, the OpenAPI spec and Swagger UI, and the
 //! middleware every request passes through (key paths, access log, JSON errors, load
-//! shedding, client authentication; in `middleware.rs`).
+//! shedding, client authentication; in `middleware.rs`). Bearer tokens are in
+//! `auth.rs`, the cluster secret in `cluster_secret.rs`, and the statuses each route
+//! can answer, as its spec shows them, in `route_error.rs`.
 
 mod auth;
 mod body;

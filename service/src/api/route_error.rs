@@ -279,3 +279,39 @@ impl Statuses for ClusterRemove {
         WRITE_TIMEOUT,
     ];
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn an_error_keeps_its_code_status_and_body_through_poem() {
+        let e = RouteError::<KvGet>::from(ApiError::KeyNotFound("user:1".into()));
+        let back = ApiError::from_poem(&poem::Error::from(e), "GET", "/kv/user:1");
+        assert_eq!(
+            (back.code(), back.status().as_u16()),
+            (ErrorCode::KeyNotFound, 404)
+        );
+        assert_eq!(back.body().key.as_deref(), Some("user:1"));
+    }
+
+    #[test]
+    fn the_spec_lists_exactly_the_route_statuses() {
+        let listed: Vec<Option<u16>> = RouteError::<Ready>::meta()
+            .responses
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(listed, [Some(503)]);
+    }
+
+    /// A route answering a status its list lacks would make the spec lie; tests, built
+    /// with debug assertions, catch it where it happens.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "not among the statuses this route documents")]
+    fn an_undocumented_status_is_caught_in_debug_builds() {
+        let _ = RouteError::<Ready>::from(ApiError::ValueTooLarge("too large".into()));
+    }
+}
