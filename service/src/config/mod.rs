@@ -5,7 +5,6 @@
 //! the environment variables (`KV_DB_HOST`, `KV_LOG_LEVEL`, ...) are a contract with
 //! existing deployments (README, "Configuration") and every other setting has a `KV_` override
 //! listed in [`ENV_OVERRIDES`].
-
 //!
 //! `schema.rs` holds the sections and what each setting means, `env.rs` the variables,
 //! `parse.rs` the text forms a setting may take, and `validate.rs` the rules across
