@@ -28,6 +28,8 @@ RUN mkdir -p service/src integration-tests/src testfs/src bench/kvbench/src \
 # Then the sources. COPY keeps the files' times, which can be older than the
 # placeholders' build, so touch them for cargo to see the change.
 COPY migrations migrations
+# The built-in defaults are config/server.yaml, compiled into the binary.
+COPY config/server.yaml config/server.yaml
 COPY service service
 COPY integration-tests integration-tests
 COPY testfs testfs

@@ -1,14 +1,14 @@
-//! The one error type every route returns, on the client API and on the Raft listener.
-//! Each variant has one HTTP status and one stable `code`; the body is always JSON:
+//! The errors of the client API and of the Raft listener. Each variant has one HTTP
+//! status and one stable `code`; the body is always JSON:
 //! `{"error": text, "code": CODE, ...}`. It imports nothing else of this crate; how
-//! the node's errors map onto it is the API's business (`api/node_error.rs`).
+//! the node's errors map onto it is the API's business (`api/node_error.rs`), and so
+//! is which statuses each route can answer (`api/route_error.rs`).
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
-use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
-use poem_openapi::types::{Example, Type};
-use poem_openapi::{ApiResponse, Enum, Object};
+use poem_openapi::types::Example;
+use poem_openapi::{Enum, Object};
 
 /// Stable, machine-readable error codes. Clients branch on these, never on `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -364,44 +364,6 @@ impl ErrorCode {
 
 /// What an `OVERLOADED` answer asks the client to wait, in seconds.
 const RETRY_AFTER_SECS: u16 = 1;
-
-/// Every status an [`ApiError`] can take, with what it means, for the OpenAPI spec.
-const DOCUMENTED: &[(u16, &str)] = &[
-    (400, "Bad request: INVALID_JSON (with `details`), EMPTY_BODY, EMPTY_VALUE, INVALID_CONTENT_TYPE (a body that is not application/json), INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER or INVALID_MEMBERSHIP"),
-    (401, "UNAUTHORIZED: no valid bearer token (`Authorization: Bearer <token>`) while `auth.tokens` is set, or a cluster route without the right `x-kvstore-secret` header"),
-    (403, "FORBIDDEN: the bearer token's role does not allow this route (read < write < admin)"),
-    (404, "KEY_NOT_FOUND: the key does not exist (or NOT_FOUND for an unknown route, and for `/kv/` without a key)"),
-    (413, "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit"),
-    (408, "TIMEOUT: the request body did not arrive within server.request_timeout"),
-    (500, "INTERNAL: an unexpected failure on this node"),
-    (503, "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, NOT_READY, OUTCOME_UNKNOWN (a write that may or may not have been applied), or OVERLOADED (too many requests, or too many bytes of writes, in flight; nothing was done, retry after the `Retry-After` seconds)"),
-    (507, "NO_SPACE: the node is past storage.quota_bytes or below storage.min_free_bytes free; new values are refused until there is room, reads and deletes still work"),
-    (504, "TIMEOUT: the request did not complete within server.request_timeout; a write's outcome is unknown"),
-];
-
-impl ApiResponse for ApiError {
-    fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: DOCUMENTED
-                .iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(*status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "application/json; charset=utf-8",
-                        schema: ErrorBody::schema_ref(),
-                    }],
-                    headers: vec![],
-                })
-                .collect(),
-        }
-    }
-
-    fn register(registry: &mut Registry) {
-        ErrorBody::register(registry);
-    }
-}
 
 /// Used by the outermost error layer of the client API (`api::app`) and of the Raft
 /// listener: everything the router or an extractor rejects becomes the same JSON error

@@ -3,6 +3,7 @@
 //! - [`types`] is the ground floor: the openraft type configuration and the types
 //!   every layer shares; it imports nothing else of the crate.
 //! - [`admission`] bounds the bytes of writes in flight.
+//! - [`background`] starts the node's background tasks and stops them at shutdown.
 //! - [`cpu`] runs heavy encoding and decoding without stalling other tasks.
 //! - [`config`] holds the settings from YAML and `KV_*` variables.
 //! - [`probe`] is `kvstore health`, the probe container health checks run.
@@ -16,6 +17,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod background;
 pub mod config;
 pub mod cpu;
 pub mod error;

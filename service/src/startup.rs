@@ -1,18 +1,25 @@
 //! Bringing a node up: bind both listeners (client API and Raft RPC), start Raft and
 //! storage, serve until told to stop, then shut down in order: stop accepting clients,
-//! drain their requests, stop Raft, flush storage, and last stop the Raft listener
-//! (draining client writes may still need the peers).
+//! drain their requests, stop the background tasks, stop Raft, flush storage, and last
+//! stop the Raft listener and the streams it serves (draining client writes may still
+//! need the peers).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use poem::listener::{AcceptorExt, BoxAcceptor, TcpAcceptor};
 use poem::Server;
 
 use crate::api::{self, Limits};
+use crate::background::Background;
 use crate::config::Settings;
 use crate::raft::{self, NodeAddr, RaftNode};
+
+/// How long shutdown waits for the background tasks to see the signal and end. They
+/// check it between rounds, each of a few storage reads at most.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
 
 /// A node that is bound and started but not yet serving.
 pub struct Application {
@@ -21,6 +28,11 @@ pub struct Application {
     raft: BoxAcceptor,
     raft_addr: SocketAddr,
     node: RaftNode,
+    /// The node's background tasks, stopped before the store closes.
+    background: Background,
+    /// The replication streams the Raft listener serves, stopped once Raft has: until
+    /// then a peer's forwarded write on one may still commit here.
+    streams: Background,
     limits: Limits,
     shutdown_timeout: Duration,
     secret: String,
@@ -54,15 +66,18 @@ impl Application {
         }
         crate::telemetry::metrics::install();
         let node = raft::start(settings, advertised).await?;
-        raft::watch_raft(&node);
-        raft::sample_storage(&node);
-        node.watch_space();
+        let background = Background::new();
+        background.spawn(|stop| raft::watch_raft(&node, stop));
+        background.spawn(|stop| raft::sample_storage(&node, stop));
+        background.spawn(|stop| node.watch_space(stop));
         Ok(Self {
             api,
             api_addr,
             raft,
             raft_addr,
             node,
+            background,
+            streams: Background::new(),
             limits: Limits {
                 max_key_bytes: settings.server.max_key_bytes,
                 max_value_bytes: settings.server.max_value_bytes,
@@ -99,6 +114,7 @@ impl Application {
             self.node.clone(),
             self.secret.clone(),
             self.node.incoming_snapshot_dir(),
+            self.streams.clone(),
         );
         let raft_server = tokio::spawn(
             Server::new_with_acceptor(self.raft).run_with_graceful_shutdown(
@@ -122,9 +138,11 @@ impl Application {
             .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
             .await;
         tracing::info!("HTTP server stopped; shutting down raft and storage");
+        self.background.shutdown(BACKGROUND_STOP).await;
         let stopped = self.node.shutdown().await;
         let _ = stop_raft.send(());
         let raft_served = raft_server.await;
+        self.streams.shutdown(BACKGROUND_STOP).await;
         served?;
         stopped?;
         raft_served??;
@@ -139,9 +157,9 @@ async fn bind(
     setting: &str,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(BoxAcceptor, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("invalid setting `{setting}`: cannot listen on {addr}: {e}")
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("invalid setting `{setting}`: cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let acceptor = match tls {
         Some(config) => crate::tls::TlsAcceptor::new(listener, config)?.boxed(),

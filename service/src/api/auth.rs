@@ -13,8 +13,8 @@ use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
 use super::error::ApiError;
-use super::secret_matches;
 use crate::config::{AuthSettings, Role};
+use crate::secret::secret_matches;
 
 /// Paths any client may call without a token: the probes, metrics, and the docs and
 /// spec (which describe the API but hold no data). Everything under `/docs/` too.

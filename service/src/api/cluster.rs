@@ -1,10 +1,10 @@
 //! `/cluster/...`: membership administration. Any node accepts these; changes run on
-//! the leader. With `cluster.secret` set, every route needs it in `x-kvstore-secret`;
-//! with `auth.tokens` set, every route also needs a bearer token with the `admin` role.
+//! the leader. With `cluster.secret` set, every route needs it in `x-kvstore-secret`
+//! ([`ClusterSecret`]); with `auth.tokens` set, every route also needs a bearer token with the `admin` role.
 
 use std::collections::BTreeSet;
 
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 use super::auth::ClientAuth;
 use super::body::JsonBody;
+use super::cluster_secret::ClusterSecret;
 use super::error::ApiError;
-use super::{secret_matches, ApiTags};
+use super::route_error::{ClusterChange, ClusterList, ClusterRemove, RouteError};
+use super::ApiTags;
 use crate::raft::rpc::AdminOp;
 use crate::raft::{MemberInfo, NodeAddr, RaftNode};
 
@@ -91,23 +93,9 @@ pub enum MembersResult {
 
 pub struct ClusterApi {
     pub node: RaftNode,
-    pub secret: String,
 }
 
 impl ClusterApi {
-    fn authorize(&self, given: &Header<Option<String>>) -> Result<(), ApiError> {
-        if self.secret.is_empty() {
-            return Ok(());
-        }
-        match given.0.as_deref() {
-            Some(given) if secret_matches(given, &self.secret) => Ok(()),
-            Some(_) => Err(ApiError::Unauthorized("wrong cluster secret".into())),
-            None => Err(ApiError::Unauthorized(
-                "this route needs the cluster secret in the x-kvstore-secret header".into(),
-            )),
-        }
-    }
-
     fn members(&self) -> MembersResult {
         MembersResult::Ok(Json(MembersResponse {
             leader_id: self.node.metrics().current_leader,
@@ -174,9 +162,8 @@ impl ClusterApi {
         _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
-        secret: Header<Option<String>>,
-    ) -> Result<MembersResult, ApiError> {
-        self.authorize(&secret)?;
+        _secret: ClusterSecret,
+    ) -> Result<MembersResult, RouteError<ClusterList>> {
         Ok(self.members())
     }
 
@@ -197,13 +184,12 @@ impl ClusterApi {
         _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
-        secret: Header<Option<String>>,
+        _secret: ClusterSecret,
         body: JsonBody<AddLearnerRequest>,
-    ) -> Result<MembersResult, ApiError> {
-        self.authorize(&secret)?;
+    ) -> Result<MembersResult, RouteError<ClusterChange>> {
         let req = body.0;
         if req.id == 0 {
-            return Err(ApiError::InvalidMembership("node ids start at 1".into()));
+            return Err(ApiError::InvalidMembership("node ids start at 1".into()).into());
         }
         let node = NodeAddr {
             api_addr: check_base_url("api_addr", &req.api_addr)?,
@@ -229,15 +215,14 @@ impl ClusterApi {
         _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
-        secret: Header<Option<String>>,
+        _secret: ClusterSecret,
         body: JsonBody<PromoteRequest>,
-    ) -> Result<MembersResult, ApiError> {
-        self.authorize(&secret)?;
+    ) -> Result<MembersResult, RouteError<ClusterChange>> {
         let ids: BTreeSet<u64> = body.0.ids.into_iter().collect();
         if ids.is_empty() {
-            return Err(ApiError::InvalidMembership(
-                "`ids` must name at least one learner".into(),
-            ));
+            return Err(
+                ApiError::InvalidMembership("`ids` must name at least one learner".into()).into(),
+            );
         }
         self.node.admin(AdminOp::Promote { ids }).await?;
         Ok(self.members())
@@ -258,11 +243,10 @@ impl ClusterApi {
         _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
-        secret: Header<Option<String>>,
+        _secret: ClusterSecret,
         /// The member's node id.
         id: Path<u64>,
-    ) -> Result<MembersResult, ApiError> {
-        self.authorize(&secret)?;
+    ) -> Result<MembersResult, RouteError<ClusterRemove>> {
         let ids = BTreeSet::from([id.0]);
         self.node.admin(AdminOp::Remove { ids }).await?;
         Ok(self.members())
@@ -285,10 +269,9 @@ impl ClusterApi {
         _auth: ClientAuth,
         /// The cluster secret, when `cluster.secret` is set.
         #[oai(name = "x-kvstore-secret")]
-        secret: Header<Option<String>>,
+        _secret: ClusterSecret,
         body: JsonBody<TransferLeaderRequest>,
-    ) -> Result<MembersResult, ApiError> {
-        self.authorize(&secret)?;
+    ) -> Result<MembersResult, RouteError<ClusterChange>> {
         let to = body.0.id;
         // A transfer to the node that already leads never completes, and until it does
         // the leader serves no reads or writes. Leadership is already where it is wanted,

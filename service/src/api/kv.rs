@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::auth::ClientAuth;
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::route_error::{KvDelete, KvGet, KvPut, RouteError};
 use super::{ApiTags, Limits};
 use crate::raft::{Consistency, RaftNode};
 
@@ -184,18 +185,19 @@ impl KvApi {
         /// The key: 1 to `server.max_key_bytes` (1024) bytes of UTF-8.
         key: Path<String>,
         body: JsonBody<PutRequest>,
-    ) -> Result<PutResult, ApiError> {
+    ) -> Result<PutResult, RouteError<KvPut>> {
         let key = Key::parse(key.0, self.limits.max_key_bytes)?.into_inner();
         let value = body.0.value;
         if value.is_empty() {
-            return Err(ApiError::EmptyValue);
+            return Err(ApiError::EmptyValue.into());
         }
         if value.len() > self.limits.max_value_bytes {
             return Err(ApiError::ValueTooLarge(format!(
                 "value is {} bytes; the limit is {} bytes",
                 value.len(),
                 self.limits.max_value_bytes
-            )));
+            ))
+            .into());
         }
         self.node.put(key.clone(), value.clone()).await?;
         Ok(PutResult::Created(Json(PutResponse {
@@ -223,7 +225,7 @@ impl KvApi {
         /// `linearizable` (default) or `stale`.
         #[oai(default)]
         consistency: Query<ReadConsistency>,
-    ) -> Result<GetResult, ApiError> {
+    ) -> Result<GetResult, RouteError<KvGet>> {
         let key = Key::parse(key.0, self.limits.max_key_bytes)?.into_inner();
         match self.node.get(&key, consistency.0.into()).await? {
             Some(value) => Ok(GetResult::Ok(Json(GetResponse {
@@ -231,7 +233,7 @@ impl KvApi {
                 value,
                 node_id: self.node.id(),
             }))),
-            None => Err(ApiError::KeyNotFound(key)),
+            None => Err(ApiError::KeyNotFound(key).into()),
         }
     }
 
@@ -247,7 +249,7 @@ impl KvApi {
         _auth: ClientAuth,
         /// The key: 1 to `server.max_key_bytes` (1024) bytes of UTF-8.
         key: Path<String>,
-    ) -> Result<DeleteResult, ApiError> {
+    ) -> Result<DeleteResult, RouteError<KvDelete>> {
         let key = Key::parse(key.0, self.limits.max_key_bytes)?.into_inner();
         if self.node.delete(key.clone()).await? {
             Ok(DeleteResult::Ok(Json(DeleteResponse {
@@ -256,7 +258,7 @@ impl KvApi {
                 node_id: self.node.id(),
             })))
         } else {
-            Err(ApiError::KeyNotFound(key))
+            Err(ApiError::KeyNotFound(key).into())
         }
     }
 }

@@ -1,14 +1,18 @@
 //! The client-facing HTTP API: routes, the OpenAPI spec and Swagger UI, and the
 //! middleware every request passes through (key paths, access log, JSON errors, load
-//! shedding, client authentication; in `middleware.rs`).
+//! shedding, client authentication; in `middleware.rs`). Bearer tokens are in
+//! `auth.rs`, the cluster secret in `cluster_secret.rs`, and the statuses each route
+//! can answer, as its spec shows them, in `route_error.rs`.
 
 mod auth;
 mod body;
 mod cluster;
+mod cluster_secret;
 mod kv;
 mod middleware;
 mod node_error;
 mod request_log;
+mod route_error;
 mod system;
 
 use std::sync::Arc;
@@ -20,12 +24,12 @@ use tokio::sync::Semaphore;
 
 pub use self::auth::Auth;
 use self::body::BodyRules;
+use self::cluster_secret::ExpectedSecret;
 use self::middleware::{AllowedMethods, LoadShedding};
 pub use self::request_log::RequestLog;
 use crate::admission::ByteBudget;
 pub use crate::error;
 use crate::raft::RaftNode;
-use crate::secret::secret_matches;
 
 /// Request limits, from the `server` settings.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +58,6 @@ enum ApiTags {
 fn openapi(
     node: &RaftNode,
     limits: Limits,
-    secret: String,
 ) -> OpenApiService<(kv::KvApi, system::SystemApi, cluster::ClusterApi), ()> {
     OpenApiService::new(
         (
@@ -63,10 +66,7 @@ fn openapi(
                 limits,
             },
             system::SystemApi { node: node.clone() },
-            cluster::ClusterApi {
-                node: node.clone(),
-                secret,
-            },
+            cluster::ClusterApi { node: node.clone() },
         ),
         "kvstore",
         env!("CARGO_PKG_VERSION"),
@@ -95,7 +95,7 @@ pub fn app(
         );
     }
     let node_id = node.id();
-    let service = openapi(&node, limits, secret);
+    let service = openapi(&node, limits);
     let docs = service.swagger_ui();
     let spec_json = service.spec_endpoint();
     let spec_yaml = service.spec_endpoint_yaml();
@@ -113,6 +113,7 @@ pub fn app(
         .at("/openapi.yaml", spec_yaml)
         .nest("/", service)
         .data(body_rules)
+        .data(ExpectedSecret::new(&secret))
         .around(move |ep, req| middleware::json_errors(ep, req, allowed.clone()))
         .around(middleware::route_key_paths)
         .around(move |ep, req| middleware::shed_load(ep, req, shedding.clone()))

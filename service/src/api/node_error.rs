@@ -42,10 +42,9 @@ mod tests {
         let errors = [
             ApiError::from(NodeError::Unavailable(fatal.into())),
             ApiError::from(NodeError::Storage(fatal.into())),
-            ApiError::from(NodeError::OutcomeUnknown(format!(
-                "discarded: {:?}",
-                Some(std::io::Error::other("x"))
-            ))),
+            ApiError::from(NodeError::OutcomeUnknown(
+                format!("discarded: {:?}", Some(std::io::Error::other("x"))).into(),
+            )),
             ApiError::Internal(format!("{:?}", std::io::Error::other("boom"))),
         ];
         for e in errors {

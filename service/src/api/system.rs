@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::ClientAuth;
 use super::error::ApiError;
+use super::route_error::{Ready, RouteError, Status};
 use super::ApiTags;
 use crate::raft::RaftNode;
 
@@ -206,7 +207,7 @@ impl SystemApi {
     /// has applied every entry it knows to be committed, and its last write to disk did
     /// not fail for want of space; otherwise 503 `NOT_READY` with the reason.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
-    async fn ready(&self) -> Result<ReadyResult, ApiError> {
+    async fn ready(&self) -> Result<ReadyResult, RouteError<Ready>> {
         let leader_id = self.readiness().await.map_err(ApiError::NotReady)?;
         Ok(ReadyResult::Ok(Json(ReadyResponse {
             ready: true,
@@ -230,7 +231,7 @@ impl SystemApi {
     ///
     /// With `auth.tokens` set, needs a token with the `read` role.
     #[oai(path = "/status", method = "get", operation_id = "status")]
-    async fn status(&self, _auth: ClientAuth) -> Result<StatusResult, ApiError> {
+    async fn status(&self, _auth: ClientAuth) -> Result<StatusResult, RouteError<Status>> {
         let m = self.node.metrics();
         let members = self.node.members();
         let leader_id = self.node.leader_in_touch().await;

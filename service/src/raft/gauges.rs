@@ -1,11 +1,13 @@
 //! The Raft gauges of `/metrics`: a watcher task turns openraft's metrics into gauges,
 //! and a sampler task reads the key count and the storage size every few seconds.
 
+use std::future::Future;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
 
 use super::RaftNode;
 use crate::telemetry::metrics::{
@@ -16,8 +18,9 @@ use crate::telemetry::metrics::{
 /// The shortest pause between two updates of the Raft gauges.
 const METRICS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs.
-pub fn watch_raft(node: &RaftNode) {
+/// Keeps the Raft gauges in step with openraft's metrics, for as long as Raft runs or
+/// until `stop` fires.
+pub fn watch_raft(node: &RaftNode, stop: CancellationToken) -> impl Future<Output = ()> + Send {
     gauge!(
         NODE_INFO,
         "node_id" => node.id().to_string(),
@@ -27,7 +30,7 @@ pub fn watch_raft(node: &RaftNode) {
     .set(1.0);
     let mut rx = node.raft_metrics_watch();
     let weak = node.downgrade();
-    tokio::spawn(async move {
+    async move {
         let mut leader: Option<u64> = None;
         loop {
             let m = rx.borrow_watched().clone();
@@ -70,17 +73,23 @@ pub fn watch_raft(node: &RaftNode) {
             // Wake on a change, and at least once a second for the ages; but no more
             // than ten times a second: under load Raft's metrics change on every
             // commit, and scrapes come seconds apart.
-            tokio::time::sleep(METRICS_MIN_INTERVAL).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+            let next = async {
+                tokio::time::sleep(METRICS_MIN_INTERVAL).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+            };
+            if stop.run_until_cancelled(next).await.is_none() {
+                return;
+            }
         }
-    });
+    }
 }
 
 /// Samples the key count and the storage size every five seconds, for as long as the
-/// node exists (it holds the node only while sampling, so the store can close).
-pub fn sample_storage(node: &RaftNode) {
+/// node exists (it holds the node only while sampling, so the store can close) or
+/// until `stop` fires.
+pub fn sample_storage(node: &RaftNode, stop: CancellationToken) -> impl Future<Output = ()> + Send {
     let weak = node.downgrade();
-    tokio::spawn(async move {
+    async move {
         loop {
             {
                 let Some(node) = weak.upgrade() else { return };
@@ -95,7 +104,10 @@ pub fn sample_storage(node: &RaftNode) {
                         .set(bytes as f64);
                 }
             }
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            let pause = tokio::time::sleep(Duration::from_secs(5));
+            if stop.run_until_cancelled(pause).await.is_none() {
+                return;
+            }
         }
-    });
+    }
 }

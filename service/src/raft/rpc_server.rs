@@ -22,6 +22,7 @@ use super::rpc::{
 };
 use super::typ::Snapshot;
 use super::{RaftNode, TypeConfig};
+use crate::background::Background;
 use crate::error::{ApiError, InvalidJsonDetails};
 use crate::secret::secret_matches;
 use crate::telemetry::trace;
@@ -35,12 +36,15 @@ const MAX_SNAPSHOT_HEADER: u64 = 1024 * 1024;
 
 /// The Raft RPC application. With a non-empty `secret`, every request must carry it in
 /// the `x-kvstore-secret` header, or is refused with 401.
+/// The replication streams it serves run as tasks of `streams`, stopped at shutdown.
 pub fn rpc_app(
     node: RaftNode,
     secret: String,
     incoming_dir: PathBuf,
+    streams: Background,
 ) -> impl Endpoint<Output = Response> {
     let node_id = node.id();
+    let secret: Arc<str> = Arc::from(secret);
     Route::new()
         .at(rpc::APPEND, post(append))
         .at(rpc::VOTE, post(vote))
@@ -54,55 +58,70 @@ pub fn rpc_app(
         .data(node)
         .data(IncomingDir(incoming_dir))
         .data(StreamSlots(Arc::new(Semaphore::new(rpc::MAX_STREAMS))))
-        .around(move |ep, req| {
-            let allowed = secret.is_empty()
-                || req
-                    .header(rpc::SECRET_HEADER)
-                    .is_some_and(|given| secret_matches(given, &secret));
-            let misdirected = req
-                .header(rpc::TARGET_HEADER)
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|target| *target != node_id);
-            async move {
-                if !allowed {
-                    return Ok(
-                        ApiError::Unauthorized("missing or wrong cluster secret".into())
-                            .into_response(),
-                    );
-                }
-                // A membership that names this address for another id (a mistake, or
-                // a node replaced without its id) must not make Raft talk to itself.
-                if let Some(target) = misdirected {
-                    return Ok(Response::builder()
-                        .status(poem::http::StatusCode::MISDIRECTED_REQUEST)
-                        .body(format!("this is node {node_id}, not node {target}")));
-                }
-                let (method, uri) = (req.method().clone(), req.uri().clone());
-                let path = uri.path();
-                // Only requests that are part of a trace (forwarded client requests) get
-                // a span; heartbeats and replication would bury them.
-                let span = if trace::has_traceparent(req.headers()) {
-                    let span = tracing::info_span!(
-                        "raft rpc",
-                        otel.name = %path,
-                        otel.kind = "server",
-                        url.path = %path,
-                        node.id = node_id,
-                        trace_id = tracing::field::Empty,
-                        span_id = tracing::field::Empty,
-                    );
-                    let _ = span.set_parent(trace::extract(req.headers()));
-                    trace::record_ids(&span);
-                    span
-                } else {
-                    tracing::Span::none()
-                };
-                Ok(match ep.call(req).instrument(span).await {
-                    Ok(resp) => resp.into_response(),
-                    Err(err) => crate::error::to_json_response(err, method.as_str(), path),
-                })
-            }
-        })
+        .data(streams)
+        .around(move |ep, req| peer_request(ep, req, node_id, secret.clone()))
+}
+
+/// The layer around every route of the Raft listener, before routing: the cluster
+/// secret ([`check_secret`]), the node a request is meant for, a span for requests that
+/// are part of a trace, and the JSON shape for every error.
+async fn peer_request<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    node_id: u64,
+    secret: Arc<str>,
+) -> poem::Result<Response> {
+    if let Err(refused) = check_secret(&req, &secret) {
+        return Ok(refused.into_response());
+    }
+    // A membership that names this address for another id (a mistake, or a node
+    // replaced without its id) must not make Raft talk to itself.
+    let misdirected = req
+        .header(rpc::TARGET_HEADER)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|target| *target != node_id);
+    if let Some(target) = misdirected {
+        return Ok(Response::builder()
+            .status(poem::http::StatusCode::MISDIRECTED_REQUEST)
+            .body(format!("this is node {node_id}, not node {target}")));
+    }
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let path = uri.path();
+    // Only requests that are part of a trace (forwarded client requests) get a span;
+    // heartbeats and replication would bury them.
+    let span = if trace::has_traceparent(req.headers()) {
+        let span = tracing::info_span!(
+            "raft rpc",
+            otel.name = %path,
+            otel.kind = "server",
+            url.path = %path,
+            node.id = node_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let _ = span.set_parent(trace::extract(req.headers()));
+        trace::record_ids(&span);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    Ok(match ep.call(req).instrument(span).await {
+        Ok(resp) => resp.into_response(),
+        Err(err) => crate::error::to_json_response(err, method.as_str(), path),
+    })
+}
+
+/// With a non-empty cluster secret, a peer's request must carry it in the
+/// `x-kvstore-secret` header; checked before routing, so unknown paths too are refused.
+fn check_secret(req: &Request, secret: &str) -> Result<(), ApiError> {
+    let given = req.header(rpc::SECRET_HEADER);
+    if secret.is_empty() || given.is_some_and(|given| secret_matches(given, secret)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "missing or wrong cluster secret".into(),
+        ))
+    }
 }
 
 /// The streams this node may still serve (see [`rpc::MAX_STREAMS`]).
@@ -153,7 +172,12 @@ async fn transfer_leader(
 /// Upgrades the connection to a stream of calls (see [`rpc::STREAM`]) and serves it
 /// until the peer closes it.
 #[handler]
-fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Response {
+fn stream(
+    req: &Request,
+    node: Data<&RaftNode>,
+    slots: Data<&StreamSlots>,
+    background: Data<&Background>,
+) -> Response {
     let wanted = req
         .header(poem::http::header::UPGRADE)
         .is_some_and(|p| p.eq_ignore_ascii_case(rpc::STREAM_PROTOCOL));
@@ -167,6 +191,11 @@ fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Re
             .into_response()
         }
     };
+    // A node whose streams are being stopped takes no new ones: its peers send plain
+    // requests until it is gone.
+    if background.is_stopping() {
+        return ApiError::Unavailable("this node is shutting down".into()).into_response();
+    }
     let Ok(slot) = slots.0 .0.clone().try_acquire_owned() else {
         return ApiError::Overloaded(format!(
             "{} streams are open; send plain requests",
@@ -175,11 +204,16 @@ fn stream(req: &Request, node: Data<&RaftNode>, slots: Data<&StreamSlots>) -> Re
         .into_response();
     };
     let node = node.clone();
-    tokio::spawn(async move {
+    background.spawn(|stop| async move {
         let _slot = slot;
-        let Ok(io) = upgrade.await else { return };
-        if let Err(error) = serve_stream(&node, io).await {
-            tracing::debug!(%error, "replication stream ended");
+        let served = stop.run_until_cancelled(async {
+            let Ok(io) = upgrade.await else { return };
+            if let Err(error) = serve_stream(&node, io).await {
+                tracing::debug!(error = format!("{error:#}"), "replication stream ended");
+            }
+        });
+        if served.await.is_none() {
+            tracing::debug!("replication stream closed: shutting down");
         }
     });
     Response::builder()
@@ -326,4 +360,29 @@ fn bad_request(e: impl std::fmt::Display) -> poem::Error {
 
 fn internal(e: impl std::fmt::Display) -> poem::Error {
     ApiError::Internal(e.to_string()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(secret: Option<&str>) -> Request {
+        let mut builder = Request::builder();
+        if let Some(secret) = secret {
+            builder = builder.header(rpc::SECRET_HEADER, secret);
+        }
+        builder.finish()
+    }
+
+    #[test]
+    fn peers_need_the_cluster_secret_when_one_is_set() {
+        assert!(check_secret(&request(None), "").is_ok());
+        assert!(check_secret(&request(Some("anything")), "").is_ok());
+        assert!(check_secret(&request(Some("s3cret")), "s3cret").is_ok());
+        for given in [None, Some(""), Some("s3cre"), Some("s3cret+")] {
+            let e = check_secret(&request(given), "s3cret").unwrap_err();
+            assert_eq!(e.status(), 401, "{given:?}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
 }

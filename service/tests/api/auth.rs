@@ -290,6 +290,63 @@ async fn the_spec_declares_the_bearer_scheme(backend: Backend) {
     app.stop().await;
 }
 
+/// The cluster secret is checked before the body is read: a change with a wrong secret
+/// and a body that is not JSON answers 401, with the right one 400. The spec shows the
+/// secret as an optional header of every membership route.
+async fn the_cluster_secret_is_checked_before_the_body(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.cluster.secret = "cluster-secret".into()).await;
+    let learners = |secret: &'static str| {
+        app.client
+            .post(app.url("/cluster/learners"))
+            .header("x-kvstore-secret", secret)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+    };
+    let body = error(learners("wrong").await.unwrap(), 401, "UNAUTHORIZED").await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrong cluster secret"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("cluster-secret"), "{body}");
+    error(
+        learners("cluster-secret").await.unwrap(),
+        400,
+        "INVALID_JSON",
+    )
+    .await;
+    let spec = json(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    for (method, path) in [
+        ("get", "/cluster/members"),
+        ("post", "/cluster/learners"),
+        ("post", "/cluster/voters"),
+        ("delete", "/cluster/members/{id}"),
+        ("post", "/cluster/leader"),
+    ] {
+        let parameters = spec["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameters"));
+        let secret = parameters
+            .iter()
+            .find(|p| p["name"] == "x-kvstore-secret")
+            .unwrap_or_else(|| panic!("{method} {path} does not declare the secret"));
+        assert_eq!(secret["in"], "header", "{method} {path}");
+        assert_eq!(secret["required"], false, "{method} {path}");
+    }
+    app.stop().await;
+}
+
 crate::backend_tests!(
     auth_is_off_by_default,
     requests_without_a_valid_token_are_unauthorized,
@@ -298,4 +355,5 @@ crate::backend_tests!(
     cluster_routes_still_need_the_cluster_secret,
     probes_metrics_and_docs_need_no_token,
     the_spec_declares_the_bearer_scheme,
+    the_cluster_secret_is_checked_before_the_body,
 );
