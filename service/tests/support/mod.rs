@@ -134,6 +134,12 @@ impl NodeProcess {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Its last log lines are still in the pipe: wait (bounded; the process
+                // is gone) until the reader thread has drained it and let go of `logs`.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while Arc::strong_count(&self.logs) > 1 && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(
