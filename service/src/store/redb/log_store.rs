@@ -24,14 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::segments::Segments;
 use super::{read_meta, redb_err, Db, LOG_META};
+use crate::store::contract::meta::{COMMITTED, LAST_PURGED, VOTE};
 use crate::store::space::Writer as DiskWriter;
 use crate::store::{decode, encode, is_out_of_space, DiskFull, RETRY_FIRST, RETRY_MAX};
 use crate::types::typ::{Entry, LogId, Vote};
 use crate::types::TypeConfig;
-
-const VOTE: &str = "vote";
-pub(super) const COMMITTED: &str = "committed";
-pub(super) const LAST_PURGED: &str = "last_purged";
 
 /// The most operations the writer commits in one transaction.
 const MAX_GROUP: usize = 1024;
