@@ -19,6 +19,7 @@
 //! database file that redb refuses to write after the error is opened again.
 
 mod log_store;
+mod log_writer;
 mod pending;
 mod reader;
 /// Public for `examples/log_compare.rs`, which measures it against another log.
