@@ -37,7 +37,7 @@ pub use crate::types::{Command, CommandResult, Proposal};
 
 /// The backend the node runs on: the embedded store or PostgreSQL, as `storage.type`
 /// says. A third backend nests here (`Either<Redb, Either<Postgres, Third>>`) and gets
-/// one line in [`open`].
+/// its arm in [`open`]; no dispatch code changes.
 pub type AnyBackend = Either<Redb, Postgres>;
 
 /// Opens the backend `storage.type` names.

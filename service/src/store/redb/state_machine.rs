@@ -232,10 +232,10 @@ impl StateMachineBackend for RedbStateMachine {
         let membership = batch
             .iter()
             .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
-        let results = if membership {
+        if membership {
             let shared = self.shared.clone();
             // Membership changes wait for room: they cannot stay in memory.
-            blocking(move || shared.retrying(|| Self::apply_through(&shared, &batch))).await?
+            blocking(move || shared.retrying(|| Self::apply_through(&shared, &batch))).await
         } else {
             // In memory, on this task: only a delete of a key with nothing pending
             // reads the database (from its cache, as the API's reads do).
@@ -250,9 +250,8 @@ impl StateMachineBackend for RedbStateMachine {
                     _ => {}
                 }
             }
-            results
-        };
-        Ok(results)
+            Ok(results)
+        }
     }
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot<SnapshotFile>> {
