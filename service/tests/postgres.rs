@@ -634,9 +634,19 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
     let Some(server) = PgServer::start().await else {
         return;
     };
-    let database = server.create_database().await;
+    // The test server's databases sort in byte order already (SQL_ASCII); a database
+    // with a linguistic collation (ICU's root: `a` before `B`) is what a server
+    // initialised with a locale gives.
+    let database = "range_icu";
+    server
+        .execute(
+            "postgres",
+            "CREATE DATABASE range_icu TEMPLATE template0 ENCODING 'UTF8' \
+             LOCALE 'C' LOCALE_PROVIDER icu ICU_LOCALE 'und'",
+        )
+        .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open_store(&server, &database, dir.path()).await;
+    let mut store = open_store(&server, database, dir.path()).await;
     let handle = store.handle.clone();
     assert!(handle.range("", None, 10).await.unwrap().is_empty());
 
