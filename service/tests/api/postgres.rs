@@ -13,7 +13,7 @@ use crate::support::{
 use futures::StreamExt;
 use kvstore::config::Settings;
 use kvstore::raft::TypeConfig;
-use kvstore::store::postgres::{self, PgLogStore, PgStateMachine};
+use kvstore::store::{postgres, LogStore, Postgres, StateMachine, Store};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
@@ -22,17 +22,23 @@ struct Builder<'a> {
     server: &'a PgServer,
 }
 
-impl StoreBuilder<TypeConfig, PgLogStore, PgStateMachine, tempfile::TempDir> for Builder<'_> {
+/// The store is the wrapper the node runs on, over the PostgreSQL backend alone.
+impl StoreBuilder<TypeConfig, LogStore<Postgres>, StateMachine<Postgres>, tempfile::TempDir>
+    for Builder<'_>
+{
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, PgLogStore, PgStateMachine), StorageError<TypeConfig>> {
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            LogStore<Postgres>,
+            StateMachine<Postgres>,
+        ),
+        StorageError<TypeConfig>,
+    > {
         let database = self.server.create_database().await;
-        let mut settings = Settings::load_from(None, |_| None).expect("defaults");
-        self.server.configure(&mut settings, &database);
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = postgres::open(&settings.database, dir.path(), Default::default())
-            .await
-            .expect("open the PostgreSQL store");
+        let store = open_store(self.server, &database, dir.path()).await;
         Ok((dir, store.log_store, store.state_machine))
     }
 }
@@ -460,15 +466,17 @@ fn put_entries(range: std::ops::RangeInclusive<u64>) -> Vec<kvstore::raft::typ::
         .collect()
 }
 
-async fn open_store(server: &PgServer, database: &str, dir: &std::path::Path) -> postgres::PgStore {
+async fn open_store(server: &PgServer, database: &str, dir: &std::path::Path) -> Store<Postgres> {
     let mut settings = Settings::load_from(None, |_| None).expect("defaults");
     server.configure(&mut settings, database);
-    postgres::open(&settings.database, dir, Default::default())
+    let disk_full = Arc::new(kvstore::store::DiskFull::default());
+    let opened = postgres::open(&settings.database, dir, disk_full.clone())
         .await
-        .expect("open the PostgreSQL store")
+        .expect("open the PostgreSQL store");
+    Store::new(opened, disk_full)
 }
 
-async fn apply(sm: &mut PgStateMachine, entries: Vec<kvstore::raft::typ::Entry>) {
+async fn apply(sm: &mut StateMachine<Postgres>, entries: Vec<kvstore::raft::typ::Entry>) {
     use openraft::storage::RaftStateMachine;
     let items = entries.into_iter().map(|e| Ok((e, None)));
     sm.apply(futures::stream::iter(items)).await.expect("apply");
@@ -558,7 +566,7 @@ async fn log_appends_and_votes_survive_a_postgres_crash_with_synchronous_commit_
     let vote = kvstore::raft::typ::Vote::new(3, 1);
     log.save_vote(&vote).await.unwrap();
     server.kill().await;
-    store.handle.close().await;
+    store.handle.close().await.expect("close the pool");
     server.start_again().await;
 
     let store = open_store(&server, &database, dir.path()).await;
@@ -610,4 +618,111 @@ async fn a_follower_back_from_a_partition_leaves_the_leader_alone_on_postgres() 
             }
         }
     }
+}
+
+/// A range is in byte order of the keys whatever the database's collation (upper case
+/// before lower case, `é` after `z`), bounded to `[start, end)` and limited, with
+/// deleted keys left out; the same order the embedded store gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
+    use openraft::entry::RaftEntry;
+    let Some(server) = PgServer::start().await else {
+        return;
+    };
+    // The test server's databases sort in byte order already (SQL_ASCII); a database
+    // with a linguistic collation (ICU's root: `a` before `B`) is what a server
+    // initialised with a locale gives.
+    let database = "range_icu";
+    server
+        .execute(
+            "postgres",
+            "CREATE DATABASE range_icu TEMPLATE template0 ENCODING 'UTF8' \
+             LOCALE 'C' LOCALE_PROVIDER icu ICU_LOCALE 'und'",
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(&server, database, dir.path()).await;
+    let handle = store.handle.clone();
+    assert!(handle.range("", None, 10).await.unwrap().is_empty());
+
+    let leader = openraft::impls::leader_id_adv::LeaderId {
+        term: 1,
+        node_id: 1,
+    };
+    let entry = |index: u64, command: kvstore::store::Command| {
+        kvstore::raft::typ::Entry::new_normal(
+            kvstore::raft::typ::LogId::new(leader, index),
+            kvstore::store::Proposal {
+                command,
+                trace: None,
+            },
+        )
+    };
+    let keys = [
+        "b", "B", "a", "a b", "a-b", "ab", "Z", "z", "\u{e9}", "gone",
+    ];
+    let mut entries: Vec<_> = keys
+        .iter()
+        .zip(1..)
+        .map(|(key, i)| {
+            let command = kvstore::store::Command::Put {
+                key: key.to_string(),
+                value: format!("v{i}"),
+            };
+            entry(i, command)
+        })
+        .collect();
+    entries.push(entry(
+        11,
+        kvstore::store::Command::Delete { key: "gone".into() },
+    ));
+    apply(&mut store.state_machine, entries).await;
+    let model: BTreeMap<String, String> = keys
+        .iter()
+        .zip(1..)
+        .filter(|(key, _)| **key != "gone")
+        .map(|(key, i)| (key.to_string(), format!("v{i}")))
+        .collect();
+
+    let bounds = [
+        "",
+        "B",
+        "a",
+        "a-",
+        "ab",
+        "b",
+        "c",
+        "z",
+        "\u{e9}",
+        "\u{10ffff}",
+    ];
+    for start in bounds {
+        for end in bounds.iter().map(|e| Some(*e)).chain([None]) {
+            for limit in [0, 1, 3, 100] {
+                let expected: Vec<(String, String)> = model
+                    .iter()
+                    .filter(|(k, _)| k.as_str() >= start && end.is_none_or(|e| k.as_str() < e))
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(
+                    handle.range(start, end, limit).await.unwrap(),
+                    expected,
+                    "range [{start:?}, {end:?}) limit {limit}"
+                );
+            }
+        }
+    }
+    let all: Vec<String> = handle
+        .range("", None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        all,
+        ["B", "Z", "a", "a b", "a-b", "ab", "b", "z", "\u{e9}"],
+        "byte order"
+    );
 }

@@ -11,13 +11,10 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use super::{read_meta, to_i64, Db, Meta};
+use crate::store::contract::meta::{COMMITTED, LAST_PURGED, VOTE};
 use crate::store::{decode, encode};
 use crate::types::typ::{Entry, LogId, Vote};
 use crate::types::TypeConfig;
-
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
 
 /// Makes the transaction's commit wait for its WAL flush whatever the server's or the
 /// database's `synchronous_commit` says: log appends, votes, truncations and purges
