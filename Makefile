@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test test-images lint fmt clean cluster cluster-stop up down logs ps compose-test bench soak
+.PHONY: help run build test test-images alerts-test lint fmt clean cluster cluster-stop up down logs ps compose-test bench soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both ba
 test-images: ## Build the images the container tests use: kvstore:local from the root Dockerfile, and PostgreSQL where no registry has it
 	@if docker info >/dev/null 2>&1; then images/postgres-image.sh >/dev/null && images/build.sh kvstore; \
 	else echo "no Docker daemon: not building images (the container tests will say SKIPPED)"; fi
+
+alerts-test: ## The alert rules' unit tests alone (promtool test rules; `make test` runs them in integration-tests/tests/alerts.rs)
+	promtool check rules compose/alerts.yml
+	promtool test rules compose/alerts_test.yml
 
 compose-test: $(VENV)/bin/openapi-spec-validator ## The compose stack: config checks, then end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
 	@if docker info >/dev/null 2>&1; then $(VENV)/bin/python compose/check_config.py && compose/smoke-test.sh; \

@@ -211,12 +211,18 @@ impl StateMachine {
     }
 }
 
+/// Counts a failed snapshot `operation` (`build` or `install`), for the alert.
+fn snapshot_failed(operation: &'static str) {
+    counter!(metrics::SNAPSHOT_FAILURES, "operation" => operation).increment(1);
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
         let started = Instant::now();
-        let snapshot = dispatch!(StateMachine, self, s => s.build_snapshot().await)?;
+        let snapshot = dispatch!(StateMachine, self, s => s.build_snapshot().await)
+            .inspect_err(|_| snapshot_failed(metrics::SNAPSHOT_BUILD))?;
         counter!(metrics::SNAPSHOTS_BUILT).increment(1);
         histogram!(metrics::SNAPSHOT_BUILD_DURATION).record(started.elapsed().as_secs_f64());
         Ok(snapshot)
@@ -271,7 +277,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let started = Instant::now();
-        dispatch!(StateMachine, self, s => s.install_snapshot(meta, snapshot).await)?;
+        dispatch!(StateMachine, self, s => s.install_snapshot(meta, snapshot).await)
+            .inspect_err(|_| snapshot_failed(metrics::SNAPSHOT_INSTALL))?;
         counter!(metrics::SNAPSHOTS_INSTALLED).increment(1);
         histogram!(metrics::SNAPSHOT_INSTALL_DURATION).record(started.elapsed().as_secs_f64());
         Ok(())
