@@ -55,7 +55,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = match kvstore::telemetry::init(&settings.logging, &settings.telemetry) {
+    let _telemetry = match kvstore::telemetry::init(
+        &settings.logging,
+        &settings.telemetry,
+        settings.raft.node_id,
+    ) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("kvstore: {e}");
