@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ::metrics::counter;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::linearizable_read::{Linearizer, LinearizerOption, ReadLogId};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -1069,6 +1069,11 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NodeEr
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
             NodeError::OutcomeUnknown(f.to_string())
         }
+        // Another change still being committed: this one may pass once it has, so it
+        // is a 503 to retry, not a 400 (two nodes joining at once meet this).
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => NodeError::Unavailable(e.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             NodeError::InvalidMembership(e.to_string())
         }
