@@ -99,6 +99,13 @@ if [ "$join" = true ]; then
   joiner=
   if [ "$joined" -ne 0 ] && kill -0 "$node" 2>/dev/null; then
     say "node $KV_RAFT_NODE_ID could not join (exit $joined): stopping it"
+    # Not before it has started: a node stopped while it creates its files on a new
+    # volume can leave them half-written (up to 30 s).
+    i=0
+    while [ "$i" -lt 30 ] && kill -0 "$node" 2>/dev/null && ! kvstore health >/dev/null 2>&1; do
+      sleep 1
+      i=$((i + 1))
+    done
     kill -TERM "$node" 2>/dev/null || true
   fi
 fi
