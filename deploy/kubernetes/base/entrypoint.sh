@@ -88,8 +88,9 @@ export KV_CLUSTER_BOOTSTRAP
 kvstore "$@" &
 node=$!
 joiner=
-# SIGTERM (pod deletion) goes to the node, which drains and exits; so does a failed join.
-trap 'kill -TERM "$node" ${joiner:+"$joiner"} 2>/dev/null || true' TERM INT
+stopping=false
+# SIGTERM (pod deletion) goes to the node, which drains and exits, and to the join.
+trap 'stopping=true; kill -TERM "$node" ${joiner:+"$joiner"} 2>/dev/null || true' TERM INT
 
 joined=0
 if [ "$join" = true ]; then
@@ -97,7 +98,9 @@ if [ "$join" = true ]; then
   joiner=$!
   wait "$joiner" || joined=$?
   joiner=
-  if [ "$joined" -ne 0 ] && kill -0 "$node" 2>/dev/null; then
+  if [ "$stopping" = true ]; then
+    joined=0
+  elif [ "$joined" -ne 0 ] && kill -0 "$node" 2>/dev/null; then
     say "node $KV_RAFT_NODE_ID could not join (exit $joined): stopping it"
     # Not before it has started: a node stopped while it creates its files on a new
     # volume can leave them half-written (up to 30 s).
