@@ -23,6 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use processes::{clean_command, eventually, kvstore_bin, Process};
+use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
@@ -49,6 +50,51 @@ fn the_prometheus_rule_carries_the_alert_rules_of_compose() {
         rule["spec"]["groups"], alerts["groups"],
         "deploy/kubernetes/base/prometheusrule.yaml differs from compose/alerts.yml: copy the groups over"
     );
+}
+
+/// The custom resources have no schema offline, so their references are checked here:
+/// the ServiceMonitor selects the headless Service (every pod, ready or not), scrapes
+/// its API port by name, and trusts the CA of the Secret the pods serve TLS from.
+#[test]
+fn the_service_monitor_scrapes_every_pod_over_tls() {
+    let base = root().join("deploy/kubernetes/base");
+    let monitor = yaml(&base.join("servicemonitor.yaml"));
+    let services = std::fs::read_to_string(base.join("services.yaml")).unwrap();
+    let headless = serde_yaml::Deserializer::from_str(&services)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .find(|svc| svc["spec"]["clusterIP"] == "None")
+        .expect("a headless Service");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            &headless["metadata"]["labels"][label], value,
+            "the ServiceMonitor selects {label:?}={value:?}, which the headless Service lacks"
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    let port = endpoint["port"].as_str().unwrap();
+    assert!(
+        headless["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port),
+        "the headless Service has no port named {port}"
+    );
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["path"], "/metrics");
+    let manifest = Manifest::load();
+    let tls_secret = manifest
+        .volumes
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
+        .expect("the pods mount a TLS Secret");
+    assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], tls_secret);
 }
 
 /// The pod template's container and the StatefulSet around it.
