@@ -1,5 +1,6 @@
 //! The Kubernetes deployment (`deploy/kubernetes/`) without a Kubernetes cluster:
-//! - its PrometheusRule carries exactly the rules of `compose/alerts.yml`;
+//! - its PrometheusRule carries exactly the rules of `compose/alerts.yml`, and its
+//!   ServiceMonitor points at what exists (custom resources have no schema offline);
 //! - the bootstrap the pods run, with real processes: each "pod" is the StatefulSet's
 //!   container command (`entrypoint.sh` from the ConfigMap) with the environment the
 //!   manifest gives it, started in StatefulSet order. The first initialises the cluster,
