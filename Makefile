@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test test-images lint fmt clean cluster cluster-stop up down logs ps compose-test bench soak
+.PHONY: help run build test test-images alerts-test kubernetes-test lint fmt clean cluster cluster-stop up down logs ps compose-test bench soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,9 +40,10 @@ build: ## Build the release binary into bin/kvstore
 	$(CARGO) build --release -p kvstore
 	mkdir -p bin && cp target/release/kvstore bin/kvstore
 
-test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, API fuzzing, compose)
+test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both backends, storage suites, process, cluster, container faults, alert rules, Kubernetes manifests, API fuzzing, compose)
 	@$(MAKE) -s test-images
 	KV_TEST_POSTGRES_IMAGE="$$(images/postgres-image.sh)" $(CARGO) test --workspace --all-targets --no-fail-fast
+	@$(MAKE) -s kubernetes-test
 	$(PYTHON) readme-test/run.py
 	@$(MAKE) -s api-fuzz
 	@$(MAKE) -s compose-test
@@ -50,6 +51,25 @@ test: $(VENV)/bin/openapi-spec-validator ## Run every test (unit, API on both ba
 test-images: ## Build the images the container tests use: kvstore:local from the root Dockerfile, and PostgreSQL where no registry has it
 	@if docker info >/dev/null 2>&1; then images/postgres-image.sh >/dev/null && images/build.sh kvstore; \
 	else echo "no Docker daemon: not building images (the container tests will say SKIPPED)"; fi
+
+alerts-test: ## The alert rules' unit tests alone (promtool test rules; `make test` runs them in integration-tests/tests/alerts.rs)
+	promtool check rules compose/alerts.yml
+	promtool test rules compose/alerts_test.yml
+
+# The manifests as kustomize renders them: the base and each overlay.
+KUBERNETES_DIRS := deploy/kubernetes/base deploy/kubernetes/overlays/postgres
+
+kubernetes-test: $(VENV)/bin/kubernetes-validate ## Render deploy/kubernetes with kustomize (kubectl) and validate it against the Kubernetes schemas, offline (skipped without kubectl unless KV_REQUIRE_KUBECTL is set)
+	@if ! command -v kubectl >/dev/null 2>&1; then \
+	  if [ -n "$$KV_REQUIRE_KUBECTL" ]; then echo "KV_REQUIRE_KUBECTL is set but kubectl is not installed" >&2; exit 1; fi; \
+	  echo "SKIPPED: the Kubernetes manifests are rendered with kubectl (Debian: apt-get install kubectl)"; exit 0; fi; \
+	mkdir -p target/kubernetes; \
+	for dir in $(KUBERNETES_DIRS); do \
+	  out=target/kubernetes/$$(echo $$dir | tr / _).yaml; \
+	  kubectl kustomize $$dir > $$out || exit 1; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet --no-warn $$out || exit 1; \
+	  echo "$$dir: rendered and valid ($$(grep -c '^kind:' $$out) resources)"; \
+	done
 
 compose-test: $(VENV)/bin/openapi-spec-validator ## The compose stack: config checks, then end to end (needs Docker; skipped without it unless KV_REQUIRE_DOCKER is set)
 	@if docker info >/dev/null 2>&1; then $(VENV)/bin/python compose/check_config.py && compose/smoke-test.sh; \
@@ -92,6 +112,11 @@ fmt: ## Format the code
 clean: ## Remove build output, the local venv and ./data
 	$(CARGO) clean
 	rm -rf $(VENV) bin data
+
+# Kubernetes schema validation for kubernetes-test (from PyPI; the schemas ship with it).
+$(VENV)/bin/kubernetes-validate:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate
 
 # The OpenAPI validator the spec test runs (from PyPI).
 $(VENV)/bin/openapi-spec-validator:

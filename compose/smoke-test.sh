@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The compose stack end to end: make up, write via kv1, read via kv3, Prometheus scrapes
-# all three, stop the leader's container, a new leader serves, make down leaves nothing.
+# all three and has loaded the alert rules, stop the leader's container, a new leader
+# serves, make down leaves nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . compose/lib.sh
@@ -20,6 +21,18 @@ targets_up() {
     python3 -c "import json,sys; r=json.load(sys.stdin)['data']['result']; sys.exit(0 if r and float(r[0]['value'][1]) == 3 else 1)"
 }
 wait_for "three targets up in Prometheus" 90 targets_up
+
+echo "== Prometheus has loaded every alert of compose/alerts.yml"
+rules_loaded() {
+  curl -sf 'http://127.0.0.1:9090/api/v1/rules?type=alert' | python3 -c "
+import json, re, sys
+loaded = {r['name'] for g in json.load(sys.stdin)['data']['groups'] for r in g['rules']}
+expected = set(re.findall(r'^\s*- alert: (\w+)', open('compose/alerts.yml').read(), re.M))
+missing = expected - loaded
+if missing: print('not loaded:', sorted(missing), file=sys.stderr)
+sys.exit(1 if missing or not expected else 0)"
+}
+wait_for "the alert rules in Prometheus" 30 rules_loaded
 
 echo "== stop the leader's container"
 leader="$(json_field http://127.0.0.1:8081/status leader_id)"

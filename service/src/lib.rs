@@ -7,6 +7,8 @@
 //! - [`cpu`] runs heavy encoding and decoding without stalling other tasks.
 //! - [`config`] holds the settings from YAML and `KV_*` variables.
 //! - [`probe`] is `kvstore health`, the probe container health checks run.
+//! - [`join`] is `kvstore join`, which adds a node that starts after the first to its
+//!   cluster (a StatefulSet's later pods).
 //! - [`error`] is the JSON error answer both HTTP listeners give.
 //! - [`secret`] compares secrets in constant time.
 //! - [`api`] is the HTTP API (poem-openapi), Swagger UI and the OpenAPI spec.
@@ -21,6 +23,7 @@ pub mod background;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod join;
 pub mod probe;
 pub mod raft;
 pub mod secret;

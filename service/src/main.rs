@@ -40,13 +40,36 @@ enum Command {
         #[arg(long, value_name = "PEM")]
         ca_file: Option<PathBuf>,
     },
+    /// Make this node a voter of the cluster its peers run (for nodes that start after
+    /// the first, as a StatefulSet's pods do). Reads the node's own settings; the node
+    /// must be running with `cluster.bootstrap: false`. Exits 0 once it is a voter.
+    Join {
+        /// The peers' API base URLs, comma-separated (this node's own is skipped).
+        #[arg(long, value_delimiter = ',', required = true, env = "KV_JOIN_PEERS")]
+        peers: Vec<String>,
+        /// Give up after this long (the new node's catch-up counts).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Only ask whether a cluster answers at any peer: exit 0 if one does, 3 if
+        /// none does (the first node runs this before it initialises a cluster).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health { url, ca_file }) = cli.command {
-        return kvstore::probe::run(cli.config.as_deref(), url, ca_file).await;
+    match cli.command {
+        Some(Command::Health { url, ca_file }) => {
+            return kvstore::probe::run(cli.config.as_deref(), url, ca_file).await;
+        }
+        Some(Command::Join {
+            peers,
+            timeout,
+            check,
+        }) => return kvstore::join::run(cli.config.as_deref(), &peers, timeout, check).await,
+        None => {}
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
@@ -55,7 +78,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = match kvstore::telemetry::init(&settings.logging, &settings.telemetry) {
+    let _telemetry = match kvstore::telemetry::init(
+        &settings.logging,
+        &settings.telemetry,
+        settings.raft.node_id,
+    ) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("kvstore: {e}");

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::RaftNode;
 use crate::telemetry::metrics::{
     KEYS, NODE_INFO, RAFT_APPLIED, RAFT_COMMITTED, RAFT_HEARTBEAT_AGE, RAFT_IS_LEADER, RAFT_LAG,
-    RAFT_LAST_LOG, RAFT_LEADER_CHANGES, RAFT_LEADER_ID, RAFT_TERM, STORAGE_SIZE,
+    RAFT_LAST_LOG, RAFT_LEADER_CHANGES, RAFT_LEADER_ID, RAFT_TERM, STORAGE_AVAILABLE, STORAGE_SIZE,
 };
 
 /// The shortest pause between two updates of the Raft gauges.
@@ -42,11 +42,13 @@ pub fn watch_raft(node: &RaftNode, stop: CancellationToken) -> impl Future<Outpu
             // Held only for this call, so that the node (and its store) can close.
             let Some(node) = weak.upgrade() else { return };
             let in_touch = node.leader_in_touch().await;
+            let storage_available = node.storage_available();
             drop(node);
             if m.current_leader.is_some() && m.current_leader != leader {
                 counter!(RAFT_LEADER_CHANGES).increment(1);
             }
             leader = m.current_leader;
+            gauge!(STORAGE_AVAILABLE).set(if storage_available { 1.0 } else { 0.0 });
             gauge!(RAFT_TERM).set(m.current_term as f64);
             gauge!(RAFT_IS_LEADER).set(if in_touch == Some(m.id) { 1.0 } else { 0.0 });
             gauge!(RAFT_LEADER_ID).set(in_touch.unwrap_or(0) as f64);

@@ -186,12 +186,21 @@ impl<B: Backend> Clone for StateMachine<B> {
     }
 }
 
+/// Counts a failed snapshot `operation` (`build` or `install`), for the alert.
+fn snapshot_failed(operation: &'static str) {
+    counter!(metrics::SNAPSHOT_FAILURES, "operation" => operation).increment(1);
+}
+
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachine<B> {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
         let started = Instant::now();
-        let snapshot = self.inner.build_snapshot().await?;
+        let snapshot = self
+            .inner
+            .build_snapshot()
+            .await
+            .inspect_err(|_| snapshot_failed(metrics::SNAPSHOT_BUILD))?;
         counter!(metrics::SNAPSHOTS_BUILT).increment(1);
         histogram!(metrics::SNAPSHOT_BUILD_DURATION).record(started.elapsed().as_secs_f64());
         Ok(snapshot)
@@ -258,7 +267,10 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let started = Instant::now();
-        self.inner.install_snapshot(meta, snapshot).await?;
+        self.inner
+            .install_snapshot(meta, snapshot)
+            .await
+            .inspect_err(|_| snapshot_failed(metrics::SNAPSHOT_INSTALL))?;
         counter!(metrics::SNAPSHOTS_INSTALLED).increment(1);
         histogram!(metrics::SNAPSHOT_INSTALL_DURATION).record(started.elapsed().as_secs_f64());
         Ok(())

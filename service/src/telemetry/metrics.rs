@@ -34,12 +34,17 @@ pub const RAFT_PROPOSALS_FAILED: &str = "kvstore_raft_proposals_failed_total";
 pub const SNAPSHOTS_BUILT: &str = "kvstore_raft_snapshots_built_total";
 pub const SNAPSHOT_BUILD_DURATION: &str = "kvstore_raft_snapshot_build_duration_seconds";
 pub const SNAPSHOTS_INSTALLED: &str = "kvstore_raft_snapshots_installed_total";
+pub const SNAPSHOT_FAILURES: &str = "kvstore_raft_snapshot_failures_total";
+/// The `operation` labels of [`SNAPSHOT_FAILURES`].
+pub const SNAPSHOT_BUILD: &str = "build";
+pub const SNAPSHOT_INSTALL: &str = "install";
 pub const SNAPSHOT_INSTALL_DURATION: &str = "kvstore_raft_snapshot_install_duration_seconds";
 pub const STORAGE_APPEND_DURATION: &str = "kvstore_storage_append_duration_seconds";
 pub const STORAGE_APPLY_DURATION: &str = "kvstore_storage_apply_duration_seconds";
 pub const KEYS: &str = "kvstore_keys";
 pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
 pub const OUT_OF_SPACE: &str = "kvstore_storage_out_of_space";
+pub const STORAGE_AVAILABLE: &str = "kvstore_storage_available";
 pub const LOG_LINES_DROPPED: &str = "kvstore_log_lines_dropped_total";
 
 /// Latency buckets from 100 µs to 10 s.
@@ -94,6 +99,10 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests served, by route, method and status."
+    );
+    describe_counter!(
+        HTTP_ERRORS,
+        "Error answers, by route and stable error code (the `code` of the JSON body)."
     );
     describe_histogram!(
         HTTP_DURATION,
@@ -165,6 +174,10 @@ fn describe() {
         Unit::Seconds,
         "Time to install a snapshot."
     );
+    describe_counter!(
+        SNAPSHOT_FAILURES,
+        "Snapshot builds and installs that failed, by operation (`build`, `install`)."
+    );
     describe_histogram!(
         STORAGE_APPEND_DURATION,
         Unit::Seconds,
@@ -187,6 +200,10 @@ fn describe() {
         "1 while new values are refused: past storage.quota_bytes, or below storage.min_free_bytes free."
     );
     gauge!(OUT_OF_SPACE).set(0.0);
+    describe_gauge!(
+        STORAGE_AVAILABLE,
+        "1 while the storage backend answers; 0 while it cannot be reached (PostgreSQL down)."
+    );
 
     describe_counter!(
         LOG_LINES_DROPPED,
@@ -201,6 +218,10 @@ fn describe() {
     }
     counter!(SNAPSHOTS_BUILT).absolute(0);
     counter!(SNAPSHOTS_INSTALLED).absolute(0);
+    // An alert on `increase()` needs the series before the first failure.
+    for operation in [SNAPSHOT_BUILD, SNAPSHOT_INSTALL] {
+        counter!(SNAPSHOT_FAILURES, "operation" => operation).absolute(0);
+    }
     for reason in FAILURE_REASONS {
         counter!(RAFT_PROPOSALS_FAILED, "reason" => *reason).absolute(0);
     }

@@ -89,11 +89,16 @@ impl Drop for Guard {
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs the global subscriber: logs as `logging` says, and spans exported over OTLP
-/// when `telemetry` (or the `OTEL_*` environment) names an endpoint.
+/// when `telemetry` (or the `OTEL_*` environment) names an endpoint, each span's
+/// resource naming this node (`node_id`).
 ///
 /// Fails when the log file cannot be opened (naming `logging.file`) or the OTLP
-/// endpoint is malformed (naming `telemetry.otlp_endpoint`).
-pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow::Result<Guard> {
+/// settings are wrong (naming `telemetry.otlp_endpoint` or the `OTEL_*` variable).
+pub fn init(
+    logging: &LoggingSettings,
+    telemetry: &TelemetrySettings,
+    node_id: u64,
+) -> anyhow::Result<Guard> {
     trace::install_propagator();
     let filter = log_filter(logging)?;
     let builder = NonBlockingBuilder::default()
@@ -120,7 +125,7 @@ pub fn init(logging: &LoggingSettings, telemetry: &TelemetrySettings) -> anyhow:
         }
     };
     let _ = DROPPED_LINES.set(writer.error_counter());
-    let provider = trace::otlp_provider(telemetry)?;
+    let provider = trace::otlp_provider(telemetry, node_id)?;
     let tracer = provider.as_ref().map(trace::tracer);
     tracing_subscriber::registry()
         .with(layers(logging.format, filter, writer, tracer))

@@ -5,7 +5,7 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::super::network::CallError;
@@ -201,6 +201,11 @@ pub(super) fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
             NodeError::OutcomeUnknown(Cause::new(f))
         }
+        // Another change still being committed: this one may pass once it has, so it
+        // is a 503 to retry, not a 400 (two nodes joining at once meet this).
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => NodeError::Unavailable(Cause::new(e)),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             NodeError::InvalidMembership(Cause::new(e))
         }
