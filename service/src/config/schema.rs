@@ -310,7 +310,8 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// OTLP/gRPC endpoint, e.g. `http://tempo:4317`. Empty: the environment decides.
+    /// OTLP endpoint, e.g. `http://tempo:4317` (gRPC, the default) or `http://tempo:4318`
+    /// with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`. Empty: the environment decides.
     pub otlp_endpoint: String,
     /// `service.name` of the exported spans (`OTEL_SERVICE_NAME` wins).
     pub service_name: String,
