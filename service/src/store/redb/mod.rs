@@ -157,24 +157,57 @@ pub fn open(
 }
 
 /// Opens (creating if needed) the database file at `path` and its tables.
+///
+/// A new file is made under a temporary name ([`creating_path`]) and renamed into place
+/// only once redb has written and synced it: a node stopped or cut off while it makes
+/// its first database would otherwise leave a half-written file under the real name,
+/// which redb then refuses to open ("not a redb database"), and the node could never
+/// start again without an operator deleting it.
 fn open_db(
     path: &Path,
-    create_tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+    create_tables: impl Fn(&redb::WriteTransaction) -> Result<(), redb::TableError>,
 ) -> Result<Database, OpenError> {
     let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let existed = path.exists();
-    let db = Database::create(path).map_err(|e| db_err(&e))?;
-    if !existed {
-        // The new file's directory entry must survive a power loss too.
-        super::sync_parent(path).map_err(|e| db_err(&e))?;
+    if !path.exists() {
+        create_db(path, &create_tables).map_err(|e| db_err(&e))?;
     }
+    let db = Database::create(path).map_err(|e| db_err(&e))?;
     let txn = db.begin_write().map_err(|e| db_err(&e))?;
     create_tables(&txn).map_err(|e| db_err(&e))?;
     txn.commit().map_err(|e| db_err(&e))?;
     Ok(db)
+}
+
+/// Where a database file is made before it is renamed to `path`.
+fn creating_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".creating");
+    path.with_file_name(name)
+}
+
+/// Makes the database at [`creating_path`] with its tables (redb syncs the commit),
+/// then renames it to `path` and syncs the directory. A file left at the temporary name
+/// by an earlier, interrupted start never held data: it is replaced.
+fn create_db(
+    path: &Path,
+    create_tables: &impl Fn(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let fresh = creating_path(path);
+    match std::fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let db = Database::create(&fresh)?;
+    let txn = db.begin_write()?;
+    create_tables(&txn)?;
+    txn.commit()?;
+    drop(db);
+    std::fs::rename(&fresh, path)?;
+    super::sync_parent(path)?;
+    Ok(())
 }
 
 /// A redb database that can be closed and opened again in place. After a failed write

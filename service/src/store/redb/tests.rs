@@ -163,6 +163,32 @@ fn corrupt_database_file_is_reported_and_left_alone() {
     );
 }
 
+#[test]
+fn a_database_file_appears_under_its_name_only_once_it_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STATE_FILE);
+    // A start stopped while it makes the file: here, its tables fail to be made.
+    let err = open_db(&path, |_| {
+        Err(redb::TableError::TableDoesNotExist("stopped".into()))
+    })
+    .expect_err("must fail");
+    assert!(err.to_string().contains(STATE_FILE), "{err}");
+    assert!(
+        !path.exists(),
+        "a half-made database must not be left under the name a restart opens"
+    );
+    // The next start makes it, whatever the interrupted one left behind.
+    std::fs::write(creating_path(&path), vec![0x5Au8; 4096]).unwrap();
+    let mut opened = open(dir.path(), true, Default::default()).expect("open");
+    assert!(!creating_path(&path).exists());
+    assert!(path.exists());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(apply(
+        &mut opened.state_machine,
+        vec![crate::store::test_entries::put(1, "a", "1")],
+    ));
+}
+
 /// A snapshot file at log index `index` holding `a=<a>` and `filler` more keys.
 fn snapshot_at(
     dir: &Path,
