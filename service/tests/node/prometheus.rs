@@ -1,8 +1,8 @@
 //! A real Prometheus (Debian's package) scrapes a real three-node cluster under
 //! traffic; the leader is killed; then every PromQL expression in `dashboards/*.json`
 //! must return data, the leader-changes panel must show the change, and each node's
-//! scrape must pass `promtool check metrics`. The alert rules of `compose/alerts.yml`
-//! pass `promtool check rules` and fire as their unit tests say.
+//! scrape must pass `promtool check metrics`. (The alert rules are tested by
+//! `integration-tests/tests/alerts.rs`.)
 //!
 //! Without the `prometheus` and `promtool` binaries the test says it is skipped, unless
 //! `KV_REQUIRE_PROMETHEUS` is set (CI sets it), which makes that a failure.
@@ -286,74 +286,4 @@ async fn every_dashboard_query_returns_data_and_shows_a_leader_change() {
             "{dashboard} / {panel}: `{expr}` returned nothing"
         );
     }
-}
-
-/// Runs promtool with `args`; its report when it fails.
-fn promtool(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("promtool").args(args).output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(report)
-    }
-}
-
-/// `compose/alerts.yml` is a valid rules file that the dev stack's Prometheus loads, and
-/// `KvstoreOutOfSpace` fires for a node whose `kvstore_storage_out_of_space` is 1 for
-/// ten seconds, and only then.
-#[test]
-fn the_out_of_space_alert_fires_for_a_node_that_refuses_new_values() {
-    if !available(&["promtool"]) {
-        return;
-    }
-    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose");
-    let rules = compose.join("alerts.yml");
-    promtool(&["check", "rules", rules.to_str().unwrap()]).unwrap_or_else(|r| panic!("{r}"));
-    // The config check loads the rule files the config names.
-    let config = compose.join("prometheus.yml");
-    promtool(&["check", "config", config.to_str().unwrap()]).unwrap_or_else(|r| panic!("{r}"));
-
-    let dir = tempfile::tempdir().unwrap();
-    let tests = dir.path().join("alerts_test.yml");
-    let instance = "kv2:8080";
-    std::fs::write(
-        &tests,
-        format!(
-            r#"rule_files: ["{rules}"]
-evaluation_interval: 5s
-tests:
-  - interval: 5s
-    input_series:
-      - series: 'kvstore_storage_out_of_space{{job="kvstore",instance="kv1:8080"}}'
-        values: "0x24"
-      - series: 'kvstore_storage_out_of_space{{job="kvstore",instance="{instance}"}}'
-        values: "0x5 1x12 0x6"
-    alert_rule_test:
-      - eval_time: 30s
-        alertname: KvstoreOutOfSpace
-        exp_alerts: []
-      - eval_time: 50s
-        alertname: KvstoreOutOfSpace
-        exp_alerts:
-          - exp_labels:
-              severity: critical
-              job: kvstore
-              instance: "{instance}"
-            exp_annotations:
-              summary: "kvstore node {instance} is out of storage space"
-              description: "{instance} refuses new values (507 NO_SPACE). Make room: grow its volume or free its file system, or delete keys if only the quota is passed. It takes writes again by itself once there is room (README, When the disk fills)."
-      - eval_time: 2m
-        alertname: KvstoreOutOfSpace
-        exp_alerts: []
-"#,
-            rules = rules.display()
-        ),
-    )
-    .unwrap();
-    promtool(&["test", "rules", tests.to_str().unwrap()]).unwrap_or_else(|r| panic!("{r}"));
 }
