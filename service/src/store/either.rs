@@ -171,6 +171,10 @@ impl<A: ReadBackend, B: ReadBackend> ReadBackend for Either<A, B> {
         dispatch!(self, s => s.range(start, end, limit).await)
     }
 
+    async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        dispatch!(self, s => s.count_range(start, end).await)
+    }
+
     async fn count(&self) -> io::Result<u64> {
         dispatch!(self, s => s.count().await)
     }

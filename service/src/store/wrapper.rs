@@ -311,6 +311,11 @@ impl<B: Backend> StoreHandle<B> {
         self.inner.range(start, end, limit).await
     }
 
+    /// Number of keys in `[start, end)`, counted as they stream by.
+    pub async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        self.inner.count_range(start, end).await
+    }
+
     /// Number of keys.
     pub async fn len(&self) -> io::Result<u64> {
         self.inner.count().await

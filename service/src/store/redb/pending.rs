@@ -153,6 +153,50 @@ impl Shared {
         Ok(len.max(0) as u64)
     }
 
+    /// The number of keys in `[start, end)` as applied so far, counted while walking
+    /// the database's range: memory holds only the pending keys of the range.
+    pub(super) fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(0);
+        }
+        let in_range = |key: &str| key >= start && end.is_none_or(|end| key < end);
+        let (overlay, txn) = {
+            let pending = self.pending();
+            let flushing = pending
+                .flushing
+                .as_deref()
+                .into_iter()
+                .flat_map(|f| f.keys());
+            // Each pending key of the range once, with whether it exists now.
+            let overlay: HashMap<String, bool> = pending
+                .active
+                .keys()
+                .chain(flushing)
+                .filter(|key| in_range(key))
+                .map(|key| (key.clone(), matches!(pending.lookup(key), Some(Some(_)))))
+                .collect();
+            // Begun under the lock, as in `len`, so that it agrees with the pending
+            // maps; the walk itself runs after the lock is let go, not holding up
+            // applies.
+            (overlay, self.db.begin_read()?)
+        };
+        let table = txn.open_table(KV).map_err(redb_err)?;
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut count: i64 = 0;
+        for pair in table
+            .range::<&str>((Bound::Included(start), upper))
+            .map_err(redb_err)?
+        {
+            pair.map_err(redb_err)?;
+            count += 1;
+        }
+        for (key, now) in &overlay {
+            let stored = table.get(key.as_str()).map_err(redb_err)?.is_some();
+            count += i64::from(*now) - i64::from(stored);
+        }
+        Ok(count.max(0) as u64)
+    }
+
     /// Up to `limit` pairs with keys in `[start, end)`, in key order, as applied so far:
     /// the database's pairs with the pending writes laid over them.
     pub(super) fn range(

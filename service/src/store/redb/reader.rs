@@ -51,6 +51,12 @@ impl ReadBackend for RedbHandle {
         self.state.range(start, end, limit)
     }
 
+    async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        // A walk over the range: off the async workers, which it would hold up.
+        let (state, start, end) = (self.state.clone(), start.to_owned(), end.map(str::to_owned));
+        crate::store::blocking(move || state.count_range(&start, end.as_deref())).await
+    }
+
     async fn count(&self) -> io::Result<u64> {
         self.state.len()
     }
