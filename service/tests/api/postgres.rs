@@ -725,4 +725,67 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
         ["B", "Z", "a", "a b", "a-b", "ab", "b", "z", "\u{e9}"],
         "byte order"
     );
+    for start in bounds {
+        for end in bounds.iter().map(|e| Some(*e)).chain([None]) {
+            let expected = model
+                .keys()
+                .filter(|k| k.as_str() >= start && end.is_none_or(|e| k.as_str() < e))
+                .count() as u64;
+            assert_eq!(
+                handle.count_range(start, end).await.unwrap(),
+                expected,
+                "count of [{start:?}, {end:?})"
+            );
+        }
+    }
+
+    // The key index is in byte order (the migration to `COLLATE "C"`), so it serves
+    // the ranges; in the database's linguistic collation it could not.
+    let plan = server
+        .plan_without_seqscan(
+            database,
+            "SELECT key FROM kv WHERE key COLLATE \"C\" >= 'a' AND key COLLATE \"C\" < 'b' \
+             ORDER BY key COLLATE \"C\" LIMIT 10",
+        )
+        .await;
+    assert!(
+        plan.contains("Index") && !plan.contains("Seq Scan"),
+        "the range is not served by an index:\n{plan}"
+    );
+
+    // A range delete in byte order, in log order with the writes around it: `a` to
+    // `b` takes the lower-case a-keys, not `B` or `Z`; `a c` is written after it.
+    let range_delete = |index, start: &str, end: Option<&str>| {
+        let command = kvstore::store::Command::DeleteRange {
+            start: start.into(),
+            end: end.map(Into::into),
+        };
+        entry(index, command)
+    };
+    let put = |index, key: &str| {
+        let command = kvstore::store::Command::Put {
+            key: key.into(),
+            value: "new".into(),
+        };
+        entry(index, command)
+    };
+    apply(
+        &mut store.state_machine,
+        vec![
+            put(12, "a0"),
+            range_delete(13, "a", Some("b")),
+            put(14, "a c"),
+            range_delete(15, "\u{e9}", None),
+        ],
+    )
+    .await;
+    let all: Vec<String> = handle
+        .range("", None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(all, ["B", "Z", "a c", "b", "z"], "after the range deletes");
+    assert_eq!(handle.count_range("a", Some("b")).await.unwrap(), 1);
 }
