@@ -23,8 +23,6 @@ use crate::telemetry::metrics;
 
 /// Pairs a page holds when the request names no `limit`.
 pub const DEFAULT_LIMIT: u64 = 100;
-/// The largest `limit`: it bounds what one answer holds in memory.
-pub const MAX_LIMIT: u64 = 10_000;
 
 /// One pair of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Object)]
@@ -195,6 +193,7 @@ impl ListApi {
         /// Lists only keys after this one: the `next` of the previous page.
         after: Query<Option<String>>,
         /// Pairs per page: 1 to 10000, 100 by default.
+        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
         limit: Query<Option<u64>>,
         /// Leave the values out.
         #[oai(default)]
@@ -207,13 +206,9 @@ impl ListApi {
         consistency: Query<ReadConsistency>,
     ) -> Result<ListResult, RouteError<KvList>> {
         let range = KeyRange::parse(prefix.0, start.0, end.0)?;
+        // From 1 to 10000, as the validator above checks before the handler runs: the
+        // largest limit bounds what one answer holds in memory.
         let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::InvalidParameter(format!(
-                "limit is {limit}; it must be from 1 to {MAX_LIMIT}"
-            ))
-            .into());
-        }
         let consistency = consistency.0.into();
         if count_only.0 {
             if after.0.is_some() || keys_only.0 {
