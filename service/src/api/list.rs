@@ -167,10 +167,11 @@ impl ListApi {
     /// Lists the keys of a range, in byte order of their UTF-8, a page at a time: the
     /// keys that start with `prefix`, or those from `start` (inclusive) to `end`
     /// (exclusive); with neither, every key. The answer's `next`, present while more
-    /// keys follow, is passed back as `after` for the next page; walking pages this way
-    /// visits every key of the range exactly once, in order, as long as keys are not
-    /// written meanwhile (each page is read at its own moment; there are no revisions
-    /// to pin a walk to).
+    /// keys follow, is passed back as `after` for the next page. Walking pages this way
+    /// visits every key that stays in the range throughout the walk exactly once, in
+    /// order; a key written or deleted meanwhile may or may not show (each page is read
+    /// at its own moment: listings are at the current state, there are no revisions to
+    /// pin a walk to).
     ///
     /// `keys_only=true` leaves the values out; `count_only=true` answers only the
     /// number of keys in the range (`count`), counted without loading them. Reads are
