@@ -23,6 +23,10 @@ use crate::telemetry::metrics;
 
 /// Pairs a page holds when the request names no `limit`.
 pub const DEFAULT_LIMIT: u64 = 100;
+/// A page also ends with the pair that brings its keys and values to this many bytes
+/// (it holds at least one pair): `limit` pairs of the largest values would not fit in
+/// memory. `next` is then set, as for any page that is not the last.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// One pair of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Object)]
@@ -243,13 +247,17 @@ impl ListApi {
                 &from,
                 range.end.as_deref(),
                 limit + 1 + usize::from(cursor),
+                MAX_PAGE_BYTES,
                 consistency,
             )
             .await?;
         if cursor && pairs.first().is_some_and(|(key, _)| *key == from) {
             pairs.remove(0);
         }
-        let more = pairs.len() > limit;
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // Cut short by size, the store could not look one pair ahead: another page
+        // may follow (it may be empty).
+        let more = pairs.len() > limit || bytes >= MAX_PAGE_BYTES;
         pairs.truncate(limit);
         let next = more
             .then(|| pairs.last().map(|(key, _)| key.clone()))

@@ -118,12 +118,15 @@ pub trait ReadBackend: Clone + Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = io::Result<Option<String>>> + Send;
 
     /// Up to `limit` pairs whose keys are in `[start, end)` (`end: None`: no upper
-    /// bound), in ascending byte order of the keys.
+    /// bound), in ascending byte order of the keys. The page also ends with the pair
+    /// that brings the bytes of its keys and values to `max_bytes` or more (so it holds
+    /// at least one pair): what one page holds in memory is bounded by both.
     fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> impl Future<Output = io::Result<Vec<(String, String)>>> + Send;
 
     /// The number of keys in `[start, end)` (`end: None`: no upper bound), counted

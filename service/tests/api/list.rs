@@ -306,7 +306,50 @@ async fn a_range_delete_needs_a_prefix_or_a_start(backend: Backend) {
     app.stop().await;
 }
 
+/// A page of the largest values ends early, by size, however high the limit: it holds
+/// the pairs up to the one that brings it to 4 MiB, and `next` goes on from there.
+async fn a_page_of_large_values_ends_at_4_mib(backend: Backend) {
+    const MAX_PAGE_BYTES: usize = 4 << 20;
+    let app = spawn_app(backend).await;
+    let value = "v".repeat(1_000_000);
+    let keys: Vec<String> = (0..7).map(|i| format!("big/{i}")).collect();
+    for key in &keys {
+        json(app.put(key, &value).await, 201).await;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut query = vec![("prefix", "big/"), ("limit", "10000")];
+        if let Some(after) = &after {
+            query.push(("after", after));
+        }
+        let page = json(app.list(&query).await, 200).await;
+        pages += 1;
+        let kvs = page["kvs"].as_array().expect("kvs");
+        let sizes: Vec<usize> = kvs
+            .iter()
+            .map(|kv| kv["key"].as_str().unwrap().len() + kv["value"].as_str().unwrap().len())
+            .collect();
+        let before_last: usize = sizes.iter().rev().skip(1).sum();
+        assert!(before_last < MAX_PAGE_BYTES, "page past 4 MiB: {sizes:?}");
+        seen.extend(kvs.iter().map(|kv| kv["key"].as_str().unwrap().to_string()));
+        match page.get("next") {
+            Some(next) => {
+                assert!(!kvs.is_empty() && sizes.iter().sum::<usize>() >= MAX_PAGE_BYTES);
+                after = Some(next.as_str().unwrap().to_string());
+            }
+            None => break,
+        }
+        assert!(pages < 10, "too many pages");
+    }
+    assert_eq!(seen, keys, "every key once, in order");
+    assert!(pages >= 2, "7 MB of values must take more than one page");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    a_page_of_large_values_ends_at_4_mib,
     pages_cover_a_prefix_once_in_byte_order,
     pages_cover_start_to_end,
     the_limit_is_1_to_10000_and_100_by_default,

@@ -643,7 +643,11 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_store(&server, database, dir.path()).await;
     let handle = store.handle.clone();
-    assert!(handle.range("", None, 10).await.unwrap().is_empty());
+    assert!(handle
+        .range("", None, 10, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
 
     let leader = openraft::impls::leader_id_adv::LeaderId {
         term: 1,
@@ -706,7 +710,7 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 assert_eq!(
-                    handle.range(start, end, limit).await.unwrap(),
+                    handle.range(start, end, limit, usize::MAX).await.unwrap(),
                     expected,
                     "range [{start:?}, {end:?}) limit {limit}"
                 );
@@ -714,7 +718,7 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
         }
     }
     let all: Vec<String> = handle
-        .range("", None, 100)
+        .range("", None, 100, usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -725,6 +729,17 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
         ["B", "Z", "a", "a b", "a-b", "ab", "b", "z", "\u{e9}"],
         "byte order"
     );
+    // A page also ends with the pair that brings its keys and values to `max_bytes`.
+    let ordered: Vec<(String, String)> = model.clone().into_iter().collect();
+    let size = |pairs: &[(String, String)]| pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let two: usize = size(&ordered[..2]);
+    for (max_bytes, pairs) in [(1, 1), (two - 1, 2), (two, 2), (two + 1, 3)] {
+        assert_eq!(
+            handle.range("", None, 100, max_bytes).await.unwrap(),
+            ordered[..pairs],
+            "max_bytes {max_bytes}"
+        );
+    }
     for start in bounds {
         for end in bounds.iter().map(|e| Some(*e)).chain([None]) {
             let expected = model
@@ -796,7 +811,7 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
     )
     .await;
     let all: Vec<String> = handle
-        .range("", None, 100)
+        .range("", None, 100, usize::MAX)
         .await
         .unwrap()
         .into_iter()

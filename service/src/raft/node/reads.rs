@@ -27,20 +27,22 @@ impl RaftNode {
     }
 
     /// Up to `limit` pairs with keys in `[start, end)` (`end: None`: no upper bound),
-    /// in byte order of the keys, with the requested consistency. One page, as the
-    /// store reads it: memory holds `limit` pairs, however many keys there are.
+    /// in byte order of the keys, with the requested consistency; the page ends early
+    /// with the pair that brings it to `max_bytes`. One page, as the store reads it:
+    /// memory holds one page, however many keys there are.
     #[tracing::instrument(name = "kv.range", skip_all, fields(node.id = self.inner.id, limit))]
     pub async fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
         consistency: Consistency,
     ) -> Result<Vec<(String, String)>, NodeError> {
         self.before_read(consistency).await?;
         self.inner
             .store
-            .range(start, end, limit)
+            .range(start, end, limit, max_bytes)
             .await
             .map_err(storage)
     }

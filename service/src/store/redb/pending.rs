@@ -198,12 +198,14 @@ impl Shared {
     }
 
     /// Up to `limit` pairs with keys in `[start, end)`, in key order, as applied so far:
-    /// the database's pairs with the pending writes laid over them.
+    /// the database's pairs with the pending writes laid over them. Ends early with the
+    /// pair that brings the keys and values taken to `max_bytes`.
     pub(super) fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
@@ -236,8 +238,9 @@ impl Shared {
             Ok(pair.map(|(k, v)| (k.value().to_owned(), v.value().to_owned())))
         };
         let (mut stored_pair, mut pending_pair) = (next_stored()?, overlay.next());
-        let mut pairs = Vec::new();
-        while pairs.len() < limit {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut bytes = 0usize;
+        while pairs.len() < limit && bytes < max_bytes {
             let pending_first = match (&stored_pair, &pending_pair) {
                 (_, None) => false,
                 (None, Some(_)) => true,
@@ -252,6 +255,7 @@ impl Shared {
                     stored_pair = next_stored()?;
                 }
                 if let Some(value) = value {
+                    bytes += key.len() + value.len();
                     pairs.push((key.to_owned(), value.to_owned()));
                 }
                 pending_pair = overlay.next();
@@ -259,6 +263,7 @@ impl Shared {
                 let Some(pair) = stored_pair.take() else {
                     break;
                 };
+                bytes += pair.0.len() + pair.1.len();
                 pairs.push(pair);
                 stored_pair = next_stored()?;
             }

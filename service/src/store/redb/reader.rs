@@ -47,8 +47,9 @@ impl ReadBackend for RedbHandle {
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
-        self.state.range(start, end, limit)
+        self.state.range(start, end, limit, max_bytes)
     }
 
     async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {

@@ -305,7 +305,7 @@ async fn a_range_is_ordered_bounded_and_limited_across_file_and_memory() {
     let mut store = open(dir.path(), true, Default::default()).unwrap();
     let reader = store.reader.clone();
     let read = |start: &str, end: Option<&str>, limit| {
-        futures::executor::block_on(reader.range(start, end, limit)).unwrap()
+        futures::executor::block_on(reader.range(start, end, limit, usize::MAX)).unwrap()
     };
     assert!(read("", None, 10).is_empty(), "an empty store");
 
@@ -362,6 +362,12 @@ async fn a_range_is_ordered_bounded_and_limited_across_file_and_memory() {
         read("a", Some("b0"), 1),
         [("b".to_string(), "2b".to_string())]
     );
+    // A page also ends with the pair that brings its keys and values to `max_bytes`
+    // (b=2b is 3 bytes, b0=3 is 3, ba=7 is 3), whether the pair is pending or stored.
+    for (max_bytes, pairs) in [(1, 1), (3, 1), (4, 2), (6, 2), (7, 3)] {
+        let page = futures::executor::block_on(reader.range("b", Some("d"), 10, max_bytes));
+        assert_eq!(page.unwrap().len(), pairs, "max_bytes {max_bytes}");
+    }
     assert!(read("d", Some("c"), 10).is_empty(), "end before start");
     assert!(read("x", Some("y"), 10).is_empty(), "nothing in between");
 
@@ -445,7 +451,10 @@ async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
         ("a".to_string(), "1".to_string()),
         ("b/5".into(), "9".into()),
     ];
-    assert_eq!(store.reader.range("", None, 100).await.unwrap(), expected);
+    assert_eq!(
+        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        expected
+    );
     assert_eq!(store.reader.count().await.unwrap(), 2);
     assert_eq!(store.reader.count_range("", None).await.unwrap(), 2);
     assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 13);
@@ -453,5 +462,8 @@ async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
     store.reader.close().await.unwrap();
     drop(store);
     let store = reopen(dir.path());
-    assert_eq!(store.reader.range("", None, 100).await.unwrap(), expected);
+    assert_eq!(
+        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        expected
+    );
 }
