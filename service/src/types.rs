@@ -8,8 +8,19 @@ use serde::{Deserialize, Serialize};
 /// A change to the key-value data, replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Deletes every key in `[start, end)` (`end: None`: no upper bound), in one log
+    /// entry, so that no node ever shows the range half deleted.
+    DeleteRange {
+        start: String,
+        end: Option<String>,
+    },
 }
 
 impl Command {
@@ -19,6 +30,9 @@ impl Command {
         match self {
             Command::Put { key, value } => key.len() + value.len(),
             Command::Delete { key } => key.len(),
+            Command::DeleteRange { start, end } => {
+                start.len() + end.as_ref().map_or(0, String::len)
+            }
         }
     }
 }
@@ -29,6 +43,13 @@ impl std::fmt::Display for Command {
         match self {
             Command::Put { key, value } => write!(f, "put {key:?} ({} bytes)", value.len()),
             Command::Delete { key } => write!(f, "delete {key:?}"),
+            Command::DeleteRange {
+                start,
+                end: Some(end),
+            } => {
+                write!(f, "delete range [{start:?}, {end:?})")
+            }
+            Command::DeleteRange { start, end: None } => write!(f, "delete range [{start:?}, ..)"),
         }
     }
 }
@@ -61,6 +82,10 @@ pub enum CommandResult {
     Stored,
     Deleted {
         existed: bool,
+    },
+    /// A range delete: how many keys it removed.
+    DeletedRange {
+        count: u64,
     },
 }
 

@@ -167,8 +167,9 @@ impl<'a> ApiExtractor<'a> for ClientAuth {
                 description: Some(
                     "A token from `auth.tokens`, sent as `Authorization: Bearer <token>`; asked \
                      for only when the node has tokens. Roles are cumulative, read < write < \
-                     admin: `read` for GET /kv/{key} and /status, `write` for PUT and DELETE \
-                     /kv/{key}, `admin` for the /cluster routes. /health, /ready, /metrics and \
+                     admin: `read` for GET /kv/{key}, GET /kv (listing) and /status, `write` \
+                     for PUT and DELETE /kv/{key} and DELETE /kv (range delete), `admin` for \
+                     the /cluster routes. /health, /ready, /metrics and \
                      the docs need no token.",
                 ),
                 name: None,
@@ -244,6 +245,8 @@ mod tests {
             (Method::GET, "/kv/a/b", Role::Read),
             (Method::PUT, "/kv/a", Role::Write),
             (Method::DELETE, "/kv/a", Role::Write),
+            (Method::GET, "/kv", Role::Read),
+            (Method::DELETE, "/kv", Role::Write),
             (Method::POST, "/kv/a", Role::Write),
             (Method::GET, "/status", Role::Read),
             (Method::GET, "/cluster/members", Role::Admin),

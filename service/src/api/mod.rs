@@ -9,6 +9,7 @@ mod body;
 mod cluster;
 mod cluster_secret;
 mod kv;
+mod list;
 mod middleware;
 mod node_error;
 mod request_log;
@@ -46,7 +47,7 @@ pub struct Limits {
 
 #[derive(Tags)]
 enum ApiTags {
-    /// Store, read and delete keys.
+    /// Store, read and delete keys; list and delete ranges of keys.
     Kv,
     /// Liveness, readiness and node status.
     System,
@@ -58,13 +59,22 @@ enum ApiTags {
 fn openapi(
     node: &RaftNode,
     limits: Limits,
-) -> OpenApiService<(kv::KvApi, system::SystemApi, cluster::ClusterApi), ()> {
+) -> OpenApiService<
+    (
+        kv::KvApi,
+        list::ListApi,
+        system::SystemApi,
+        cluster::ClusterApi,
+    ),
+    (),
+> {
     OpenApiService::new(
         (
             kv::KvApi {
                 node: node.clone(),
                 limits,
             },
+            list::ListApi { node: node.clone() },
             system::SystemApi { node: node.clone() },
             cluster::ClusterApi { node: node.clone() },
         ),

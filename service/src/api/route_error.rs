@@ -192,6 +192,54 @@ impl Statuses for KvDelete {
     ];
 }
 
+/// `GET /kv`: the ordered listing.
+pub enum KvList {}
+
+impl Statuses for KvList {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "INVALID_PARAMETER: `limit` outside 1 to 10000 or not a number, `prefix` with \
+             `start` or `end`, `after` with `count_only`, `keys_only` with `count_only`, \
+             or an unknown `consistency`",
+        ),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        INTERNAL,
+        (
+            503,
+            "NO_LEADER, UNAVAILABLE or STORAGE_UNAVAILABLE: the read cannot be served \
+             here now; or OVERLOADED (too many requests in flight; retry after the \
+             `Retry-After` seconds)",
+        ),
+        TIMEOUT,
+    ];
+}
+
+/// `DELETE /kv`: the range delete.
+pub enum KvDeleteRange {}
+
+impl Statuses for KvDeleteRange {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "INVALID_PARAMETER: neither a non-empty `prefix` nor a `start` (so that a \
+             request without bounds never deletes every key), or `prefix` with `start` \
+             or `end`",
+        ),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        INTERNAL,
+        (
+            503,
+            "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the delete may \
+             or may not have been applied), or OVERLOADED (too many requests in flight; \
+             retry after the `Retry-After` seconds)",
+        ),
+        WRITE_TIMEOUT,
+    ];
+}
+
 /// `GET /ready`: open to every client and never shed, it answers only why it is not
 /// ready.
 pub enum Ready {}

@@ -11,7 +11,7 @@
 //! - The state machine: [`StateMachineBackend`] applies a batch of committed entries
 //!   and returns one result per entry; it builds and installs snapshots.
 //! - Reads: [`ReadBackend`] reads the applied data (a key, an ordered range of keys,
-//!   the count, the size) and closes the store.
+//!   the count of all keys or of a range, the size) and closes the store.
 //!
 //! Every method returns `Send` futures: openraft drives storage from its own tasks.
 
@@ -118,13 +118,24 @@ pub trait ReadBackend: Clone + Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = io::Result<Option<String>>> + Send;
 
     /// Up to `limit` pairs whose keys are in `[start, end)` (`end: None`: no upper
-    /// bound), in ascending byte order of the keys.
+    /// bound), in ascending byte order of the keys. The page also ends with the pair
+    /// that brings the bytes of its keys and values to `max_bytes` or more (so it holds
+    /// at least one pair): what one page holds in memory is bounded by both.
     fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> impl Future<Output = io::Result<Vec<(String, String)>>> + Send;
+
+    /// The number of keys in `[start, end)` (`end: None`: no upper bound), counted
+    /// without holding the keys in memory.
+    fn count_range(
+        &self,
+        start: &str,
+        end: Option<&str>,
+    ) -> impl Future<Output = io::Result<u64>> + Send;
 
     /// The number of keys.
     fn count(&self) -> impl Future<Output = io::Result<u64>> + Send;

@@ -167,8 +167,13 @@ impl<A: ReadBackend, B: ReadBackend> ReadBackend for Either<A, B> {
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
-        dispatch!(self, s => s.range(start, end, limit).await)
+        dispatch!(self, s => s.range(start, end, limit, max_bytes).await)
+    }
+
+    async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        dispatch!(self, s => s.count_range(start, end).await)
     }
 
     async fn count(&self) -> io::Result<u64> {

@@ -221,4 +221,14 @@ pub(crate) mod test_entries {
     pub fn delete(index: u64, key: &str) -> Entry {
         entry(index, Command::Delete { key: key.into() })
     }
+
+    pub fn delete_range(index: u64, start: &str, end: Option<&str>) -> Entry {
+        entry(
+            index,
+            Command::DeleteRange {
+                start: start.into(),
+                end: end.map(Into::into),
+            },
+        )
+    }
 }

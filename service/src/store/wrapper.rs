@@ -301,14 +301,21 @@ impl<B: Backend> StoreHandle<B> {
         self.inner.get(key).await
     }
 
-    /// Up to `limit` pairs with keys in `[start, end)`, in ascending byte order.
+    /// Up to `limit` pairs with keys in `[start, end)`, in ascending byte order, ending
+    /// early with the pair that brings the page to `max_bytes`.
     pub async fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
-        self.inner.range(start, end, limit).await
+        self.inner.range(start, end, limit, max_bytes).await
+    }
+
+    /// Number of keys in `[start, end)`, counted as they stream by.
+    pub async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        self.inner.count_range(start, end).await
     }
 
     /// Number of keys.

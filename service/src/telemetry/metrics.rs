@@ -46,6 +46,9 @@ pub const STORAGE_SIZE: &str = "kvstore_storage_size_bytes";
 pub const OUT_OF_SPACE: &str = "kvstore_storage_out_of_space";
 pub const STORAGE_AVAILABLE: &str = "kvstore_storage_available";
 pub const LOG_LINES_DROPPED: &str = "kvstore_log_lines_dropped_total";
+pub const LIST_PAGES: &str = "kvstore_list_pages_total";
+pub const RANGE_DELETES: &str = "kvstore_range_deletes_total";
+pub const RANGE_DELETED_KEYS: &str = "kvstore_range_deleted_keys_total";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -128,6 +131,19 @@ fn describe() {
         "Node id of the leader this node knows of; 0 when none."
     );
     describe_counter!(RAFT_LEADER_CHANGES, "Times this node saw a new leader.");
+    describe_counter!(
+        LIST_PAGES,
+        "Answers of GET /kv (ordered listing), by kind: pairs, keys (keys_only) or count \
+         (count_only)."
+    );
+    describe_counter!(
+        RANGE_DELETES,
+        "Range deletes (DELETE /kv) this node answered, each one Raft log entry."
+    );
+    describe_counter!(
+        RANGE_DELETED_KEYS,
+        "Keys removed by the range deletes this node answered."
+    );
     describe_counter!(
         PRE_VOTE_ROUNDS,
         "Pre-Vote rounds this node ran, by outcome: `election` (a majority would vote for \

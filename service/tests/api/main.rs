@@ -37,6 +37,7 @@ mod errors;
 mod helpers;
 mod kv;
 mod limits;
+mod list;
 mod membership;
 mod openapi;
 mod postgres;

@@ -643,7 +643,11 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_store(&server, database, dir.path()).await;
     let handle = store.handle.clone();
-    assert!(handle.range("", None, 10).await.unwrap().is_empty());
+    assert!(handle
+        .range("", None, 10, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
 
     let leader = openraft::impls::leader_id_adv::LeaderId {
         term: 1,
@@ -706,7 +710,7 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 assert_eq!(
-                    handle.range(start, end, limit).await.unwrap(),
+                    handle.range(start, end, limit, usize::MAX).await.unwrap(),
                     expected,
                     "range [{start:?}, {end:?}) limit {limit}"
                 );
@@ -714,7 +718,7 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
         }
     }
     let all: Vec<String> = handle
-        .range("", None, 100)
+        .range("", None, 100, usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -725,4 +729,94 @@ async fn a_range_is_in_byte_order_bounded_and_limited_on_postgres() {
         ["B", "Z", "a", "a b", "a-b", "ab", "b", "z", "\u{e9}"],
         "byte order"
     );
+    // A page also ends with the pair that brings its keys and values to `max_bytes`.
+    let ordered: Vec<(String, String)> = model.clone().into_iter().collect();
+    let size = |pairs: &[(String, String)]| pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let two: usize = size(&ordered[..2]);
+    for (max_bytes, pairs) in [(1, 1), (two - 1, 2), (two, 2), (two + 1, 3)] {
+        assert_eq!(
+            handle.range("", None, 100, max_bytes).await.unwrap(),
+            ordered[..pairs],
+            "max_bytes {max_bytes}"
+        );
+    }
+    for start in bounds {
+        for end in bounds.iter().map(|e| Some(*e)).chain([None]) {
+            let expected = model
+                .keys()
+                .filter(|k| k.as_str() >= start && end.is_none_or(|e| k.as_str() < e))
+                .count() as u64;
+            assert_eq!(
+                handle.count_range(start, end).await.unwrap(),
+                expected,
+                "count of [{start:?}, {end:?})"
+            );
+        }
+    }
+
+    // The key index is in byte order (the migration to `COLLATE "C"`), so a range
+    // bounds the index scan (`Index Cond`); an index in the
+    // database's linguistic collation, as `kv.key` had before, could only be read
+    // whole and filtered.
+    let plan = server
+        .plan_without_seqscan(
+            database,
+            "SELECT key FROM kv WHERE key COLLATE \"C\" >= 'a' AND key COLLATE \"C\" < 'b' \
+             ORDER BY key COLLATE \"C\" LIMIT 10",
+        )
+        .await;
+    assert!(
+        plan.contains("Index Cond"),
+        "the range is not served by the key index:\n{plan}"
+    );
+    server
+        .execute(database, "CREATE TABLE linguistic (key TEXT PRIMARY KEY)")
+        .await;
+    let plan = server
+        .plan_without_seqscan(
+            database,
+            "SELECT key FROM linguistic WHERE key COLLATE \"C\" >= 'a' \
+             AND key COLLATE \"C\" < 'b' ORDER BY key COLLATE \"C\" LIMIT 10",
+        )
+        .await;
+    assert!(
+        !plan.contains("Index Cond"),
+        "this check cannot tell the collations apart:\n{plan}"
+    );
+
+    // A range delete in byte order, in log order with the writes around it: `a` to
+    // `b` takes the lower-case a-keys, not `B` or `Z`; `a c` is written after it.
+    let range_delete = |index, start: &str, end: Option<&str>| {
+        let command = kvstore::store::Command::DeleteRange {
+            start: start.into(),
+            end: end.map(Into::into),
+        };
+        entry(index, command)
+    };
+    let put = |index, key: &str| {
+        let command = kvstore::store::Command::Put {
+            key: key.into(),
+            value: "new".into(),
+        };
+        entry(index, command)
+    };
+    apply(
+        &mut store.state_machine,
+        vec![
+            put(12, "a0"),
+            range_delete(13, "a", Some("b")),
+            put(14, "a c"),
+            range_delete(15, "\u{e9}", None),
+        ],
+    )
+    .await;
+    let all: Vec<String> = handle
+        .range("", None, 100, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(all, ["B", "Z", "a c", "b", "z"], "after the range deletes");
+    assert_eq!(handle.count_range("a", Some("b")).await.unwrap(), 1);
 }

@@ -90,6 +90,96 @@ async fn write_on_a_follower_read_everywhere_delete_404_everywhere() {
     }
 }
 
+/// A range delete sent to a follower is forwarded, committed as one log entry, and
+/// removes the whole range on every node, leaving the keys outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_delete_is_one_log_entry_that_reaches_every_node() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let follower = others(&[1, 2, 3], leader)[0];
+    for i in 0..20 {
+        let url = cluster.url(leader, &format!("/kv/jobs/{i:02}"));
+        put_ok(&cluster.client, &url, "queued").await;
+    }
+    for key in ["jobs", "jobs0", "other"] {
+        put_ok(
+            &cluster.client,
+            &cluster.url(leader, &format!("/kv/{key}")),
+            "kept",
+        )
+        .await;
+    }
+    // Every node has applied the writes, and the log stands still.
+    let applied_everywhere = |index: f64| {
+        let cluster = &cluster;
+        async move {
+            for id in [1, 2, 3] {
+                let applied = cluster.metric(id, "kvstore_raft_applied_index").await?;
+                if applied < index {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    };
+    let before = eventually(
+        Duration::from_secs(10),
+        "the writes applied everywhere",
+        || async {
+            let last = cluster
+                .metric(leader, "kvstore_raft_last_log_index")
+                .await?;
+            applied_everywhere(last).await.map(|_| last)
+        },
+    )
+    .await;
+
+    let resp = cluster
+        .client
+        .delete(cluster.url(follower, "/kv?prefix=jobs/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["deleted"], 20, "{body}");
+    assert_eq!(body["node_id"], follower);
+
+    eventually(
+        Duration::from_secs(10),
+        "the range delete applied everywhere",
+        || applied_everywhere(before + 1.0),
+    )
+    .await;
+    assert_eq!(
+        cluster.metric(leader, "kvstore_raft_last_log_index").await,
+        Some(before + 1.0),
+        "the range delete takes one log entry"
+    );
+    for id in [1, 2, 3] {
+        for consistency in ["stale", "linearizable"] {
+            let url = cluster.url(id, &format!("/kv?consistency={consistency}"));
+            let (code, body) = get_json(&cluster.client, &url).await.unwrap();
+            assert_eq!(code, 200, "node {id}: {body}");
+            let keys: Vec<&str> = body["kvs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|kv| kv["key"].as_str().unwrap())
+                .collect();
+            assert_eq!(keys, ["jobs", "jobs0", "other"], "node {id}, {consistency}");
+        }
+    }
+    assert_eq!(
+        cluster
+            .metric(follower, "kvstore_range_deleted_keys_total")
+            .await,
+        Some(20.0)
+    );
+}
+
 /// Writers spread over the given nodes; every 201 is recorded.
 fn start_writers(
     cluster: &Cluster,

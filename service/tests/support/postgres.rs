@@ -172,6 +172,29 @@ impl PgServer {
         pool.close().await;
     }
 
+    /// PostgreSQL's plan for `query` in `database`, with sequential scans priced out:
+    /// a plan that still scans the table says no index can serve the query.
+    pub async fn plan_without_seqscan(&self, database: &str, query: &'static str) -> String {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url(database))
+            .await
+            .expect("connect");
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .expect("set enable_seqscan");
+        let lines =
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain");
+        drop(conn);
+        pool.close().await;
+        lines.join("\n")
+    }
+
     /// The keys in `database`'s `kv` table, sorted.
     pub async fn keys(&self, database: &str) -> Vec<String> {
         let pool = sqlx::PgPool::connect(&self.url(database))

@@ -22,13 +22,57 @@ impl RaftNode {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, NodeError> {
+        self.before_read(consistency).await?;
+        self.inner.store.get(key).await.map_err(storage)
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)` (`end: None`: no upper bound),
+    /// in byte order of the keys, with the requested consistency; the page ends early
+    /// with the pair that brings it to `max_bytes`. One page, as the store reads it:
+    /// memory holds one page, however many keys there are.
+    #[tracing::instrument(name = "kv.range", skip_all, fields(node.id = self.inner.id, limit))]
+    pub async fn range(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<(String, String)>, NodeError> {
+        self.before_read(consistency).await?;
+        self.inner
+            .store
+            .range(start, end, limit, max_bytes)
+            .await
+            .map_err(storage)
+    }
+
+    /// The number of keys in `[start, end)`, with the requested consistency.
+    #[tracing::instrument(name = "kv.count_range", skip_all, fields(node.id = self.inner.id))]
+    pub async fn count_range(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        consistency: Consistency,
+    ) -> Result<u64, NodeError> {
+        self.before_read(consistency).await?;
+        self.inner
+            .store
+            .count_range(start, end)
+            .await
+            .map_err(storage)
+    }
+
+    /// What every read does first: checks the store, and for a linearizable read waits
+    /// for its read barrier.
+    async fn before_read(&self, consistency: Consistency) -> Result<(), NodeError> {
         self.check_storage()?;
         if consistency == Consistency::Linearizable {
             let deadline = Instant::now() + self.inner.request_timeout;
             self.with_leader(deadline, |target| self.read_barrier(target, deadline))
                 .await?;
         }
-        self.inner.store.get(key).await.map_err(storage)
+        Ok(())
     }
 
     /// Blocks until a read of the local state machine is linearizable: gets a read index

@@ -31,6 +31,18 @@ impl RaftNode {
         }
     }
 
+    /// Deletes every key in `[start, end)` (`end: None`: no upper bound) in one log
+    /// entry; returns how many keys it removed.
+    #[tracing::instrument(name = "kv.delete_range", skip_all, fields(node.id = self.inner.id))]
+    pub async fn delete_range(&self, start: String, end: Option<String>) -> Result<u64, NodeError> {
+        match self.write(Command::DeleteRange { start, end }).await? {
+            CommandResult::DeletedRange { count } => Ok(count),
+            other => Err(NodeError::Storage(
+                format!("unexpected result for a range delete: {other:?}").into(),
+            )),
+        }
+    }
+
     async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         self.check_storage()?;
         self.check_space(&command)?;

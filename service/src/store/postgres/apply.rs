@@ -137,13 +137,28 @@ pub(super) async fn in_transaction(
     let entries: Vec<Entry> = lost.into_iter().chain(batch.iter().cloned()).collect();
     let entries = entries.as_slice();
     let replayed = entries.len() - batch.len();
-    // The key-value commands are folded in memory, in log order, into the final
-    // value of each key they touch; the batch then costs one upsert and one delete
-    // whatever its size. Only a delete needs the value before the batch (to say
-    // whether the key existed), so only deleted keys are read first.
     let fresh = |entry: &Entry| applied.fresh(entry);
-    let existing = existing_keys(&mut *txn, &deleted_keys(entries, fresh)).await?;
-    let (results, after) = fold_commands(entries, fresh, &existing);
+    // A range delete must see the point writes before it and hide none after it: the
+    // entries are applied in runs that each end with one.
+    let mut results = Vec::with_capacity(entries.len());
+    for run in entries.split_inclusive(is_range_delete) {
+        let (points, range_delete) = match run.split_last() {
+            Some((last, points)) if is_range_delete(last) => (points, Some(last)),
+            _ => (run, None),
+        };
+        results.extend(apply_points(&mut txn, points, fresh).await?);
+        if let Some(entry) = range_delete {
+            let count = match &entry.payload {
+                EntryPayload::Normal(Proposal {
+                    command: Command::DeleteRange { start, end },
+                    ..
+                }) if fresh(entry) => delete_range(&mut txn, start, end.as_deref()).await?,
+                // Applied before a crash: its count was answered then, or never.
+                _ => 0,
+            };
+            results.push(CommandResult::DeletedRange { count });
+        }
+    }
     for entry in entries.iter().filter(|e| fresh(e)) {
         let EntryPayload::Membership(membership) = &entry.payload else {
             continue;
@@ -162,23 +177,6 @@ pub(super) async fn in_transaction(
         let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
         upsert_meta(&mut txn, MEMBERSHIP, &stored).await?;
     }
-    let (put_keys, put_values, gone) = split_changes(after);
-    if !put_keys.is_empty() {
-        sqlx::query(
-            "INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::text[], $2::text[]) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-        )
-        .bind(&put_keys)
-        .bind(&put_values)
-        .execute(&mut *txn)
-        .await?;
-    }
-    if !gone.is_empty() {
-        sqlx::query("DELETE FROM kv WHERE key = ANY($1)")
-            .bind(&gone)
-            .execute(&mut *txn)
-            .await?;
-    }
     let mut now = applied;
     if let Some(last) = entries.last().filter(|e| now.fresh(e)) {
         let id = Some(last.log_id());
@@ -190,6 +188,67 @@ pub(super) async fn in_transaction(
     }
     txn.commit().await?;
     Ok((results[replayed..].to_vec(), now))
+}
+
+/// Whether `entry` deletes a range of keys.
+pub(super) fn is_range_delete(entry: &Entry) -> bool {
+    matches!(
+        entry.payload,
+        EntryPayload::Normal(Proposal {
+            command: Command::DeleteRange { .. },
+            ..
+        })
+    )
+}
+
+/// Applies a run of entries without range deletes in `txn`: the key-value commands
+/// are folded in memory, in log order, into the final value of each key they touch;
+/// the run then costs one upsert and one delete whatever its size. Only a delete needs
+/// the value before the run (to say whether the key existed), so only deleted keys are
+/// read first. Returns one result per entry.
+async fn apply_points(
+    txn: &mut Transaction<'_, Postgres>,
+    entries: &[Entry],
+    fresh: impl Fn(&Entry) -> bool + Copy,
+) -> Result<Vec<CommandResult>, sqlx::Error> {
+    let existing = existing_keys(&mut **txn, &deleted_keys(entries, fresh)).await?;
+    let (results, after) = fold_commands(entries, fresh, &existing);
+    let (put_keys, put_values, gone) = split_changes(after);
+    if !put_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(&put_keys)
+        .bind(&put_values)
+        .execute(&mut **txn)
+        .await?;
+    }
+    if !gone.is_empty() {
+        sqlx::query("DELETE FROM kv WHERE key = ANY($1)")
+            .bind(&gone)
+            .execute(&mut **txn)
+            .await?;
+    }
+    Ok(results)
+}
+
+/// Deletes the keys in `[start, end)`, in byte order as every range is (`COLLATE
+/// "C"`, which the key index serves), in one statement; returns how many there were.
+async fn delete_range(
+    txn: &mut Transaction<'_, Postgres>,
+    start: &str,
+    end: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM kv WHERE key COLLATE \"C\" >= $1 \
+           AND ($2::TEXT IS NULL OR key COLLATE \"C\" < $2)",
+    )
+    .bind(start)
+    .bind(end)
+    .execute(&mut **txn)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 /// The Raft log's entries after index `after` (`None`: from the start) and before
@@ -331,6 +390,9 @@ fn fold_commands<'a>(
                     after.insert(key, None);
                     CommandResult::Deleted { existed }
                 }
+                // The callers apply range deletes themselves, between folded runs
+                // (`in_transaction`); none reaches a fold.
+                (Command::DeleteRange { .. }, _) => CommandResult::DeletedRange { count: 0 },
             },
             EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
         })

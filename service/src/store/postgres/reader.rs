@@ -70,11 +70,13 @@ impl ReadBackend for PgHandle {
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let (keys, values) = self
             .read_applied(|| async {
                 let (keys, values, stored) = self
@@ -82,18 +84,27 @@ impl ReadBackend for PgHandle {
                     .once(
                         "read a range of keys",
                         sqlx::query_as::<_, (Vec<String>, Vec<String>, Option<Vec<u8>>)>(
-                            "WITH page AS (SELECT key, value FROM kv \
+                            // `upto`: the bytes of the page up to and including
+                            // this pair; a pair is taken while those before it
+                            // hold less than $5.
+                            "WITH page AS (SELECT key, value, \
+                                   sum(octet_length(key) + octet_length(value)) \
+                                     OVER (ORDER BY key COLLATE \"C\") AS upto \
+                                 FROM kv \
                                  WHERE key COLLATE \"C\" >= $1 \
                                    AND ($2::TEXT IS NULL OR key COLLATE \"C\" < $2) \
-                                 ORDER BY key COLLATE \"C\" LIMIT $3) \
-                             SELECT ARRAY(SELECT key FROM page ORDER BY key COLLATE \"C\"), \
-                                    ARRAY(SELECT value FROM page ORDER BY key COLLATE \"C\"), \
+                                 ORDER BY key COLLATE \"C\" LIMIT $3), \
+                             taken AS (SELECT key, value FROM page \
+                                 WHERE upto - octet_length(key) - octet_length(value) < $5) \
+                             SELECT ARRAY(SELECT key FROM taken ORDER BY key COLLATE \"C\"), \
+                                    ARRAY(SELECT value FROM taken ORDER BY key COLLATE \"C\"), \
                                     (SELECT value FROM sm_meta WHERE name = $4)",
                         )
                         .bind(start)
                         .bind(end)
                         .bind(limit)
                         .bind(LAST_APPLIED)
+                        .bind(max_bytes)
                         .fetch_one(self.db.pool()),
                     )
                     .await?;
@@ -101,6 +112,29 @@ impl ReadBackend for PgHandle {
             })
             .await?;
         Ok(keys.into_iter().zip(values).collect())
+    }
+
+    /// Counted by PostgreSQL over the key index (see the migration that makes `kv.key`
+    /// compare byte by byte): no key leaves the database.
+    async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        let count = self
+            .read_applied(|| {
+                self.db.once(
+                    "count a range of keys",
+                    sqlx::query_as::<_, (i64, Option<Vec<u8>>)>(
+                        "SELECT (SELECT count(*) FROM kv \
+                                 WHERE key COLLATE \"C\" >= $1 \
+                                   AND ($2::TEXT IS NULL OR key COLLATE \"C\" < $2)), \
+                                (SELECT value FROM sm_meta WHERE name = $3)",
+                    )
+                    .bind(start)
+                    .bind(end)
+                    .bind(LAST_APPLIED)
+                    .fetch_one(self.db.pool()),
+                )
+            })
+            .await?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     async fn count(&self) -> io::Result<u64> {

@@ -100,15 +100,16 @@ impl PgStateMachine {
                     .await?,
             ),
         };
-        let changes_membership = entries
-            .iter()
-            .any(|e| expected.fresh(e) && matches!(e.payload, EntryPayload::Membership(_)));
-        if !changes_membership {
+        let needs_transaction = entries.iter().any(|e| {
+            expected.fresh(e)
+                && (matches!(e.payload, EntryPayload::Membership(_)) || apply::is_range_delete(e))
+        });
+        if !needs_transaction {
             if let Some(done) = apply::in_one_statement(&self.db, entries, &expected).await? {
                 return Ok(done);
             }
         }
-        // A membership change, or the stored id is not the expected one.
+        // A membership change, a range delete, or the stored id is not the expected one.
         apply::in_transaction(&self.db, entries, &expected).await
     }
 

@@ -153,13 +153,59 @@ impl Shared {
         Ok(len.max(0) as u64)
     }
 
+    /// The number of keys in `[start, end)` as applied so far, counted while walking
+    /// the database's range: memory holds only the pending keys of the range.
+    pub(super) fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(0);
+        }
+        let in_range = |key: &str| key >= start && end.is_none_or(|end| key < end);
+        let (overlay, txn) = {
+            let pending = self.pending();
+            let flushing = pending
+                .flushing
+                .as_deref()
+                .into_iter()
+                .flat_map(|f| f.keys());
+            // Each pending key of the range once, with whether it exists now.
+            let overlay: HashMap<String, bool> = pending
+                .active
+                .keys()
+                .chain(flushing)
+                .filter(|key| in_range(key))
+                .map(|key| (key.clone(), matches!(pending.lookup(key), Some(Some(_)))))
+                .collect();
+            // Begun under the lock, as in `len`, so that it agrees with the pending
+            // maps; the walk itself runs after the lock is let go, not holding up
+            // applies.
+            (overlay, self.db.begin_read()?)
+        };
+        let table = txn.open_table(KV).map_err(redb_err)?;
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut count: i64 = 0;
+        for pair in table
+            .range::<&str>((Bound::Included(start), upper))
+            .map_err(redb_err)?
+        {
+            pair.map_err(redb_err)?;
+            count += 1;
+        }
+        for (key, now) in &overlay {
+            let stored = table.get(key.as_str()).map_err(redb_err)?.is_some();
+            count += i64::from(*now) - i64::from(stored);
+        }
+        Ok(count.max(0) as u64)
+    }
+
     /// Up to `limit` pairs with keys in `[start, end)`, in key order, as applied so far:
-    /// the database's pairs with the pending writes laid over them.
+    /// the database's pairs with the pending writes laid over them. Ends early with the
+    /// pair that brings the keys and values taken to `max_bytes`.
     pub(super) fn range(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
@@ -192,8 +238,9 @@ impl Shared {
             Ok(pair.map(|(k, v)| (k.value().to_owned(), v.value().to_owned())))
         };
         let (mut stored_pair, mut pending_pair) = (next_stored()?, overlay.next());
-        let mut pairs = Vec::new();
-        while pairs.len() < limit {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut bytes = 0usize;
+        while pairs.len() < limit && bytes < max_bytes {
             let pending_first = match (&stored_pair, &pending_pair) {
                 (_, None) => false,
                 (None, Some(_)) => true,
@@ -208,6 +255,7 @@ impl Shared {
                     stored_pair = next_stored()?;
                 }
                 if let Some(value) = value {
+                    bytes += key.len() + value.len();
                     pairs.push((key.to_owned(), value.to_owned()));
                 }
                 pending_pair = overlay.next();
@@ -215,6 +263,7 @@ impl Shared {
                 let Some(pair) = stored_pair.take() else {
                     break;
                 };
+                bytes += pair.0.len() + pair.1.len();
                 pairs.push(pair);
                 stored_pair = next_stored()?;
             }

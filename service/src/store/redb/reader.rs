@@ -47,8 +47,15 @@ impl ReadBackend for RedbHandle {
         start: &str,
         end: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<Vec<(String, String)>> {
-        self.state.range(start, end, limit)
+        self.state.range(start, end, limit, max_bytes)
+    }
+
+    async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {
+        // A walk over the range: off the async workers, which it would hold up.
+        let (state, start, end) = (self.state.clone(), start.to_owned(), end.map(str::to_owned));
+        crate::store::blocking(move || state.count_range(&start, end.as_deref())).await
     }
 
     async fn count(&self) -> io::Result<u64> {

@@ -92,6 +92,16 @@ impl RedbStateMachine {
                     pending.active.insert(key.clone(), None);
                     CommandResult::Deleted { existed }
                 }
+                EntryPayload::Normal(Proposal {
+                    command: Command::DeleteRange { .. },
+                    ..
+                }) => {
+                    // `apply` sends batches with a range delete to `apply_through`.
+                    return Err(io::Error::other(
+                        "a range delete reached the in-memory apply; it is applied in the \
+                         database's transaction",
+                    ));
+                }
                 EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
             });
         }
@@ -102,11 +112,14 @@ impl RedbStateMachine {
         Ok(results)
     }
 
-    /// Applies a batch that changes the membership: pending writes and the whole batch
-    /// are committed in one transaction.
+    /// Applies a batch that changes the membership or deletes a range: pending writes
+    /// and the whole batch are committed in one transaction. A range delete is not kept
+    /// in memory as point writes are: it would take every key of the range there.
     fn apply_through(shared: &Shared, entries: &[Entry]) -> io::Result<Vec<CommandResult>> {
         // Fsynced (when the durable log covers it): a database opened again after a
-        // failed write would lose the membership records of a commit without one.
+        // failed write would lose the membership records or the range deletes of a
+        // commit without one (only point writes are kept to be put back, see
+        // `Pending::unsynced`).
         shared.flush(true, |txn| {
             let mut results = Vec::with_capacity(entries.len());
             let mut kv = txn.open_table(KV).map_err(redb_err)?;
@@ -128,6 +141,12 @@ impl RedbStateMachine {
                         let existed = kv.remove(key.as_str()).map_err(redb_err)?.is_some();
                         CommandResult::Deleted { existed }
                     }
+                    EntryPayload::Normal(Proposal {
+                        command: Command::DeleteRange { start, end },
+                        ..
+                    }) => CommandResult::DeletedRange {
+                        count: delete_range(&mut kv, start, end.as_deref())?,
+                    },
                     EntryPayload::Membership(membership) => {
                         // Nodes that leave the membership are retired for good.
                         let previous: Option<StoredMembership> = read_meta(&meta, MEMBERSHIP)?;
@@ -229,12 +248,20 @@ impl StateMachineBackend for RedbStateMachine {
     }
 
     async fn apply(&mut self, batch: Vec<Entry>) -> io::Result<Vec<CommandResult>> {
-        let membership = batch
-            .iter()
-            .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
-        if membership {
+        let through_database = batch.iter().any(|e| {
+            matches!(
+                e.payload,
+                EntryPayload::Membership(_)
+                    | EntryPayload::Normal(Proposal {
+                        command: Command::DeleteRange { .. },
+                        ..
+                    })
+            )
+        });
+        if through_database {
             let shared = self.shared.clone();
-            // Membership changes wait for room: they cannot stay in memory.
+            // Membership changes and range deletes wait for room: they cannot stay in
+            // memory.
             blocking(move || shared.retrying(|| Self::apply_through(&shared, &batch))).await
         } else {
             // In memory, on this task: only a delete of a key with nothing pending
@@ -365,4 +392,28 @@ impl RedbStateMachine {
             remove_other_snapshots(dir, &file_id)
         }
     }
+}
+
+/// Removes the keys in `[start, end)` inside the write transaction, walking the range
+/// (no list of its keys is built); returns how many there were.
+fn delete_range(
+    kv: &mut redb::Table<&'static str, &'static str>,
+    start: &str,
+    end: Option<&str>,
+) -> io::Result<u64> {
+    let mut count = 0u64;
+    let remove_each = |_: &str, _: &str| {
+        count += 1;
+        false
+    };
+    match end {
+        Some(end) if end <= start => {}
+        Some(end) => kv
+            .retain_in::<&str, _>(start..end, remove_each)
+            .map_err(redb_err)?,
+        None => kv
+            .retain_in::<&str, _>(start.., remove_each)
+            .map_err(redb_err)?,
+    }
+    Ok(count)
 }

@@ -331,7 +331,7 @@ async fn a_range_is_ordered_bounded_and_limited_across_file_and_memory() {
     let mut store = open(dir.path(), true, Default::default()).unwrap();
     let reader = store.reader.clone();
     let read = |start: &str, end: Option<&str>, limit| {
-        futures::executor::block_on(reader.range(start, end, limit)).unwrap()
+        futures::executor::block_on(reader.range(start, end, limit, usize::MAX)).unwrap()
     };
     assert!(read("", None, 10).is_empty(), "an empty store");
 
@@ -388,10 +388,108 @@ async fn a_range_is_ordered_bounded_and_limited_across_file_and_memory() {
         read("a", Some("b0"), 1),
         [("b".to_string(), "2b".to_string())]
     );
+    // A page also ends with the pair that brings its keys and values to `max_bytes`
+    // (b=2b is 3 bytes, b0=3 is 3, ba=7 is 3), whether the pair is pending or stored.
+    for (max_bytes, pairs) in [(1, 1), (3, 1), (4, 2), (6, 2), (7, 3)] {
+        let page = futures::executor::block_on(reader.range("b", Some("d"), 10, max_bytes));
+        assert_eq!(page.unwrap().len(), pairs, "max_bytes {max_bytes}");
+    }
     assert!(read("d", Some("c"), 10).is_empty(), "end before start");
     assert!(read("x", Some("y"), 10).is_empty(), "nothing in between");
+
+    check_counts(&reader, &model).await;
 
     // The same view once everything is in the file.
     store.reader.state.flush_all().unwrap();
     check_ranges(read, &model);
+    check_counts(&reader, &model).await;
+}
+
+/// Every range's count against the model.
+async fn check_counts(reader: &RedbHandle, model: &BTreeMap<String, String>) {
+    let bounds = ["", "a", "b", "b0", "ba", "c", "z", "\u{e9}"];
+    for start in bounds {
+        for end in bounds.iter().map(|e| Some(*e)).chain([None]) {
+            let expected = model
+                .keys()
+                .filter(|k| k.as_str() >= start && end.is_none_or(|e| k.as_str() < e))
+                .count() as u64;
+            assert_eq!(
+                reader.count_range(start, end).await.unwrap(),
+                expected,
+                "count of [{start:?}, {end:?})"
+            );
+        }
+    }
+}
+
+/// A range delete removes the keys of its range wherever they wait (the file or
+/// memory), after the writes before it in the batch and before those after it, and
+/// answers how many it removed; it lasts across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
+    use crate::store::test_entries::{delete, delete_range, put};
+    use crate::store::CommandResult;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), true, Default::default()).unwrap();
+    let sm = &mut store.state_machine;
+    // In the file: a, b, b/1, b/2, c.
+    apply(
+        sm,
+        vec![
+            put(1, "a", "1"),
+            put(2, "b", "2"),
+            put(3, "b/1", "3"),
+            put(4, "b/2", "4"),
+            put(5, "c", "5"),
+        ],
+    )
+    .await;
+    store.reader.state.flush_all().unwrap();
+    // Pending: b/3 added, b/1 deleted, c/1 added.
+    apply(
+        sm,
+        vec![put(6, "b/3", "6"), delete(7, "b/1"), put(8, "c/1", "7")],
+    )
+    .await;
+    let results = sm
+        .apply(vec![
+            put(9, "b/4", "8"),
+            delete_range(10, "b", Some("c")),
+            put(11, "b/5", "9"),
+            delete_range(12, "x", Some("w")),
+            delete_range(13, "c", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [
+            CommandResult::Stored,
+            // b, b/2 (file), b/3, b/4 (memory); b/1 was deleted already.
+            CommandResult::DeletedRange { count: 4 },
+            CommandResult::Stored,
+            CommandResult::DeletedRange { count: 0 },
+            CommandResult::DeletedRange { count: 2 },
+        ]
+    );
+    let expected = [
+        ("a".to_string(), "1".to_string()),
+        ("b/5".into(), "9".into()),
+    ];
+    assert_eq!(
+        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        expected
+    );
+    assert_eq!(store.reader.count().await.unwrap(), 2);
+    assert_eq!(store.reader.count_range("", None).await.unwrap(), 2);
+    assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 13);
+
+    store.reader.close().await.unwrap();
+    drop(store);
+    let store = reopen(dir.path());
+    assert_eq!(
+        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        expected
+    );
 }
