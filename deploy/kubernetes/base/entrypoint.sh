@@ -45,8 +45,9 @@ if [ -s "$data/node-id" ]; then
 else
   # A new volume gets an id no node has had: the ids of removed members are retired for
   # good, so a pod that comes back on a new volume (scaled down and up again, or a lost
-  # disk) cannot take its former id.
-  KV_RAFT_NODE_ID=$(( $(date +%s) * 1000 + ordinal ))
+  # disk) cannot take its former id. Milliseconds, not seconds: a pod removed and
+  # recreated on a new volume within one second took its retired id again.
+  KV_RAFT_NODE_ID=$(( $(date +%s%3N) * 1000 + ordinal ))
   printf '%s\n' "$KV_RAFT_NODE_ID" > "$data/node-id.new"
   mv "$data/node-id.new" "$data/node-id"
   fresh=true
