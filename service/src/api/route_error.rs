@@ -102,6 +102,11 @@ const BODY_TOO_LARGE: (u16, &str) = (
     "VALUE_TOO_LARGE: the request body exceeds the configured limit",
 );
 const INTERNAL: (u16, &str) = (500, "INTERNAL: an unexpected failure on this node");
+const READ_UNAVAILABLE: (u16, &str) = (
+    503,
+    "NO_LEADER, UNAVAILABLE or STORAGE_UNAVAILABLE: the read cannot be served here now; \
+     or OVERLOADED (too many requests in flight; retry after the `Retry-After` seconds)",
+);
 const TIMEOUT: (u16, &str) = (
     504,
     "TIMEOUT: the request did not complete within server.request_timeout",
@@ -126,12 +131,7 @@ impl Statuses for KvGet {
         FORBIDDEN,
         (404, "KEY_NOT_FOUND: the key does not exist"),
         INTERNAL,
-        (
-            503,
-            "NO_LEADER, UNAVAILABLE or STORAGE_UNAVAILABLE: the read cannot be served \
-             here now; or OVERLOADED (too many requests in flight; retry after the \
-             `Retry-After` seconds)",
-        ),
+        READ_UNAVAILABLE,
         TIMEOUT,
     ];
 }
@@ -206,12 +206,7 @@ impl Statuses for KvList {
         UNAUTHORIZED,
         FORBIDDEN,
         INTERNAL,
-        (
-            503,
-            "NO_LEADER, UNAVAILABLE or STORAGE_UNAVAILABLE: the read cannot be served \
-             here now; or OVERLOADED (too many requests in flight; retry after the \
-             `Retry-After` seconds)",
-        ),
+        READ_UNAVAILABLE,
         TIMEOUT,
     ];
 }
