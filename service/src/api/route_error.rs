@@ -102,6 +102,12 @@ const BODY_TOO_LARGE: (u16, &str) = (
     "VALUE_TOO_LARGE: the request body exceeds the configured limit",
 );
 const INTERNAL: (u16, &str) = (500, "INTERNAL: an unexpected failure on this node");
+const DELETE_UNAVAILABLE: (u16, &str) = (
+    503,
+    "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the delete may or may \
+     not have been applied), or OVERLOADED (too many requests in flight; retry after the \
+     `Retry-After` seconds)",
+);
 const READ_UNAVAILABLE: (u16, &str) = (
     503,
     "NO_LEADER, UNAVAILABLE or STORAGE_UNAVAILABLE: the read cannot be served here now; \
@@ -182,12 +188,7 @@ impl Statuses for KvDelete {
         FORBIDDEN,
         (404, "KEY_NOT_FOUND: the key did not exist"),
         INTERNAL,
-        (
-            503,
-            "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the delete may \
-             or may not have been applied), or OVERLOADED (too many requests in flight; \
-             retry after the `Retry-After` seconds)",
-        ),
+        DELETE_UNAVAILABLE,
         WRITE_TIMEOUT,
     ];
 }
@@ -225,12 +226,7 @@ impl Statuses for KvDeleteRange {
         UNAUTHORIZED,
         FORBIDDEN,
         INTERNAL,
-        (
-            503,
-            "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the delete may \
-             or may not have been applied), or OVERLOADED (too many requests in flight; \
-             retry after the `Retry-After` seconds)",
-        ),
+        DELETE_UNAVAILABLE,
         WRITE_TIMEOUT,
     ];
 }
