@@ -72,7 +72,9 @@ impl RaftNode {
                     gauge!(metrics::LEASES).set(clock.len() as f64);
                     let leader = node.metrics().current_leader == Some(node.inner.id);
                     if leader && !was_leader {
-                        clock.extend_all(node.inner.lease);
+                        // `lease` is the longest election timeout; the shortest is half
+                        // of it (see `bootstrap`).
+                        clock.extend_all(node.inner.lease / 2);
                     }
                     was_leader = leader;
                     if leader {

@@ -17,9 +17,24 @@ impl RaftNode {
     /// Proposes `command` through the Raft log and returns what applying it did. An
     /// outcome the state machine could not know (applied by an earlier attempt whose
     /// answer was lost) is `OutcomeUnknown`.
-    #[tracing::instrument(name = "kv.write", skip_all, fields(command = %command, node.id = self.inner.id))]
     pub async fn submit(&self, command: Command) -> Result<CommandResult, NodeError> {
-        match self.write(command).await? {
+        let id = self.inner.id;
+        // One span per kind of operation, named as the README's "Traces" lists them.
+        let span = match &command {
+            Command::Put { key, .. } => tracing::info_span!("kv.put", key = %key, node.id = id),
+            Command::Delete { key, .. } => {
+                tracing::info_span!("kv.delete", key = %key, node.id = id)
+            }
+            Command::DeleteRange { .. } => tracing::info_span!("kv.delete_range", node.id = id),
+            Command::Txn(_) => tracing::info_span!("kv.txn", node.id = id),
+            Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. } => {
+                tracing::info_span!("lease.write", command = %command, node.id = id)
+            }
+        };
+        match self.write(command).instrument(span).await? {
             CommandResult::AppliedEarlier => Err(NodeError::OutcomeUnknown(
                 "the write was applied, but its answer was lost with a database connection".into(),
             )),
