@@ -22,7 +22,10 @@
 //!   unknown compare-and-set takes effect only at a point where the key holds its
 //!   expected value (elsewhere it would change nothing, the same as never).
 //!
-//! Two reductions keep the search small without changing its verdict. An unknown put
+//! Three reductions keep the search small without changing its verdict. When an
+//! operation that changes nothing (a read, a refused compare-and-set, a delete that
+//! found nothing) could come next and is consistent with the value, it is taken
+//! without trying the others (see [`Search::choices`]). An unknown put
 //! whose value no operation observed (no read returned it, no compare-and-set expected
 //! it) is indistinguishable from any other such put on the key (it sets "some value
 //! nobody saw"), and unknown deletes are indistinguishable from each other: within
@@ -342,6 +345,33 @@ impl<'e, 'a> Search<'e, 'a> {
         out
     }
 
+    /// The candidates worth trying at `value`: when one of them is an observation that
+    /// changes nothing and is consistent with `value` (a read of it, a refused
+    /// compare-and-set, a delete that found nothing), that one alone. Taking it first
+    /// loses nothing: in any order that completes the history from here, it can be
+    /// moved to the front (nothing pending had to return before it was invoked, since
+    /// it is a candidate, and it leaves the value as it is for the others).
+    fn choices(&self, value: Value) -> Vec<usize> {
+        let candidates = self.candidates();
+        let observation = candidates.iter().copied().find(|&i| {
+            let effect = self.entries[i].effect;
+            let pure = matches!(
+                effect,
+                Effect::Get(_)
+                    | Effect::Delete(Some(false))
+                    | Effect::Cas {
+                        applied: Some(false),
+                        ..
+                    }
+            );
+            pure && effect.apply(value) == Some(value)
+        });
+        match observation {
+            Some(i) => vec![i],
+            None => candidates,
+        }
+    }
+
     /// Linearizes pending entry `i`.
     fn linearize(&mut self, i: usize) {
         if i >= self.mark {
@@ -382,7 +412,7 @@ impl<'e, 'a> Search<'e, 'a> {
     fn run(mut self) -> Result<(), Violation> {
         let mut depth = 0;
         let mut level = Level {
-            candidates: self.candidates(),
+            candidates: self.choices(Value::Absent),
             next: 0,
             value: Value::Absent,
             chosen: None,
@@ -415,7 +445,7 @@ impl<'e, 'a> Search<'e, 'a> {
                 stack.push(level);
                 depth += 1;
                 level = Level {
-                    candidates: self.candidates(),
+                    candidates: self.choices(after),
                     next: 0,
                     value: after,
                     chosen: None,
