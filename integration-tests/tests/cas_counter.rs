@@ -56,7 +56,7 @@ impl Cluster {
             apis.push(format!("http://127.0.0.1:{api}"));
         }
         Cluster {
-            nodes: nodes,
+            nodes,
             apis,
             _dir: dir,
         }
@@ -105,7 +105,7 @@ async fn cas_increments_from_16_clients_add_up_and_are_linearizable() {
         clients: CLIENTS,
         increments: INCREMENTS,
         request_timeout: Duration::from_secs(10),
-        within: Duration::from_secs(75),
+        within: Duration::from_secs(80),
     };
     let run = counter::run(&cluster.apis, &config).await;
     let run = match run {
