@@ -174,14 +174,18 @@ async fn client(
             match (cas.outcome, cas.applied) {
                 (Outcome::Ok, Some(true)) => applied += 1,
                 // Refused (412): another client's write came first; read again, after
-                // a random back-off of up to one read-and-write's duration per client.
+                // a random back-off of up to four read-and-write durations per client.
                 // The client that won goes on at once, so increments mostly come from
-                // one client at a time instead of from all racing for each. Unknown:
-                // read again (it may still apply, and then the read shows it).
+                // one client at a time instead of from all racing for each (which
+                // made two of three writes fail). Unknown: read again (it may still
+                // apply, and then the read shows it).
                 (Outcome::Ok, _) => {
                     let round = cas.return_us.saturating_sub(read.invoke_us);
-                    let pause = rng.u64(0..=round.saturating_mul(u64::from(config.clients)));
-                    tokio::time::sleep(Duration::from_micros(pause)).await;
+                    let ceiling = round
+                        .saturating_mul(4 * u64::from(config.clients))
+                        .min(MAX_BACK_OFF_US);
+                    let back_off = rng.u64(0..=ceiling);
+                    tokio::time::sleep(Duration::from_micros(back_off)).await;
                 }
                 (Outcome::Unknown, _) => {}
                 (Outcome::Fail, _) => pause(&mut rng).await,
@@ -192,6 +196,9 @@ async fn client(
     .await;
     (ops, result)
 }
+
+/// The longest back-off after a 412.
+const MAX_BACK_OFF_US: u64 = 1_000_000;
 
 /// A short random pause after a refused or failed request, so that a node that is
 /// briefly without a leader is not hammered.

@@ -105,7 +105,7 @@ async fn cas_increments_from_16_clients_add_up_and_are_linearizable() {
         clients: CLIENTS,
         increments: INCREMENTS,
         request_timeout: Duration::from_secs(10),
-        within: Duration::from_secs(80),
+        within: Duration::from_secs(120),
     };
     let run = counter::run(&cluster.apis, &config).await;
     let run = match run {
