@@ -7,8 +7,8 @@
 //! `target/integration-tests/cas-counter/`.
 //!
 //! A round (read, then write) takes a few milliseconds on an idle machine; the run is
-//! bounded by 120 s, which a machine whose rounds take 35 ms (seen with twenty
-//! compilers sharing two cores) does not meet.
+//! bounded by 120 s, which a machine whose rounds take 35 ms (seen on two cores at a
+//! load average of 20) does not meet.
 
 mod processes;
 
