@@ -316,7 +316,6 @@ impl Statuses for LeaseChange {
         INTERNAL,
         WRITE_UNAVAILABLE,
         WRITE_TIMEOUT,
-        NO_SPACE,
     ];
 }
 

@@ -27,6 +27,10 @@ async fn spec_documents_every_route_and_error(backend: Backend) {
     let paths = spec["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/kv/{key}", &["get", "put", "delete"][..]),
+        ("/txn", &["post"][..]),
+        ("/leases", &["post"][..]),
+        ("/leases/{id}", &["get", "delete"][..]),
+        ("/leases/{id}/keepalive", &["post"][..]),
         ("/health", &["get"][..]),
         ("/ready", &["get"][..]),
         ("/status", &["get"][..]),
@@ -48,6 +52,9 @@ async fn spec_documents_every_route_and_error(backend: Backend) {
         "KEY_TOO_LARGE",
         "VALUE_TOO_LARGE",
         "KEY_NOT_FOUND",
+        "PRECONDITION_FAILED",
+        "LEASE_NOT_FOUND",
+        "INVALID_TXN",
         "UNAVAILABLE",
         "TIMEOUT",
         "INTERNAL",
@@ -83,14 +90,15 @@ async fn each_route_documents_only_the_statuses_it_can_answer(backend: Backend) 
     )
     .await;
     let all = [
-        "200", "201", "400", "401", "403", "404", "408", "413", "415", "500", "503", "504", "507",
+        "200", "201", "400", "401", "403", "404", "408", "412", "413", "415", "500", "503", "504",
+        "507",
     ];
     for (method, path, listed) in [
         (
             "put",
             "/kv/{key}",
             &[
-                "201", "400", "401", "403", "408", "413", "500", "503", "504", "507",
+                "201", "400", "401", "403", "404", "408", "412", "413", "500", "503", "504", "507",
             ][..],
         ),
         (
@@ -101,6 +109,37 @@ async fn each_route_documents_only_the_statuses_it_can_answer(backend: Backend) 
         (
             "delete",
             "/kv/{key}",
+            &[
+                "200", "400", "401", "403", "404", "412", "500", "503", "504",
+            ][..],
+        ),
+        (
+            "post",
+            "/txn",
+            &[
+                "200", "400", "401", "403", "404", "408", "413", "500", "503", "504", "507",
+            ][..],
+        ),
+        (
+            "post",
+            "/leases",
+            &[
+                "201", "400", "401", "403", "408", "413", "500", "503", "504", "507",
+            ][..],
+        ),
+        (
+            "post",
+            "/leases/{id}/keepalive",
+            &["200", "400", "401", "403", "404", "500", "503", "504"][..],
+        ),
+        (
+            "delete",
+            "/leases/{id}",
+            &["200", "400", "401", "403", "404", "500", "503", "504"][..],
+        ),
+        (
+            "get",
+            "/leases/{id}",
             &["200", "400", "401", "403", "404", "500", "503", "504"][..],
         ),
         (

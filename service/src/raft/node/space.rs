@@ -82,11 +82,21 @@ impl RaftNode {
         self.inner.disk_full.reason()
     }
 
-    /// Refuses a new value at once while the node is out of space; deletes pass, since
-    /// they are how an operator makes room.
+    /// Refuses a new value (a put, a transaction that puts, a new lease) at once while
+    /// the node is out of space; deletes, revokes and keepalives pass, since they make
+    /// room or keep what is there.
     pub(super) fn check_space(&self, command: &Command) -> Result<(), NodeError> {
-        match (command, self.inner.space.refusal()) {
-            (Command::Put { .. }, Some(why)) => Err(NodeError::NoSpace(why)),
+        let adds = match command {
+            Command::Put { .. } | Command::LeaseGrant { .. } => true,
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .any(|op| matches!(op, crate::types::TxnOp::Put { .. })),
+            _ => false,
+        };
+        match (adds, self.inner.space.refusal()) {
+            (true, Some(why)) => Err(NodeError::NoSpace(why)),
             _ => Ok(()),
         }
     }
