@@ -10,6 +10,9 @@ pub enum Kind {
     Put,
     Get,
     Delete,
+    /// A conditional put: writes `value` only if the key holds `expected` (`None`: only
+    /// if the key is absent).
+    Cas,
 }
 
 /// How a request ended, from the client's point of view.
@@ -40,6 +43,20 @@ pub struct Op {
     pub value: Option<String>,
     /// For a delete that returned Ok: whether the key existed.
     pub found: Option<bool>,
+    /// For a compare-and-set: the value the key had to hold for the write to apply
+    /// (`None`: the key had to be absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// For a compare-and-set that returned Ok: whether it was applied (`false`: the
+    /// server refused it because the key did not hold `expected`, HTTP 412). A refused
+    /// compare-and-set is still an observation and is linearized like a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+    /// The key's `mod_revision`: for a get that returned Ok, the revision it read; for a
+    /// compare-and-set, the revision it was conditioned on (`If-Match`). Informational:
+    /// the checker works on values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// Microseconds since the workload started, when the request was sent...
     pub invoke_us: u64,
     /// ...and when the client saw the outcome (or gave up waiting).
@@ -59,6 +76,9 @@ impl Op {
             key: key.into(),
             value: Some(value.into()),
             found: None,
+            expected: None,
+            applied: None,
+            revision: None,
             invoke_us,
             return_us,
             outcome: Outcome::Ok,
@@ -85,16 +105,48 @@ impl Op {
         }
     }
 
+    /// A compare-and-set that completed with Ok: `value` replaced `expected` if
+    /// `applied`, else the server answered that the key did not hold `expected`.
+    pub fn cas(
+        client: u32,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        applied: bool,
+        invoke_us: u64,
+        return_us: u64,
+    ) -> Op {
+        Op {
+            kind: Kind::Cas,
+            expected: expected.map(Into::into),
+            applied: Some(applied),
+            ..Op::put(client, key, value, invoke_us, return_us)
+        }
+    }
+
     /// The same operation with another outcome (results cleared unless Ok).
     pub fn with_outcome(mut self, outcome: Outcome) -> Op {
         self.outcome = outcome;
         if outcome != Outcome::Ok {
-            if self.kind != Kind::Put {
+            if !matches!(self.kind, Kind::Put | Kind::Cas) {
                 self.value = None;
             }
             self.found = None;
+            self.applied = None;
         }
         self
+    }
+
+    /// Whether this operation may have changed the key to `value`: a put or an applied
+    /// compare-and-set that did not fail, or one whose outcome is unknown.
+    pub fn may_write(&self) -> bool {
+        match (self.kind, self.outcome) {
+            (_, Outcome::Fail) => false,
+            (Kind::Put, _) => true,
+            (Kind::Cas, Outcome::Unknown) => true,
+            (Kind::Cas, Outcome::Ok) => self.applied == Some(true),
+            _ => false,
+        }
     }
 
     /// One line describing the operation, for reports.
@@ -109,6 +161,10 @@ impl Op {
                 Some(true) => "-> deleted".into(),
                 _ => "-> not found".into(),
             },
+            (Outcome::Ok, Kind::Cas) => match self.applied {
+                Some(true) => "ok".into(),
+                _ => "-> precondition failed (412)".into(),
+            },
             (Outcome::Fail, _) => format!("FAIL {}", self.detail.as_deref().unwrap_or("")),
             (Outcome::Unknown, _) => format!("UNKNOWN {}", self.detail.as_deref().unwrap_or("")),
         };
@@ -120,6 +176,15 @@ impl Op {
             ),
             Kind::Get => format!("get({})", self.key),
             Kind::Delete => format!("delete({})", self.key),
+            Kind::Cas => format!(
+                "cas({}, {} -> {:?})",
+                self.key,
+                match &self.expected {
+                    Some(v) => format!("{v:?}"),
+                    None => "absent".into(),
+                },
+                self.value.as_deref().unwrap_or("")
+            ),
         };
         format!(
             "[{:>10.3} ms .. {:>10.3} ms] client {:>2} node {} {call} {result}",

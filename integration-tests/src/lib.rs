@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod counter;
 pub mod history;
 pub mod leadership;
 pub mod report;

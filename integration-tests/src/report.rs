@@ -98,6 +98,7 @@ impl Report {
                 Kind::Put => "put",
                 Kind::Get => "get",
                 Kind::Delete => "delete",
+                Kind::Cas => "cas",
             };
             by_kind.entry(kind).or_default().add(op);
             if op.outcome != Outcome::Ok {

@@ -135,10 +135,6 @@ struct Client {
 }
 
 impl Client {
-    fn now_us(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-
     async fn run(mut self, stopped: tokio::sync::watch::Receiver<bool>) -> Vec<Op> {
         let mut ops = Vec::new();
         let mut seq = 0u64;
@@ -162,52 +158,78 @@ impl Client {
 
     /// Sends one request to `node` (0-based) and records it.
     async fn request(&mut self, node: usize, key: String, kind: Kind, value: Option<String>) -> Op {
-        let url = format!("{}/kv/{key}", self.endpoints.get(node));
-        let request = match kind {
-            Kind::Put => self
-                .http
-                .put(&url)
-                .json(&serde_json::json!({ "value": value })),
-            Kind::Get if self.config.stale_reads => {
-                self.http.get(&url).query(&[("consistency", "stale")])
-            }
-            Kind::Get => self.http.get(&url),
-            Kind::Delete => self.http.delete(&url),
-        };
-        let invoke_us = self.now_us();
-        let answer = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body: Option<Json> = response.json().await.ok();
-                Ok((status, body))
-            }
-            Err(e) => Err(e),
-        };
-        let return_us = self.now_us();
-        let mut op = Op {
+        let op = Op {
             client: self.id,
             node: node as u32 + 1,
             kind,
             key,
             value,
             found: None,
-            invoke_us,
-            return_us,
+            expected: None,
+            applied: None,
+            revision: None,
+            invoke_us: 0,
+            return_us: 0,
             outcome: Outcome::Unknown,
             detail: None,
         };
-        classify(&mut op, answer);
-        op
+        let base = self.endpoints.get(node);
+        send(&self.http, &base, op, self.config.stale_reads, self.start).await
     }
+}
+
+/// Sends the request `op` describes to the node at `base` and returns it with its times
+/// (on the clock that began at `start`), outcome and result filled in.
+///
+/// A compare-and-set is a `PUT` with `If-Match: "<revision>"`, or with
+/// `If-None-Match: *` when it expects the key to be absent (`revision` is `None`).
+pub async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    mut op: Op,
+    stale_reads: bool,
+    start: Instant,
+) -> Op {
+    let url = format!("{base}/kv/{}", op.key);
+    let request = match op.kind {
+        Kind::Put => http
+            .put(&url)
+            .json(&serde_json::json!({ "value": op.value })),
+        Kind::Cas => {
+            let put = http
+                .put(&url)
+                .json(&serde_json::json!({ "value": op.value }));
+            match op.revision {
+                Some(rev) => put.header("If-Match", format!("\"{rev}\"")),
+                None => put.header("If-None-Match", "*"),
+            }
+        }
+        Kind::Get if stale_reads => http.get(&url).query(&[("consistency", "stale")]),
+        Kind::Get => http.get(&url),
+        Kind::Delete => http.delete(&url),
+    };
+    op.invoke_us = start.elapsed().as_micros() as u64;
+    let answer = match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body: Option<Json> = response.json().await.ok();
+            Ok((status, body))
+        }
+        Err(e) => Err(e),
+    };
+    op.return_us = start.elapsed().as_micros() as u64;
+    classify(&mut op, answer);
+    op
 }
 
 /// Sets the op's outcome and result from the HTTP answer.
 ///
 /// Writes fail for certain only when the server says it refused them before proposing
-/// (`NO_LEADER`, `STORAGE_UNAVAILABLE`), on a 4xx, or when no connection could be
-/// opened; every other error is unknown. A read that did not answer is unknown; one
-/// that answered with an error is a failure (neither says anything about the data).
-fn classify(op: &mut Op, answer: Result<(u16, Option<Json>), reqwest::Error>) {
+/// (`NO_LEADER`, `STORAGE_UNAVAILABLE`, `OVERLOADED`), on a 4xx, or when no connection
+/// could be opened; every other error is unknown. A read that did not answer is
+/// unknown; one that answered with an error is a failure (neither says anything about
+/// the data). A compare-and-set answered 412 `PRECONDITION_FAILED` is Ok, not applied.
+pub fn classify(op: &mut Op, answer: Result<(u16, Option<Json>), reqwest::Error>) {
     let (status, body) = match answer {
         Ok(answer) => answer,
         Err(e) => {
@@ -233,7 +255,19 @@ fn classify(op: &mut Op, answer: Result<(u16, Option<Json>), reqwest::Error>) {
         .map(str::to_string);
     match (op.kind, status, code.as_deref()) {
         (Kind::Put, 201, _) => op.outcome = Outcome::Ok,
+        (Kind::Cas, 201, _) => {
+            op.outcome = Outcome::Ok;
+            op.applied = Some(true);
+        }
+        (Kind::Cas, 412, Some("PRECONDITION_FAILED")) => {
+            op.outcome = Outcome::Ok;
+            op.applied = Some(false);
+        }
         (Kind::Get, 200, _) => {
+            op.revision = body
+                .as_ref()
+                .and_then(|b| b.get("mod_revision"))
+                .and_then(Json::as_u64);
             let value = body
                 .as_ref()
                 .and_then(|b| b.get("value"))
@@ -262,8 +296,11 @@ fn classify(op: &mut Op, answer: Result<(u16, Option<Json>), reqwest::Error>) {
             op.outcome = Outcome::Ok;
         }
         (kind, status, code) => {
-            let definite =
-                kind == Kind::Get || matches!(code, Some("NO_LEADER" | "STORAGE_UNAVAILABLE"));
+            let definite = kind == Kind::Get
+                || matches!(
+                    code,
+                    Some("NO_LEADER" | "STORAGE_UNAVAILABLE" | "OVERLOADED")
+                );
             op.outcome = if definite || (400..500).contains(&status) {
                 Outcome::Fail
             } else {
