@@ -560,3 +560,48 @@ fn record(value: &str) -> crate::types::Record {
 fn values(pairs: Vec<(String, crate::types::Record)>) -> Vec<(String, String)> {
     pairs.into_iter().map(|(k, r)| (k, r.value)).collect()
 }
+
+/// A database written before revisions (values in the `kv` table) opens with its data
+/// moved to records: revisions 0, version 1; the old table is gone, and the next write
+/// of a key counts on from there.
+#[tokio::test]
+async fn data_from_before_revisions_is_moved_to_records_at_open() {
+    use crate::store::test_entries::put;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join(STATE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(LEGACY_KV).unwrap();
+            kv.insert("a", "1").unwrap();
+            kv.insert("b/c", "2").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut store = reopen(dir.path());
+    let a = store.reader.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.value.as_str(), a.meta.version, a.meta.mod_revision),
+        ("1", 1, 0)
+    );
+    assert_eq!(
+        values(store.reader.range("", None, 10, usize::MAX).await.unwrap()).len(),
+        2
+    );
+    apply(&mut store.state_machine, vec![put(5, "a", "3")]).await;
+    let a = store.reader.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.meta.create_revision, a.meta.mod_revision, a.meta.version),
+        (0, 5, 2)
+    );
+    store.reader.close().await.unwrap();
+    drop(store);
+    let db = redb::Database::create(dir.path().join(STATE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(!names.contains(&"kv".to_string()), "{names:?}");
+}
