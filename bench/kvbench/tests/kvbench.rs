@@ -167,3 +167,55 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--ca-file"), "{err}");
 }
+
+/// `kvbench walk` against a real node (this process, whose memory it samples): it loads
+/// the keys, walks them and passes; a key under the prefix that it did not load makes
+/// the same walk fail with exit status 1, the key named in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let pid = std::process::id().to_string();
+    let common = [
+        "walk", "--url", &url, "--pid", &pid, "--keys", "1500", "--limit", "200", "--json",
+    ];
+
+    let (status, out, err) = kvbench(&common).await;
+    assert!(status.success(), "kvbench walk failed: {out} {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["seen"], 1500, "{report}");
+    assert_eq!(report["pages"], 8, "{report}");
+    assert_eq!(report["exactly_once_in_order"], true, "{report}");
+    assert_eq!(report["rss_within_limit"], true, "{report}");
+    let before = report["rss_before_mib"].as_f64().unwrap();
+    assert!(before > 1.0, "{report}");
+    assert!(
+        report["rss_peak_mib"].as_f64().unwrap() >= before,
+        "{report}"
+    );
+    assert!(report["rss_samples"].as_u64().unwrap() >= 1, "{report}");
+
+    let resp = client
+        .put(node.url("/kv/walk/0999x"))
+        .json(&serde_json::json!({"value": "stray"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let (status, out, err) = kvbench(&[&common[..], &["--skip-load"]].concat()).await;
+    assert_eq!(status.code(), Some(1), "{out} {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["exactly_once_in_order"], false, "{report}");
+    assert_eq!(report["unexpected"], 1, "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("walk/0999x"),
+        "{report}"
+    );
+}
