@@ -394,7 +394,7 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<bool> {
         };
         pages += 1;
         check.page(&page.0, page.1.as_deref());
-        if pages % 100 == 0 {
+        if pages.is_multiple_of(100) {
             eprintln!("kvbench walk: {pages} pages, {} keys", check.seen);
         }
         match page.1 {
