@@ -45,6 +45,10 @@ pub struct WalkArgs {
     /// during the walk.
     #[arg(long, default_value_t = 64)]
     pub max_rss_growth_mib: u64,
+    /// After the load, wait at most this long for the node's RSS to hold still (move
+    /// by less than 1 MiB over 1 s) before the walk's "before" sample.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub settle_max: Duration,
     /// Do not load: the keys are there already (from an earlier walk).
     #[arg(long)]
     pub skip_load: bool,
@@ -320,6 +324,24 @@ async fn load(args: &WalkArgs, clients: Vec<reqwest::Client>) -> anyhow::Result<
     Ok(seconds)
 }
 
+/// Waits for the node's memory to hold still after the load (what the load started,
+/// such as a snapshot of the last entries, finishing), so that the walk is measured from
+/// a steady size: until `VmRSS` moves by less than 1 MiB over 1 s, at most `max`. The
+/// seconds waited.
+async fn settle(pid: u32, max: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut last = procfs::rss_kib(pid)?;
+    while started.elapsed() < max {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = procfs::rss_kib(pid)?;
+        if now.abs_diff(last) < 1024 {
+            break;
+        }
+        last = now;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// One page: its pairs and its `next`.
 type Page = (Vec<(String, Option<String>)>, Option<String>);
 
@@ -382,6 +404,8 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<bool> {
 
     let client = &clients[0];
     let mut check = WalkCheck::new(&args.prefix, args.keys, args.value_size);
+    let rss_loaded_kib = procfs::rss_kib(pid)?;
+    let settle_seconds = settle(pid, args.settle_max).await?;
     let rss_before_kib = procfs::rss_kib(pid)?;
     let sampler = RssSampler::start(pid);
     let started = Instant::now();
@@ -437,6 +461,8 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<bool> {
         "problems": check.problems,
         "exactly_once_in_order": exact,
         "rss_start_mib": mib(rss_start_kib),
+        "rss_loaded_mib": mib(rss_loaded_kib),
+        "settle_seconds": settle_seconds,
         "rss_before_mib": mib(rss_before_kib),
         "rss_peak_mib": mib(rss_peak_kib),
         "rss_after_mib": mib(rss_after_kib),
@@ -467,8 +493,12 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<bool> {
             }
         }
         println!(
-            "node RSS (pid {pid}): {:.1} MiB before the walk, peak {:.1} MiB during it \
-             ({rss_samples} samples), growth {:.1} MiB (limit < {} MiB: {}); {:.1} MiB after",
+            "node RSS (pid {pid}): {:.1} MiB at the start, {:.1} MiB after the load, \
+             steady after {settle_seconds:.0}s more at {:.1} MiB before the walk, \
+             peak {:.1} MiB during it ({rss_samples} samples), growth {:.1} MiB \
+             (limit < {} MiB: {}); {:.1} MiB after",
+            mib(rss_start_kib),
+            mib(rss_loaded_kib),
             mib(rss_before_kib),
             mib(rss_peak_kib),
             mib(growth_kib),

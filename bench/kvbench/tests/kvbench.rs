@@ -180,7 +180,18 @@ async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
     let url = node.url("");
     let pid = std::process::id().to_string();
     let common = [
-        "walk", "--url", &url, "--pid", &pid, "--keys", "1500", "--limit", "200", "--json",
+        "walk",
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "--keys",
+        "1500",
+        "--limit",
+        "200",
+        "--settle-max",
+        "3s",
+        "--json",
     ];
 
     let (status, out, err) = kvbench(&common).await;
