@@ -23,6 +23,9 @@ pub enum ErrorCode {
     ValueTooLarge,
     InvalidParameter,
     KeyNotFound,
+    PreconditionFailed,
+    LeaseNotFound,
+    InvalidTxn,
     InvalidMembership,
     Unauthorized,
     Forbidden,
@@ -56,6 +59,22 @@ pub struct ErrorBody {
     /// With `INVALID_JSON`: what the parser found, and the start of the body it read.
     #[oai(skip_serializing_if_is_none)]
     pub details: Option<InvalidJsonDetails>,
+    /// With `PRECONDITION_FAILED`: the key as it was when the write was applied.
+    #[oai(skip_serializing_if_is_none)]
+    pub current: Option<CurrentRevisions>,
+    /// With `LEASE_NOT_FOUND`: the lease the request named.
+    #[oai(skip_serializing_if_is_none)]
+    pub lease_id: Option<u64>,
+}
+
+/// The `current` of a `PRECONDITION_FAILED` answer: the key's revisions when the
+/// conditional write was applied (all 0 when it did not exist).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Object)]
+pub struct CurrentRevisions {
+    pub exists: bool,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
 }
 
 /// The `details` of an `INVALID_JSON` answer (README, "Errors"), so a client can see
@@ -96,6 +115,8 @@ impl Example for ErrorBody {
             key: Some("user:1".into()),
             leader_id: None,
             details: None,
+            current: None,
+            lease_id: None,
         }
     }
 }
@@ -123,6 +144,15 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("Key not found")]
     KeyNotFound(String),
+    #[error("the condition on the key did not hold; nothing was changed")]
+    PreconditionFailed {
+        key: String,
+        current: CurrentRevisions,
+    },
+    #[error("lease {0} not found: it expired, was revoked, or never existed")]
+    LeaseNotFound(u64),
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
     #[error("invalid membership change: {0}")]
     InvalidMembership(String),
     #[error("unauthorized: {0}")]
@@ -175,13 +205,17 @@ impl ApiError {
             | ApiError::InvalidKey(_)
             | ApiError::KeyTooLarge { .. }
             | ApiError::InvalidMembership(_)
+            | ApiError::InvalidTxn(_)
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unauthorized(_) | ApiError::MissingToken(_) | ApiError::InvalidToken(_) => {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::ValueTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::KeyNotFound(_) | ApiError::NotFound(_) | ApiError::LeaseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoLeader { .. }
             | ApiError::OutcomeUnknown(_)
@@ -207,6 +241,9 @@ impl ApiError {
             ApiError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
             ApiError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             ApiError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            ApiError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
+            ApiError::LeaseNotFound(_) => ErrorCode::LeaseNotFound,
+            ApiError::InvalidTxn(_) => ErrorCode::InvalidTxn,
             ApiError::InvalidMembership(_) => ErrorCode::InvalidMembership,
             ApiError::Unauthorized(_) | ApiError::MissingToken(_) | ApiError::InvalidToken(_) => {
                 ErrorCode::Unauthorized
@@ -240,7 +277,9 @@ impl ApiError {
             error,
             code: self.code(),
             key: match self {
-                ApiError::KeyNotFound(key) => Some(key.clone()),
+                ApiError::KeyNotFound(key) | ApiError::PreconditionFailed { key, .. } => {
+                    Some(key.clone())
+                }
                 _ => None,
             },
             leader_id: match self {
@@ -249,6 +288,14 @@ impl ApiError {
             },
             details: match self {
                 ApiError::InvalidJson(details) => Some(details.clone()),
+                _ => None,
+            },
+            current: match self {
+                ApiError::PreconditionFailed { current, .. } => Some(*current),
+                _ => None,
+            },
+            lease_id: match self {
+                ApiError::LeaseNotFound(id) => Some(*id),
                 _ => None,
             },
         }

@@ -70,6 +70,7 @@ impl Application {
         background.spawn(|stop| raft::watch_raft(&node, stop));
         background.spawn(|stop| raft::sample_storage(&node, stop));
         background.spawn(|stop| node.watch_space(stop));
+        background.spawn(|stop| node.expire_leases(stop));
         Ok(Self {
             api,
             api_addr,

@@ -129,8 +129,9 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
 }
 
 /// The role a request needs, or `None` for an open route. Decided from the raw path
-/// before routing: `/cluster/...` needs `admin`, writes under `/kv/` need `write`, and
-/// everything else that is not open, unknown paths included, needs `read`. The first
+/// before routing: `/cluster/...` needs `admin`, writes under `/kv/` and `/leases`,
+/// and every transaction (`/txn`, which may write), need `write`, and everything else
+/// that is not open, unknown paths included, needs `read`. The first
 /// non-empty segment decides, so `//cluster` is not a way around `admin`.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if OPEN.contains(&path) || path.starts_with("/docs/") {
@@ -138,8 +139,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     }
     match path.split('/').find(|segment| !segment.is_empty()) {
         Some("cluster") => Some(Role::Admin),
-        Some("kv") if method == Method::GET || method == Method::HEAD => Some(Role::Read),
-        Some("kv") => Some(Role::Write),
+        Some("kv" | "leases") if method == Method::GET || method == Method::HEAD => {
+            Some(Role::Read)
+        }
+        Some("kv" | "leases" | "txn") => Some(Role::Write),
         _ => Some(Role::Read),
     }
 }
@@ -249,6 +252,11 @@ mod tests {
             (Method::DELETE, "/kv", Role::Write),
             (Method::POST, "/kv/a", Role::Write),
             (Method::GET, "/status", Role::Read),
+            (Method::POST, "/txn", Role::Write),
+            (Method::GET, "/leases/7", Role::Read),
+            (Method::POST, "/leases", Role::Write),
+            (Method::POST, "/leases/7/keepalive", Role::Write),
+            (Method::DELETE, "/leases/7", Role::Write),
             (Method::GET, "/cluster/members", Role::Admin),
             (Method::POST, "/cluster/learners", Role::Admin),
             (Method::DELETE, "/cluster/members/3", Role::Admin),

@@ -19,6 +19,7 @@ use super::kv::ReadConsistency;
 use super::route_error::{KvDeleteRange, KvList, RouteError};
 use super::ApiTags;
 use crate::raft::RaftNode;
+use crate::store::{Command, CommandResult};
 use crate::telemetry::metrics;
 
 /// Pairs a page holds when the request names no `limit`.
@@ -35,6 +36,12 @@ pub struct KeyValue {
     /// Absent with `keys_only=true`.
     #[oai(skip_serializing_if_is_none)]
     pub value: Option<String>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    /// The lease the key is attached to, if any.
+    #[oai(skip_serializing_if_is_none)]
+    pub lease: Option<u64>,
 }
 
 /// The answer of `GET /kv`.
@@ -62,10 +69,18 @@ impl Example for ListResponse {
                 KeyValue {
                     key: "app/db/host".into(),
                     value: Some("10.0.0.5".into()),
+                    create_revision: 4,
+                    mod_revision: 9,
+                    version: 2,
+                    lease: None,
                 },
                 KeyValue {
                     key: "app/db/port".into(),
                     value: Some("5432".into()),
+                    create_revision: 5,
+                    mod_revision: 5,
+                    version: 1,
+                    lease: None,
                 },
             ],
             count: 2,
@@ -254,7 +269,7 @@ impl ListApi {
         if cursor && pairs.first().is_some_and(|(key, _)| *key == from) {
             pairs.remove(0);
         }
-        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes: usize = pairs.iter().map(|(k, r)| k.len() + r.value.len()).sum();
         // Cut short by size, the store could not look one pair ahead: another page
         // may follow (it may be empty).
         let more = pairs.len() > limit || bytes >= MAX_PAGE_BYTES;
@@ -265,9 +280,13 @@ impl ListApi {
         let keys_only = keys_only.0;
         let kvs: Vec<KeyValue> = pairs
             .into_iter()
-            .map(|(key, value)| KeyValue {
+            .map(|(key, record)| KeyValue {
                 key,
-                value: (!keys_only).then_some(value),
+                create_revision: record.meta.create_revision,
+                mod_revision: record.meta.mod_revision,
+                version: record.meta.version,
+                lease: super::kv::lease_of(&record.meta),
+                value: (!keys_only).then_some(record.value),
             })
             .collect();
         let kind = if keys_only { "keys" } else { "pairs" };
@@ -311,7 +330,19 @@ impl ListApi {
             .into());
         }
         let range = KeyRange::parse(prefix.0, start.0, end.0)?;
-        let deleted = self.node.delete_range(range.start, range.end).await?;
+        let command = Command::DeleteRange {
+            start: range.start,
+            end: range.end,
+        };
+        let deleted = match self.node.submit(command).await? {
+            CommandResult::DeletedRange { count } => count,
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected result for a range delete: {other:?}"
+                ))
+                .into())
+            }
+        };
         counter!(metrics::RANGE_DELETES).increment(1);
         counter!(metrics::RANGE_DELETED_KEYS).increment(deleted);
         Ok(DeleteRangeResult::Ok(Json(DeleteRangeResponse {

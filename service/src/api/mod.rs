@@ -9,12 +9,14 @@ mod body;
 mod cluster;
 mod cluster_secret;
 mod kv;
+mod leases;
 mod list;
 mod middleware;
 mod node_error;
 mod request_log;
 mod route_error;
 mod system;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,8 @@ pub struct Limits {
 enum ApiTags {
     /// Store, read and delete keys; list and delete ranges of keys.
     Kv,
+    /// Leases: keys that expire with their owner.
+    Leases,
     /// Liveness, readiness and node status.
     System,
     /// Cluster membership: list, add, promote, remove, transfer leadership.
@@ -63,6 +67,8 @@ fn openapi(
     (
         kv::KvApi,
         list::ListApi,
+        txn::TxnApi,
+        leases::LeaseApi,
         system::SystemApi,
         cluster::ClusterApi,
     ),
@@ -75,6 +81,11 @@ fn openapi(
                 limits,
             },
             list::ListApi { node: node.clone() },
+            txn::TxnApi {
+                node: node.clone(),
+                limits,
+            },
+            leases::LeaseApi { node: node.clone() },
             system::SystemApi { node: node.clone() },
             cluster::ClusterApi { node: node.clone() },
         ),

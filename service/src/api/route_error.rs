@@ -101,6 +101,11 @@ const BODY_TOO_LARGE: (u16, &str) = (
     413,
     "VALUE_TOO_LARGE: the request body exceeds the configured limit",
 );
+const PRECONDITION_FAILED: (u16, &str) = (
+    412,
+    "PRECONDITION_FAILED: the `If-Match` / `If-None-Match` condition did not hold when \
+     the write was applied; nothing changed; `current` has the key's revisions",
+);
 const INTERNAL: (u16, &str) = (500, "INTERNAL: an unexpected failure on this node");
 const DELETE_UNAVAILABLE: (u16, &str) = (
     503,
@@ -116,6 +121,17 @@ const READ_UNAVAILABLE: (u16, &str) = (
 const TIMEOUT: (u16, &str) = (
     504,
     "TIMEOUT: the request did not complete within server.request_timeout",
+);
+const WRITE_UNAVAILABLE: (u16, &str) = (
+    503,
+    "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the write may or may \
+     not have been applied), or OVERLOADED (too many requests, or too many bytes of \
+     writes, in flight; nothing was done, retry after the `Retry-After` seconds)",
+);
+const NO_SPACE: (u16, &str) = (
+    507,
+    "NO_SPACE: the node is past storage.quota_bytes or below storage.min_free_bytes \
+     free; new values are refused until there is room, reads and deletes still work",
 );
 const WRITE_TIMEOUT: (u16, &str) = (
     504,
@@ -150,31 +166,27 @@ impl Statuses for KvPut {
         (
             400,
             "Bad request: INVALID_JSON (with `details`), EMPTY_BODY, EMPTY_VALUE, \
-             INVALID_CONTENT_TYPE (a body that is not application/json), INVALID_KEY or \
-             KEY_TOO_LARGE",
+             INVALID_CONTENT_TYPE (a body that is not application/json), INVALID_KEY, \
+             KEY_TOO_LARGE, or INVALID_PARAMETER (a malformed `If-Match` or \
+             `If-None-Match`, `lease` with `ttl_seconds`, a `ttl_seconds` out of range)",
         ),
         UNAUTHORIZED,
         FORBIDDEN,
+        (
+            404,
+            "LEASE_NOT_FOUND: the `lease` named does not exist (expired or revoked); \
+             nothing was written",
+        ),
         BODY_TIMEOUT,
+        PRECONDITION_FAILED,
         (
             413,
             "VALUE_TOO_LARGE: the value or the request body exceeds the configured limit",
         ),
         INTERNAL,
-        (
-            503,
-            "NO_LEADER, UNAVAILABLE, STORAGE_UNAVAILABLE, OUTCOME_UNKNOWN (the write may \
-             or may not have been applied), or OVERLOADED (too many requests, or too many \
-             bytes of writes, in flight; nothing was done, retry after the `Retry-After` \
-             seconds)",
-        ),
+        WRITE_UNAVAILABLE,
         WRITE_TIMEOUT,
-        (
-            507,
-            "NO_SPACE: the node is past storage.quota_bytes or below \
-             storage.min_free_bytes free; new values are refused until there is room, \
-             reads and deletes still work",
-        ),
+        NO_SPACE,
     ];
 }
 
@@ -183,10 +195,15 @@ pub enum KvDelete {}
 
 impl Statuses for KvDelete {
     const RESPONSES: &'static [(u16, &'static str)] = &[
-        (400, "Bad request: INVALID_KEY or KEY_TOO_LARGE"),
+        (
+            400,
+            "Bad request: INVALID_KEY, KEY_TOO_LARGE, or INVALID_PARAMETER (a malformed \
+             `If-Match`)",
+        ),
         UNAUTHORIZED,
         FORBIDDEN,
         (404, "KEY_NOT_FOUND: the key did not exist"),
+        PRECONDITION_FAILED,
         INTERNAL,
         DELETE_UNAVAILABLE,
         WRITE_TIMEOUT,
@@ -228,6 +245,99 @@ impl Statuses for KvDeleteRange {
         INTERNAL,
         DELETE_UNAVAILABLE,
         WRITE_TIMEOUT,
+    ];
+}
+
+/// `POST /txn`.
+pub enum Txn {}
+
+impl Statuses for Txn {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "Bad request: INVALID_JSON (with `details`), EMPTY_BODY, INVALID_CONTENT_TYPE, \
+             EMPTY_VALUE, INVALID_KEY, KEY_TOO_LARGE, INVALID_PARAMETER (a range's \
+             bounds), or INVALID_TXN (too many comparisons or operations, an operation \
+             without exactly one kind, a comparison value of the wrong type, a key \
+             written twice, a range over a key the branch writes)",
+        ),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        (
+            404,
+            "LEASE_NOT_FOUND: a put of the branch that ran names a lease that does not \
+             exist; nothing was written",
+        ),
+        BODY_TIMEOUT,
+        (
+            413,
+            "VALUE_TOO_LARGE: a value or the request body exceeds the configured limit",
+        ),
+        INTERNAL,
+        WRITE_UNAVAILABLE,
+        WRITE_TIMEOUT,
+        NO_SPACE,
+    ];
+}
+
+/// `POST /leases`.
+pub enum LeaseGrant {}
+
+impl Statuses for LeaseGrant {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "Bad request: INVALID_JSON (with `details`), EMPTY_BODY, INVALID_CONTENT_TYPE, \
+             or INVALID_PARAMETER (`ttl_seconds` outside 1 to 31536000)",
+        ),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        BODY_TIMEOUT,
+        BODY_TOO_LARGE,
+        INTERNAL,
+        WRITE_UNAVAILABLE,
+        WRITE_TIMEOUT,
+        NO_SPACE,
+    ];
+}
+
+/// `POST /leases/{id}/keepalive` and `DELETE /leases/{id}`.
+pub enum LeaseChange {}
+
+impl Statuses for LeaseChange {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (400, "INVALID_PARAMETER: an id that is not a number"),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        (
+            404,
+            "LEASE_NOT_FOUND: no such lease (it expired, was revoked, or never existed)",
+        ),
+        INTERNAL,
+        WRITE_UNAVAILABLE,
+        WRITE_TIMEOUT,
+        NO_SPACE,
+    ];
+}
+
+/// `GET /leases/{id}`.
+pub enum LeaseGet {}
+
+impl Statuses for LeaseGet {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "INVALID_PARAMETER: an id that is not a number, or an unknown `consistency`",
+        ),
+        UNAUTHORIZED,
+        FORBIDDEN,
+        (
+            404,
+            "LEASE_NOT_FOUND: no such lease (it expired, was revoked, or never existed)",
+        ),
+        INTERNAL,
+        READ_UNAVAILABLE,
+        TIMEOUT,
     ];
 }
 

@@ -13,7 +13,8 @@ mod rpc_server;
 pub use gauges::{sample_storage, watch_raft};
 pub use network::PeerNetwork;
 pub use node::{
-    start, Cause, Consistency, FollowerProgress, MemberInfo, NodeError, RaftNode, WeakRaftNode,
+    start, Cause, Consistency, FollowerProgress, LeaseInfo, MemberInfo, NodeError, RaftNode,
+    WeakRaftNode,
 };
 pub use rpc_server::rpc_app;
 

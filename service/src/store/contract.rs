@@ -9,7 +9,9 @@
 //!   with its durability callback, truncate, purge, committed index), and openraft's
 //!   storage suite checks it. Backends implement it as it is.
 //! - The state machine: [`StateMachineBackend`] applies a batch of committed entries
-//!   and returns one result per entry; it builds and installs snapshots.
+//!   and returns one result per entry; it builds and installs snapshots. What a
+//!   command does (revisions, conditions, transactions, leases) is decided by
+//!   `commands::apply`, shared by every backend, over the backend's view of its data.
 //! - Reads: [`ReadBackend`] reads the applied data (a key, an ordered range of keys,
 //!   the count of all keys or of a range, the size) and closes the store.
 //!
@@ -26,7 +28,7 @@ use openraft::storage::{RaftLogReader, RaftLogStorage};
 use super::{DiskFull, SnapshotFile};
 use crate::config::Settings;
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
-use crate::types::{CommandResult, TypeConfig};
+use crate::types::{CommandResult, Lease, Record, TypeConfig};
 
 /// The names under which both backends keep their metadata records (JSON values in
 /// redb's meta tables, rows of `raft_meta` and `sm_meta` in PostgreSQL).
@@ -114,8 +116,9 @@ pub trait StateMachineBackend: Clone + Send + Sync + 'static {
 /// Reads of the applied data. They see the state machine as applied so far;
 /// linearizability is the caller's job (a read barrier through Raft before reading).
 pub trait ReadBackend: Clone + Send + Sync + 'static {
-    /// The value of `key`. Fails with `NotConnected` when the backend is unreachable.
-    fn get(&self, key: &str) -> impl Future<Output = io::Result<Option<String>>> + Send;
+    /// The value of `key` with its revisions. Fails with `NotConnected` when the
+    /// backend is unreachable.
+    fn get(&self, key: &str) -> impl Future<Output = io::Result<Option<Record>>> + Send;
 
     /// Up to `limit` pairs whose keys are in `[start, end)` (`end: None`: no upper
     /// bound), in ascending byte order of the keys. The page also ends with the pair
@@ -127,7 +130,7 @@ pub trait ReadBackend: Clone + Send + Sync + 'static {
         end: Option<&str>,
         limit: usize,
         max_bytes: usize,
-    ) -> impl Future<Output = io::Result<Vec<(String, String)>>> + Send;
+    ) -> impl Future<Output = io::Result<Vec<(String, Record)>>> + Send;
 
     /// The number of keys in `[start, end)` (`end: None`: no upper bound), counted
     /// without holding the keys in memory.
@@ -136,6 +139,19 @@ pub trait ReadBackend: Clone + Send + Sync + 'static {
         start: &str,
         end: Option<&str>,
     ) -> impl Future<Output = io::Result<u64>> + Send;
+
+    /// Lease `id`, if it exists.
+    fn lease(&self, id: u64) -> impl Future<Output = io::Result<Option<Lease>>> + Send;
+
+    /// Up to `limit` keys attached to lease `id`, in key order.
+    fn lease_keys(
+        &self,
+        id: u64,
+        limit: usize,
+    ) -> impl Future<Output = io::Result<Vec<String>>> + Send;
+
+    /// Every lease (the leader tracks their deadlines).
+    fn leases(&self) -> impl Future<Output = io::Result<Vec<Lease>>> + Send;
 
     /// The number of keys.
     fn count(&self) -> impl Future<Output = io::Result<u64>> + Send;

@@ -15,7 +15,7 @@ use openraft::OptionalSend;
 use super::contract::{Backend, Opened, ReadBackend, StateMachineBackend};
 use super::SnapshotFile;
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
-use crate::types::{CommandResult, TypeConfig};
+use crate::types::{CommandResult, Lease, Record, TypeConfig};
 
 /// The backend `A` or the backend `B` (or, as a part, a part of one of them).
 #[derive(Clone)]
@@ -158,7 +158,7 @@ impl<A: StateMachineBackend, B: StateMachineBackend> StateMachineBackend for Eit
 }
 
 impl<A: ReadBackend, B: ReadBackend> ReadBackend for Either<A, B> {
-    async fn get(&self, key: &str) -> io::Result<Option<String>> {
+    async fn get(&self, key: &str) -> io::Result<Option<Record>> {
         dispatch!(self, s => s.get(key).await)
     }
 
@@ -168,8 +168,20 @@ impl<A: ReadBackend, B: ReadBackend> ReadBackend for Either<A, B> {
         end: Option<&str>,
         limit: usize,
         max_bytes: usize,
-    ) -> io::Result<Vec<(String, String)>> {
+    ) -> io::Result<Vec<(String, Record)>> {
         dispatch!(self, s => s.range(start, end, limit, max_bytes).await)
+    }
+
+    async fn lease(&self, id: u64) -> io::Result<Option<Lease>> {
+        dispatch!(self, s => s.lease(id).await)
+    }
+
+    async fn lease_keys(&self, id: u64, limit: usize) -> io::Result<Vec<String>> {
+        dispatch!(self, s => s.lease_keys(id, limit).await)
+    }
+
+    async fn leases(&self) -> io::Result<Vec<Lease>> {
+        dispatch!(self, s => s.leases().await)
     }
 
     async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {

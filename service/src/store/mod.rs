@@ -5,8 +5,10 @@
 //!
 //! Both backends, and the wrapper over each, pass openraft's storage suite.
 
+pub mod commands;
 pub mod contract;
 mod either;
+mod lease_clock;
 pub mod postgres;
 pub mod redb;
 mod snapshot;
@@ -24,6 +26,7 @@ use serde::Serialize;
 
 pub use contract::{Open, OpenError, Opened};
 pub use either::Either;
+pub use lease_clock::LeaseClock;
 pub use postgres::Postgres;
 pub use redb::Redb;
 pub use snapshot::{Preamble, SnapshotFile, SnapshotReader, SnapshotWriter};
@@ -209,17 +212,11 @@ pub(crate) mod test_entries {
     }
 
     pub fn put(index: u64, key: &str, value: &str) -> Entry {
-        entry(
-            index,
-            Command::Put {
-                key: key.into(),
-                value: value.into(),
-            },
-        )
+        entry(index, Command::put(key, value))
     }
 
     pub fn delete(index: u64, key: &str) -> Entry {
-        entry(index, Command::Delete { key: key.into() })
+        entry(index, Command::delete(key))
     }
 
     pub fn delete_range(index: u64, start: &str, end: Option<&str>) -> Entry {

@@ -1,6 +1,8 @@
 //! The on-disk snapshot format shared by the backends: one file per snapshot; a first
-//! line with the [`Preamble`] (state that is not key-value data), then one JSON array
-//! `["key","value"]` per line.
+//! line with the [`Preamble`] (state that is not key-value data: retired ids, leases),
+//! then one JSON array per key: `["key","value",create_revision,mod_revision,version,
+//! lease]`. A line of two elements (a snapshot from before revisions) reads as a key
+//! with revisions 0, version 1 and no lease.
 //!
 //! Snapshots are streamed to and from files, never collected in memory, so a node can
 //! snapshot and install data sets larger than its RAM.
@@ -11,6 +13,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::types::typ::{LogId, SnapshotMeta};
+use crate::types::{KeyMeta, Lease, Record};
 
 /// The data of one snapshot: an open file positioned at its start.
 pub type SnapshotFile = File;
@@ -22,6 +25,9 @@ const EXTENSION: &str = "snap";
 pub struct Preamble {
     /// Ids of nodes removed from the cluster; they are never accepted again.
     pub retired_node_ids: BTreeSet<u64>,
+    /// The leases; their keys name them in their own lines.
+    #[serde(default)]
+    pub leases: Vec<Lease>,
 }
 
 /// The current snapshot as a backend records it: what it contains and which file in
@@ -93,8 +99,17 @@ impl SnapshotWriter {
         })
     }
 
-    pub fn write_pair(&mut self, key: &str, value: &str) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &(key, value))?;
+    pub fn write_record(&mut self, key: &str, record: &Record) -> io::Result<()> {
+        let m = &record.meta;
+        let line = (
+            key,
+            &record.value,
+            m.create_revision,
+            m.mod_revision,
+            m.version,
+            m.lease,
+        );
+        serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")
     }
 
@@ -154,7 +169,15 @@ pub fn remove_other_snapshots(dir: &Path, keep_id: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads the pairs of a snapshot file one at a time.
+/// One line of a snapshot: the current form, or the form before revisions.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Record(String, String, u64, u64, u64, u64),
+    Pair(String, String),
+}
+
+/// Reads the records of a snapshot file one at a time.
 pub struct SnapshotReader {
     lines: io::Lines<BufReader<File>>,
 }
@@ -178,18 +201,42 @@ fn corrupt(message: String) -> io::Error {
 }
 
 impl Iterator for SnapshotReader {
-    type Item = io::Result<(String, String)>;
+    type Item = io::Result<(String, Record)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let line = match self.lines.next()? {
             Ok(line) => line,
             Err(e) => return Some(Err(e)),
         };
-        Some(serde_json::from_str(&line).map_err(|e| {
+        let line = serde_json::from_str(&line).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("corrupt snapshot line: {e}"),
             )
+        });
+        Some(line.map(|line| match line {
+            Line::Record(key, value, create_revision, mod_revision, version, lease) => (
+                key,
+                Record {
+                    value,
+                    meta: KeyMeta {
+                        create_revision,
+                        mod_revision,
+                        version,
+                        lease,
+                    },
+                },
+            ),
+            Line::Pair(key, value) => (
+                key,
+                Record {
+                    value,
+                    meta: KeyMeta {
+                        version: 1,
+                        ..KeyMeta::default()
+                    },
+                },
+            ),
         }))
     }
 }
@@ -202,15 +249,20 @@ mod tests {
     fn pairs_round_trip_and_older_snapshots_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SnapshotWriter::create(dir.path(), "old", Some(&Preamble::default())).unwrap();
-        w.write_pair("a", "1").unwrap();
+        w.write_record("a", &record("1", 0)).unwrap();
         w.finish().unwrap();
 
         let preamble = Preamble {
             retired_node_ids: BTreeSet::from([2, 5]),
+            leases: vec![Lease {
+                id: 4,
+                ttl_seconds: 10,
+                renewed: 6,
+            }],
         };
         let mut w = SnapshotWriter::create(dir.path(), "new", Some(&preamble)).unwrap();
-        w.write_pair("a/b", "line\nbreak").unwrap();
-        w.write_pair("ключ", "\"quoted\"").unwrap();
+        w.write_record("a/b", &record("line\nbreak", 0)).unwrap();
+        w.write_record("ключ", &record("\"quoted\"", 4)).unwrap();
         let file = w.finish().unwrap();
         assert!(
             snapshot_path(dir.path(), "old").exists(),
@@ -224,12 +276,36 @@ mod tests {
         assert_eq!(
             pairs,
             vec![
-                ("a/b".to_string(), "line\nbreak".to_string()),
-                ("ключ".to_string(), "\"quoted\"".to_string())
+                ("a/b".to_string(), record("line\nbreak", 0)),
+                ("ключ".to_string(), record("\"quoted\"", 4))
             ]
         );
         assert!(!snapshot_path(dir.path(), "old").exists());
         assert!(snapshot_path(dir.path(), "new").exists());
+    }
+
+    fn record(value: &str, lease: u64) -> Record {
+        Record {
+            value: value.into(),
+            meta: KeyMeta {
+                create_revision: 3,
+                mod_revision: 9,
+                version: 2,
+                lease,
+            },
+        }
+    }
+
+    #[test]
+    fn a_snapshot_from_before_revisions_still_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.snap");
+        fs::write(&path, "{\"retired_node_ids\":[3]}\n[\"k\",\"v\"]\n").unwrap();
+        let (preamble, reader) = SnapshotReader::new(File::open(&path).unwrap()).unwrap();
+        assert!(preamble.leases.is_empty());
+        let records: Vec<_> = reader.collect::<io::Result<_>>().unwrap();
+        assert_eq!(records[0].1.value, "v");
+        assert_eq!(records[0].1.meta.version, 1);
     }
 
     #[test]

@@ -24,10 +24,11 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use tracing::Instrument;
 
 use super::contract::{Backend, Opened, ReadBackend, StateMachineBackend};
+use super::LeaseClock;
 use super::{AnyBackend, DiskFull, SnapshotFile};
 use crate::telemetry::metrics;
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, Vote};
-use crate::types::TypeConfig;
+use crate::types::{CommandResult, Lease, Record, TypeConfig};
 
 /// The three views of one opened store, and its disk-full mark.
 pub struct Store<B: Backend = AnyBackend> {
@@ -42,6 +43,7 @@ pub struct Store<B: Backend = AnyBackend> {
 impl<B: Backend> Store<B> {
     /// Wraps an opened backend; `disk_full` is the mark it was opened with.
     pub fn new(opened: Opened<B>, disk_full: Arc<DiskFull>) -> Self {
+        let leases = Arc::new(LeaseClock::default());
         Self {
             log_store: LogStore {
                 inner: opened.log,
@@ -50,9 +52,12 @@ impl<B: Backend> Store<B> {
             state_machine: StateMachine {
                 inner: opened.state_machine,
                 backend: opened.name,
+                reader: opened.reader.clone(),
+                leases: leases.clone(),
             },
             handle: StoreHandle {
                 inner: opened.reader,
+                leases,
             },
             disk_full,
         }
@@ -175,6 +180,10 @@ pub struct StateMachine<B: Backend = AnyBackend> {
     inner: B::StateMachine,
     /// The `backend` label of the metrics and spans.
     backend: &'static str,
+    /// Reads the leases again after a snapshot install.
+    reader: B::Reader,
+    /// The leases' deadlines, kept from the results of the entries applied.
+    leases: Arc<LeaseClock>,
 }
 
 impl<B: Backend> Clone for StateMachine<B> {
@@ -182,7 +191,30 @@ impl<B: Backend> Clone for StateMachine<B> {
         Self {
             inner: self.inner.clone(),
             backend: self.backend,
+            reader: self.reader.clone(),
+            leases: self.leases.clone(),
         }
+    }
+}
+
+/// Starts, restarts or stops a lease's clock as an applied entry's result says, and
+/// counts what the API's metrics count.
+fn observe(leases: &LeaseClock, result: &CommandResult) {
+    match result {
+        CommandResult::Lease { lease }
+        | CommandResult::Put {
+            granted: Some(lease),
+            ..
+        } => leases.track(lease),
+        CommandResult::LeaseRevoked { id, .. } => leases.forget(*id),
+        CommandResult::LeasesExpired { ids, deleted } => {
+            for id in ids {
+                leases.forget(*id);
+            }
+            counter!(metrics::LEASES_EXPIRED).increment(ids.len() as u64);
+            counter!(metrics::LEASE_EXPIRED_KEYS).increment(*deleted);
+        }
+        _ => {}
     }
 }
 
@@ -240,6 +272,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 )));
             }
             for (responder, result) in responders.into_iter().zip(results) {
+                observe(&self.leases, &result);
                 if let Some(responder) = responder {
                     responder.send(result);
                 }
@@ -273,6 +306,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             .inspect_err(|_| snapshot_failed(metrics::SNAPSHOT_INSTALL))?;
         counter!(metrics::SNAPSHOTS_INSTALLED).increment(1);
         histogram!(metrics::SNAPSHOT_INSTALL_DURATION).record(started.elapsed().as_secs_f64());
+        self.leases.reset(&self.reader.leases().await?);
         Ok(())
     }
 
@@ -284,21 +318,44 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachine<B> {
 /// The node's direct view of the data.
 pub struct StoreHandle<B: Backend = AnyBackend> {
     inner: B::Reader,
+    leases: Arc<LeaseClock>,
 }
 
 impl<B: Backend> Clone for StoreHandle<B> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            leases: self.leases.clone(),
         }
     }
 }
 
 impl<B: Backend> StoreHandle<B> {
-    /// The applied value of `key`. Fails with `NotConnected` when the backend is
+    /// The applied record of `key`. Fails with `NotConnected` when the backend is
     /// unreachable.
-    pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
+    pub async fn get(&self, key: &str) -> io::Result<Option<Record>> {
         self.inner.get(key).await
+    }
+
+    /// Lease `id` as applied, if it exists.
+    pub async fn lease(&self, id: u64) -> io::Result<Option<Lease>> {
+        self.inner.lease(id).await
+    }
+
+    /// Up to `limit` keys attached to lease `id`, in key order.
+    pub async fn lease_keys(&self, id: u64, limit: usize) -> io::Result<Vec<String>> {
+        self.inner.lease_keys(id, limit).await
+    }
+
+    /// The leases' deadlines as this node sees them.
+    pub fn lease_clock(&self) -> &LeaseClock {
+        &self.leases
+    }
+
+    /// Starts every lease's clock from the store (at start-up).
+    pub async fn load_leases(&self) -> io::Result<()> {
+        self.leases.reset(&self.inner.leases().await?);
+        Ok(())
     }
 
     /// Up to `limit` pairs with keys in `[start, end)`, in ascending byte order, ending
@@ -309,7 +366,7 @@ impl<B: Backend> StoreHandle<B> {
         end: Option<&str>,
         limit: usize,
         max_bytes: usize,
-    ) -> io::Result<Vec<(String, String)>> {
+    ) -> io::Result<Vec<(String, Record)>> {
         self.inner.range(start, end, limit, max_bytes).await
     }
 

@@ -49,6 +49,12 @@ pub const LOG_LINES_DROPPED: &str = "kvstore_log_lines_dropped_total";
 pub const LIST_PAGES: &str = "kvstore_list_pages_total";
 pub const RANGE_DELETES: &str = "kvstore_range_deletes_total";
 pub const RANGE_DELETED_KEYS: &str = "kvstore_range_deleted_keys_total";
+pub const PRECONDITION_FAILURES: &str = "kvstore_precondition_failures_total";
+pub const TXNS: &str = "kvstore_txns_total";
+pub const LEASES_GRANTED: &str = "kvstore_leases_granted_total";
+pub const LEASES_EXPIRED: &str = "kvstore_leases_expired_total";
+pub const LEASE_EXPIRED_KEYS: &str = "kvstore_lease_expired_keys_total";
+pub const LEASES: &str = "kvstore_leases";
 
 /// Latency buckets from 100 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -144,6 +150,29 @@ fn describe() {
         RANGE_DELETED_KEYS,
         "Keys removed by the range deletes this node answered."
     );
+    describe_counter!(
+        PRECONDITION_FAILURES,
+        "Conditional writes (If-Match / If-None-Match) this node answered 412: their \
+         condition did not hold when they were applied."
+    );
+    describe_counter!(
+        TXNS,
+        "Transactions (POST /txn) this node answered, by result: `success` (the \
+         comparisons held) or `failure`."
+    );
+    describe_counter!(
+        LEASES_GRANTED,
+        "Leases granted through this node (POST /leases, or a PUT with ttl_seconds)."
+    );
+    describe_counter!(
+        LEASES_EXPIRED,
+        "Leases that expired (their expiry applied on this node), each with its keys."
+    );
+    describe_counter!(
+        LEASE_EXPIRED_KEYS,
+        "Keys deleted on this node because their lease expired."
+    );
+    describe_gauge!(LEASES, "Leases this node tracks.");
     describe_counter!(
         PRE_VOTE_ROUNDS,
         "Pre-Vote rounds this node ran, by outcome: `election` (a majority would vote for \

@@ -24,6 +24,9 @@ use crate::store;
 /// holds Raft state is never initialised again.
 pub async fn start(settings: &Settings, advertised: NodeAddr) -> anyhow::Result<RaftNode> {
     let store = store::open(settings).await?;
+    // Every lease starts a full TTL from now: never earlier than the deadline a client
+    // counts on, whatever happened while this node was down.
+    store.handle.load_leases().await?;
     let election = millis(settings.raft.election_timeout);
     let config = openraft::Config {
         cluster_name: "kvstore".into(),

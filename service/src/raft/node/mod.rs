@@ -13,6 +13,7 @@
 mod bootstrap;
 mod errors;
 mod leader;
+mod leases;
 mod membership;
 mod reads;
 mod space;
@@ -31,6 +32,7 @@ use openraft::ServerState;
 pub use self::bootstrap::start;
 use self::errors::storage;
 pub use self::errors::{Cause, NodeError};
+pub use self::leases::LeaseInfo;
 use super::batch::Batcher;
 use super::rpc::{ForwardWrite, ForwardWriteResult};
 use super::typ::RaftMetrics;

@@ -13,6 +13,7 @@ use crate::raft::batch::{Batcher, ByteBound};
 use crate::raft::rpc::{self, ReadIndexResult};
 use crate::raft::{PeerNetwork, TypeConfig};
 use crate::telemetry::metrics;
+use crate::types::Record;
 
 impl RaftNode {
     /// Reads `key` with the requested consistency.
@@ -21,7 +22,7 @@ impl RaftNode {
         &self,
         key: &str,
         consistency: Consistency,
-    ) -> Result<Option<String>, NodeError> {
+    ) -> Result<Option<Record>, NodeError> {
         self.before_read(consistency).await?;
         self.inner.store.get(key).await.map_err(storage)
     }
@@ -38,7 +39,7 @@ impl RaftNode {
         limit: usize,
         max_bytes: usize,
         consistency: Consistency,
-    ) -> Result<Vec<(String, String)>, NodeError> {
+    ) -> Result<Vec<(String, Record)>, NodeError> {
         self.before_read(consistency).await?;
         self.inner
             .store
@@ -65,7 +66,7 @@ impl RaftNode {
 
     /// What every read does first: checks the store, and for a linearizable read waits
     /// for its read barrier.
-    async fn before_read(&self, consistency: Consistency) -> Result<(), NodeError> {
+    pub(super) async fn before_read(&self, consistency: Consistency) -> Result<(), NodeError> {
         self.check_storage()?;
         if consistency == Consistency::Linearizable {
             let deadline = Instant::now() + self.inner.request_timeout;

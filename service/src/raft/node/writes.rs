@@ -14,32 +14,16 @@ use crate::store::{Command, CommandResult, Proposal};
 use crate::telemetry::{metrics, trace};
 
 impl RaftNode {
-    /// Stores `value` under `key` through the Raft log.
-    #[tracing::instrument(name = "kv.put", skip_all, fields(key = %key, node.id = self.inner.id))]
-    pub async fn put(&self, key: String, value: String) -> Result<(), NodeError> {
-        self.write(Command::Put { key, value }).await.map(|_| ())
-    }
-
-    /// Deletes `key` through the Raft log; returns whether it existed.
-    #[tracing::instrument(name = "kv.delete", skip_all, fields(key = %key, node.id = self.inner.id))]
-    pub async fn delete(&self, key: String) -> Result<bool, NodeError> {
-        match self.write(Command::Delete { key }).await? {
-            CommandResult::Deleted { existed } => Ok(existed),
-            other => Err(NodeError::Storage(
-                format!("unexpected result for a delete: {other:?}").into(),
+    /// Proposes `command` through the Raft log and returns what applying it did. An
+    /// outcome the state machine could not know (applied by an earlier attempt whose
+    /// answer was lost) is `OutcomeUnknown`.
+    #[tracing::instrument(name = "kv.write", skip_all, fields(command = %command, node.id = self.inner.id))]
+    pub async fn submit(&self, command: Command) -> Result<CommandResult, NodeError> {
+        match self.write(command).await? {
+            CommandResult::AppliedEarlier => Err(NodeError::OutcomeUnknown(
+                "the write was applied, but its answer was lost with a database connection".into(),
             )),
-        }
-    }
-
-    /// Deletes every key in `[start, end)` (`end: None`: no upper bound) in one log
-    /// entry; returns how many keys it removed.
-    #[tracing::instrument(name = "kv.delete_range", skip_all, fields(node.id = self.inner.id))]
-    pub async fn delete_range(&self, start: String, end: Option<String>) -> Result<u64, NodeError> {
-        match self.write(Command::DeleteRange { start, end }).await? {
-            CommandResult::DeletedRange { count } => Ok(count),
-            other => Err(NodeError::Storage(
-                format!("unexpected result for a range delete: {other:?}").into(),
-            )),
+            result => Ok(result),
         }
     }
 

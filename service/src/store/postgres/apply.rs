@@ -1,19 +1,23 @@
-//! How an apply batch reaches PostgreSQL: the key-value commands folded into one
-//! statement (the common case), or a transaction with the membership records and the
-//! entries PostgreSQL lost, if it lost any; and the last applied id each expects to
-//! find, so that nothing is ever built on lost applies.
+//! How an apply batch reaches PostgreSQL. What each command does is decided by the
+//! shared engine (`store::commands`) over the rows it reads first ([`Memory`]); the
+//! changes then reach the database in one statement (the common case: point writes),
+//! or in a transaction with the membership records, leases, ranges and the entries
+//! PostgreSQL lost, if it lost any. Each expects to find the last applied id it last
+//! wrote, so that nothing is ever built on lost applies.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::io;
 
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::{Db, Meta};
+use super::{to_i64, Db, Meta};
+use crate::store::commands::{self, Memory, RangeRead, Reads};
 use crate::store::contract::meta::{LAST_APPLIED, MEMBERSHIP, RETIRED};
 use crate::store::{decode, Command, CommandResult, Proposal};
 use crate::types::typ::{Entry, LogId, StoredMembership};
+use crate::types::{KeyMeta, Lease, Record};
 
 /// The stored last applied log id: the id, and the row's bytes exactly as stored
 /// (`None`: no row yet), which the next apply expects to find unchanged.
@@ -47,10 +51,9 @@ fn lost_applies(what: String) -> sqlx::Error {
     ))
 }
 
-/// The common batch, key-value commands only: one statement, so one round trip
-/// (two with deletes, whose results need the keys that existed before). `None`
-/// when the stored last applied id is not `applied`: the statement then changed
-/// nothing.
+/// The common batch, point writes only: the rows it touches are read, then its
+/// changes are written in one statement. `None` when the stored last applied id is
+/// not `applied`: the statement then changed nothing.
 pub(super) async fn in_one_statement(
     db: &Db,
     entries: &[Entry],
@@ -58,15 +61,18 @@ pub(super) async fn in_one_statement(
 ) -> Result<Option<(Vec<CommandResult>, Applied)>, sqlx::Error> {
     let fresh = |entry: &Entry| applied.fresh(entry);
     let Some(last) = entries.iter().rev().find(|e| fresh(e)).map(|e| e.log_id()) else {
-        let (results, _) = fold_commands(entries, fresh, &HashSet::new());
+        let results = entries
+            .iter()
+            .map(|_| CommandResult::AppliedEarlier)
+            .collect();
         return Ok(Some((results, applied.clone())));
     };
-    let existing = existing_keys(db.pool(), &deleted_keys(entries, fresh)).await?;
-    let (results, after) = fold_commands(entries, fresh, &existing);
-    let (put_keys, put_values, gone) = split_changes(after);
+    let mut conn = db.pool().acquire().await?;
+    let (results, memory) = apply_points(&mut conn, entries, fresh).await?;
+    let rows = Rows::from(&memory);
     let stored = serde_json::to_vec(&Some(last)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     // The statement does not wait for its WAL flush (see the module's notes). Its
-    // parts touch different keys: `after` holds one final value per key. Every
+    // parts touch different keys: the changes hold one final record per key. Every
     // part runs only if the stored last applied id is the one this node expects
     // ($6; NULL: no row), so a database that lost applies, or a retry of an
     // attempt that did commit, changes nothing here.
@@ -74,20 +80,29 @@ pub(super) async fn in_one_statement(
         "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)), \
          ok AS (SELECT 1 WHERE (SELECT value FROM sm_meta WHERE name = $4) \
                                IS NOT DISTINCT FROM $6::BYTEA), \
-         put AS (INSERT INTO kv (key, value) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) WHERE EXISTS (SELECT 1 FROM ok) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value), \
+         put AS (INSERT INTO kv (key, value, create_revision, mod_revision, version, lease) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $7::BIGINT[], $8::BIGINT[], \
+                                      $9::BIGINT[], $10::BIGINT[]) \
+                 WHERE EXISTS (SELECT 1 FROM ok) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                   create_revision = EXCLUDED.create_revision, \
+                   mod_revision = EXCLUDED.mod_revision, version = EXCLUDED.version, \
+                   lease = EXCLUDED.lease), \
          gone AS (DELETE FROM kv WHERE key = ANY($3::TEXT[]) AND EXISTS (SELECT 1 FROM ok)) \
          INSERT INTO sm_meta (name, value) SELECT $4, $5 FROM async, ok \
          ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
     )
-    .bind(&put_keys)
-    .bind(&put_values)
-    .bind(&gone)
+    .bind(&rows.keys)
+    .bind(&rows.values)
+    .bind(&rows.gone)
     .bind(LAST_APPLIED)
     .bind(stored.as_slice())
     .bind(applied.stored.as_deref())
-    .execute(db.pool())
+    .bind(&rows.create)
+    .bind(&rows.modified)
+    .bind(&rows.version)
+    .bind(&rows.lease)
+    .execute(&mut *conn)
     .await?;
     if written.rows_affected() != 1 {
         return Ok(None);
@@ -138,25 +153,20 @@ pub(super) async fn in_transaction(
     let entries = entries.as_slice();
     let replayed = entries.len() - batch.len();
     let fresh = |entry: &Entry| applied.fresh(entry);
-    // A range delete must see the point writes before it and hide none after it: the
-    // entries are applied in runs that each end with one.
+    // A command that touches leases or ranges must see every write before it: the
+    // entries are applied in runs of point writes, each such command on its own
+    // after the run before it is written.
     let mut results = Vec::with_capacity(entries.len());
-    for run in entries.split_inclusive(is_range_delete) {
-        let (points, range_delete) = match run.split_last() {
-            Some((last, points)) if is_range_delete(last) => (points, Some(last)),
+    for run in entries.split_inclusive(|e| fresh(e) && is_special(e)) {
+        let (points, special) = match run.split_last() {
+            Some((last, points)) if fresh(last) && is_special(last) => (points, Some(last)),
             _ => (run, None),
         };
-        results.extend(apply_points(&mut txn, points, fresh).await?);
-        if let Some(entry) = range_delete {
-            let count = match &entry.payload {
-                EntryPayload::Normal(Proposal {
-                    command: Command::DeleteRange { start, end },
-                    ..
-                }) if fresh(entry) => delete_range(&mut txn, start, end.as_deref()).await?,
-                // Applied before a crash: its count was answered then, or never.
-                _ => 0,
-            };
-            results.push(CommandResult::DeletedRange { count });
+        let (point_results, memory) = apply_points(&mut txn, points, fresh).await?;
+        write_changes(&mut txn, &memory).await?;
+        results.extend(point_results);
+        if let Some(entry) = special {
+            results.push(apply_special(&mut txn, entry).await?);
         }
     }
     for entry in entries.iter().filter(|e| fresh(e)) {
@@ -190,47 +200,238 @@ pub(super) async fn in_transaction(
     Ok((results[replayed..].to_vec(), now))
 }
 
-/// Whether `entry` deletes a range of keys.
-pub(super) fn is_range_delete(entry: &Entry) -> bool {
-    matches!(
-        entry.payload,
-        EntryPayload::Normal(Proposal {
-            command: Command::DeleteRange { .. },
-            ..
-        })
-    )
+/// The client command of `entry`, if it carries one.
+fn command(entry: &Entry) -> Option<&Command> {
+    match &entry.payload {
+        EntryPayload::Normal(Proposal { command, .. }) => Some(command),
+        _ => None,
+    }
 }
 
-/// Applies a run of entries without range deletes in `txn`: the key-value commands
-/// are folded in memory, in log order, into the final value of each key they touch;
-/// the run then costs one upsert and one delete whatever its size. Only a delete needs
-/// the value before the run (to say whether the key existed), so only deleted keys are
-/// read first. Returns one result per entry.
+/// Whether `entry` touches leases or ranges (or is a membership change, which needs
+/// the transaction too).
+pub(super) fn is_special(entry: &Entry) -> bool {
+    command(entry).is_some_and(Command::touches_leases_or_ranges)
+}
+
+/// Applies a run of point writes (and blank or membership entries, which change no
+/// key): reads the rows they touch, then runs the engine over them. Returns one result
+/// per entry and the changes, not yet written.
 async fn apply_points(
-    txn: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     entries: &[Entry],
     fresh: impl Fn(&Entry) -> bool + Copy,
-) -> Result<Vec<CommandResult>, sqlx::Error> {
-    let existing = existing_keys(&mut **txn, &deleted_keys(entries, fresh)).await?;
-    let (results, after) = fold_commands(entries, fresh, &existing);
-    let (put_keys, put_values, gone) = split_changes(after);
-    if !put_keys.is_empty() {
-        sqlx::query(
-            "INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::text[], $2::text[]) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+) -> Result<(Vec<CommandResult>, Memory), sqlx::Error> {
+    let mut reads = Reads::default();
+    for command in entries.iter().filter(|e| fresh(e)).filter_map(command) {
+        let more = commands::reads(command);
+        reads.keys.extend(more.keys);
+        reads.values.extend(more.values);
+    }
+    let mut memory = read_rows(conn, &reads).await?;
+    let results = entries
+        .iter()
+        .map(|entry| match (command(entry), fresh(entry)) {
+            (Some(_), false) => Ok(CommandResult::AppliedEarlier),
+            (Some(command), true) => commands::apply(&mut memory, entry.index(), command),
+            (None, _) => Ok(CommandResult::None),
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok((results, memory))
+}
+
+/// Applies one command that touches leases or ranges, in `txn`, after every write
+/// before it.
+async fn apply_special(
+    txn: &mut Transaction<'_, Postgres>,
+    entry: &Entry,
+) -> Result<CommandResult, sqlx::Error> {
+    let Some(command) = command(entry) else {
+        return Ok(CommandResult::None);
+    };
+    if let Command::DeleteRange { start, end } = command {
+        return Ok(CommandResult::DeletedRange {
+            count: delete_range(txn, start, end.as_deref()).await?,
+        });
+    }
+    let mut memory = read_rows(txn, &commands::reads(command)).await?;
+    let result = commands::apply(&mut memory, entry.index(), command)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    write_changes(txn, &memory).await?;
+    Ok(result)
+}
+
+/// One row of `kv` as the engine reads it: key, value ('' when only the revisions are
+/// read), create_revision, mod_revision, version, lease.
+type Row = (String, String, i64, i64, i64, i64);
+
+fn record(row: Row) -> (String, Record) {
+    let (key, value, create, modified, version, lease) = row;
+    let meta = KeyMeta {
+        create_revision: create as u64,
+        mod_revision: modified as u64,
+        version: version as u64,
+        lease: lease as u64,
+    };
+    (key, Record { value, meta })
+}
+
+/// Reads what the engine will read for `reads` into a [`Memory`].
+async fn read_rows(conn: &mut PgConnection, reads: &Reads) -> Result<Memory, sqlx::Error> {
+    let mut memory = Memory::default();
+    if !reads.keys.is_empty() {
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT key, CASE WHEN key = ANY($2) THEN value ELSE '' END, \
+                    create_revision, mod_revision, version, lease \
+             FROM kv WHERE key = ANY($1)",
         )
-        .bind(&put_keys)
-        .bind(&put_values)
-        .execute(&mut **txn)
+        .bind(&reads.keys)
+        .bind(&reads.values)
+        .fetch_all(&mut *conn)
+        .await?;
+        memory.records.extend(rows.into_iter().map(record));
+    }
+    for read in &reads.ranges {
+        let pairs = read_range(conn, read).await?;
+        memory.ranges.insert(read.clone(), pairs);
+    }
+    let leases: Vec<i64> = reads.leases.iter().map(|id| to_i64(*id)).collect();
+    if !leases.is_empty() {
+        let rows = sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT id, ttl_seconds, renewed FROM leases WHERE id = ANY($1)",
+        )
+        .bind(&leases)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, ttl_seconds, renewed) in rows {
+            let lease = Lease {
+                id: id as u64,
+                ttl_seconds: ttl_seconds as u64,
+                renewed: renewed as u64,
+            };
+            memory.leases.insert(lease.id, lease);
+        }
+    }
+    let attached: Vec<i64> = reads.lease_keys.iter().map(|id| to_i64(*id)).collect();
+    if !attached.is_empty() {
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT key, '', create_revision, mod_revision, version, lease \
+             FROM kv WHERE lease = ANY($1)",
+        )
+        .bind(&attached)
+        .fetch_all(&mut *conn)
+        .await?;
+        memory.records.extend(rows.into_iter().map(record));
+    }
+    Ok(memory)
+}
+
+/// A transaction's range read, in byte order of the keys, ending early at its byte
+/// bound.
+async fn read_range(
+    conn: &mut PgConnection,
+    read: &RangeRead,
+) -> Result<Vec<(String, Record)>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT key, value, create_revision, mod_revision, version, lease FROM kv \
+         WHERE key COLLATE \"C\" >= $1 AND ($2::TEXT IS NULL OR key COLLATE \"C\" < $2) \
+         ORDER BY key COLLATE \"C\" LIMIT $3",
+    )
+    .bind(&read.start)
+    .bind(read.end.as_deref())
+    .bind(to_i64(read.limit as u64))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut pairs = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        if bytes >= read.max_bytes {
+            break;
+        }
+        let (key, record) = record(row);
+        bytes += key.len() + record.value.len();
+        pairs.push((key, record));
+    }
+    Ok(pairs)
+}
+
+/// The changes of a [`Memory`] as the columns of an upsert, and the keys to delete.
+#[derive(Default)]
+struct Rows {
+    keys: Vec<String>,
+    values: Vec<String>,
+    create: Vec<i64>,
+    modified: Vec<i64>,
+    version: Vec<i64>,
+    lease: Vec<i64>,
+    gone: Vec<String>,
+}
+
+impl From<&Memory> for Rows {
+    fn from(memory: &Memory) -> Self {
+        let mut rows = Rows::default();
+        for (key, record) in &memory.changes {
+            match record {
+                Some(record) => {
+                    rows.keys.push(key.clone());
+                    rows.values.push(record.value.clone());
+                    rows.create.push(to_i64(record.meta.create_revision));
+                    rows.modified.push(to_i64(record.meta.mod_revision));
+                    rows.version.push(to_i64(record.meta.version));
+                    rows.lease.push(to_i64(record.meta.lease));
+                }
+                None => rows.gone.push(key.clone()),
+            }
+        }
+        rows
+    }
+}
+
+/// Writes the engine's changes: records, deletes, leases.
+async fn write_changes(conn: &mut PgConnection, memory: &Memory) -> Result<(), sqlx::Error> {
+    let rows = Rows::from(memory);
+    if !rows.keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], \
+                                  $5::BIGINT[], $6::BIGINT[]) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+               create_revision = EXCLUDED.create_revision, \
+               mod_revision = EXCLUDED.mod_revision, version = EXCLUDED.version, \
+               lease = EXCLUDED.lease",
+        )
+        .bind(&rows.keys)
+        .bind(&rows.values)
+        .bind(&rows.create)
+        .bind(&rows.modified)
+        .bind(&rows.version)
+        .bind(&rows.lease)
+        .execute(&mut *conn)
         .await?;
     }
-    if !gone.is_empty() {
+    if !rows.gone.is_empty() {
         sqlx::query("DELETE FROM kv WHERE key = ANY($1)")
-            .bind(&gone)
-            .execute(&mut **txn)
+            .bind(&rows.gone)
+            .execute(&mut *conn)
             .await?;
     }
-    Ok(results)
+    for (id, lease) in &memory.lease_changes {
+        match lease {
+            Some(lease) => sqlx::query(
+                "INSERT INTO leases (id, ttl_seconds, renewed) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET ttl_seconds = EXCLUDED.ttl_seconds, \
+                   renewed = EXCLUDED.renewed",
+            )
+            .bind(to_i64(lease.id))
+            .bind(to_i64(lease.ttl_seconds))
+            .bind(to_i64(lease.renewed)),
+            None => sqlx::query("DELETE FROM leases WHERE id = $1").bind(to_i64(*id)),
+        }
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Deletes the keys in `[start, end)`, in byte order as every range is (`COLLATE
@@ -314,135 +515,32 @@ pub(super) async fn upsert_meta<T: serde::Serialize>(
     Ok(bytes)
 }
 
-/// Which of `keys` exist now (no query when there are none).
-async fn existing_keys<'e, E>(executor: E, keys: &[&str]) -> Result<HashSet<String>, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
-    if keys.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let found = sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key = ANY($1)")
-        .bind(keys)
-        .fetch_all(executor)
-        .await?;
-    Ok(found.into_iter().collect())
-}
-
-/// The keys the batch's fresh entries delete.
-fn deleted_keys(entries: &[Entry], fresh: impl Fn(&Entry) -> bool) -> Vec<&str> {
-    entries
-        .iter()
-        .filter(|e| fresh(e))
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(Proposal {
-                command: Command::Delete { key },
-                ..
-            }) => Some(key.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A batch's final values, split into the keys to upsert with their values, and the
-/// keys to delete.
-type Changes<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
-
-fn split_changes<'a>(after: HashMap<&'a str, Option<&'a str>>) -> Changes<'a> {
-    let (mut put_keys, mut put_values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, value) in after {
-        match value {
-            Some(value) => {
-                put_keys.push(key);
-                put_values.push(value);
-            }
-            None => gone.push(key),
-        }
-    }
-    (put_keys, put_values, gone)
-}
-
-/// The key-value commands of an apply batch, in log order: each entry's result, and
-/// the value of every key they touch after the batch (`None`: deleted). `fresh` says
-/// which entries still need applying (after a crash, a batch may repeat some);
-/// `existing`: which of the deleted keys existed before the batch.
-fn fold_commands<'a>(
-    entries: &'a [Entry],
-    fresh: impl Fn(&Entry) -> bool,
-    existing: &HashSet<String>,
-) -> (Vec<CommandResult>, HashMap<&'a str, Option<&'a str>>) {
-    let mut after: HashMap<&str, Option<&str>> = HashMap::new();
-    let results = entries
-        .iter()
-        .map(|entry| match &entry.payload {
-            EntryPayload::Normal(Proposal { command, .. }) => match (command, fresh(entry)) {
-                (Command::Put { .. }, false) => CommandResult::Stored,
-                (Command::Delete { .. }, false) => CommandResult::Deleted { existed: true },
-                (Command::Put { key, value }, true) => {
-                    after.insert(key, Some(value));
-                    CommandResult::Stored
-                }
-                (Command::Delete { key }, true) => {
-                    let existed = match after.get(key.as_str()) {
-                        Some(value) => value.is_some(),
-                        None => existing.contains(key),
-                    };
-                    after.insert(key, None);
-                    CommandResult::Deleted { existed }
-                }
-                // The callers apply range deletes themselves, between folded runs
-                // (`in_transaction`); none reaches a fold.
-                (Command::DeleteRange { .. }, _) => CommandResult::DeletedRange { count: 0 },
-            },
-            EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
-        })
-        .collect();
-    (results, after)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::test_entries::{delete, put};
 
     #[test]
-    fn a_batch_folds_into_each_keys_last_value_in_log_order() {
-        let batch = vec![
+    fn a_batchs_changes_hold_each_keys_last_record() {
+        let mut memory = Memory::default();
+        let batch = [
             put(1, "a", "1"),
             delete(2, "a"),
-            delete(3, "a"),
             put(4, "a", "2"),
-            delete(5, "b"),
-            delete(6, "c"),
             put(7, "d", "x"),
             put(8, "d", "y"),
         ];
-        let existing: HashSet<String> = ["b".to_string()].into();
-        let (results, after) = fold_commands(&batch, |_| true, &existing);
+        for entry in &batch {
+            commands::apply(&mut memory, entry.index(), command(entry).unwrap()).unwrap();
+        }
+        let rows = Rows::from(&memory);
+        assert_eq!(rows.keys, ["a", "d"]);
+        assert_eq!(rows.values, ["2", "y"]);
+        // "a" was created again at 4; "d" created at 7, written again at 8.
         assert_eq!(
-            results,
-            vec![
-                CommandResult::Stored,
-                CommandResult::Deleted { existed: true },
-                CommandResult::Deleted { existed: false },
-                CommandResult::Stored,
-                CommandResult::Deleted { existed: true },
-                CommandResult::Deleted { existed: false },
-                CommandResult::Stored,
-                CommandResult::Stored,
-            ]
+            (rows.create, rows.modified, rows.version),
+            (vec![4, 7], vec![4, 8], vec![1, 2])
         );
-        let expected: HashMap<&str, Option<&str>> =
-            [("a", Some("2")), ("b", None), ("c", None), ("d", Some("y"))].into();
-        assert_eq!(after, expected);
-    }
-
-    #[test]
-    fn entries_applied_before_a_crash_change_nothing() {
-        let batch = vec![put(1, "a", "old"), delete(2, "b"), put(3, "a", "new")];
-        let (results, after) = fold_commands(&batch, |e| e.index() > 2, &HashSet::new());
-        assert_eq!(results[1], CommandResult::Deleted { existed: true });
-        let expected: HashMap<&str, Option<&str>> = [("a", Some("new"))].into();
-        assert_eq!(after, expected);
+        assert!(rows.gone.is_empty());
     }
 }

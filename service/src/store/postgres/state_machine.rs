@@ -21,6 +21,7 @@ use crate::store::snapshot::{
 };
 use crate::store::{blocking, decode, encode, io_err, CommandResult, Preamble, SnapshotFile};
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::{KeyMeta, Lease, Record};
 
 /// Rows per `INSERT` when installing a snapshot.
 const INSTALL_CHUNK: usize = 1000;
@@ -102,14 +103,15 @@ impl PgStateMachine {
         };
         let needs_transaction = entries.iter().any(|e| {
             expected.fresh(e)
-                && (matches!(e.payload, EntryPayload::Membership(_)) || apply::is_range_delete(e))
+                && (matches!(e.payload, EntryPayload::Membership(_)) || apply::is_special(e))
         });
         if !needs_transaction {
             if let Some(done) = apply::in_one_statement(&self.db, entries, &expected).await? {
                 return Ok(done);
             }
         }
-        // A membership change, a range delete, or the stored id is not the expected one.
+        // A membership change, a lease or range command, or the stored id is not the
+        // expected one.
         apply::in_transaction(&self.db, entries, &expected).await
     }
 
@@ -173,27 +175,49 @@ impl PgStateMachine {
             .map(|b| decode(&b))
             .transpose()?
             .unwrap_or_default();
+        let leases = sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT id, ttl_seconds, renewed FROM leases ORDER BY id",
+        )
+        .fetch_all(&mut *txn)
+        .await?
+        .into_iter()
+        .map(|(id, ttl_seconds, renewed)| Lease {
+            id: id as u64,
+            ttl_seconds: ttl_seconds as u64,
+            renewed: renewed as u64,
+        })
+        .collect();
         let file_id = snapshot_file_id(last_applied.as_ref());
 
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Record)>(1024);
         let dir = self.snapshot_dir.clone();
         let id = file_id.clone();
         let writer = tokio::task::spawn_blocking(move || {
             let preamble = Preamble {
                 retired_node_ids: retired,
+                leases,
             };
             let mut w = SnapshotWriter::create(&dir, &id, Some(&preamble))?;
-            while let Some((key, value)) = rx.blocking_recv() {
-                w.write_pair(&key, &value)?;
+            while let Some((key, record)) = rx.blocking_recv() {
+                w.write_record(&key, &record)?;
             }
             w.finish()
         });
         {
-            let mut rows =
-                sqlx::query_as::<_, (String, String)>("SELECT key, value FROM kv ORDER BY key")
-                    .fetch(&mut *txn);
-            while let Some(row) = rows.try_next().await? {
-                if tx.send(row).await.is_err() {
+            let mut rows = sqlx::query_as::<_, (String, String, i64, i64, i64, i64)>(
+                "SELECT key, value, create_revision, mod_revision, version, lease \
+                 FROM kv ORDER BY key",
+            )
+            .fetch(&mut *txn);
+            while let Some((key, value, create, modified, version, lease)) = rows.try_next().await?
+            {
+                let meta = KeyMeta {
+                    create_revision: create as u64,
+                    mod_revision: modified as u64,
+                    version: version as u64,
+                    lease: lease as u64,
+                };
+                if tx.send((key, Record { value, meta })).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
@@ -218,7 +242,7 @@ impl PgStateMachine {
             let file = std::fs::File::open(&path)?;
             SnapshotReader::new(file)?
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<(String, String)>>>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<(String, Record)>>>(4);
         let reader = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(INSTALL_CHUNK);
             for pair in pairs {
@@ -242,13 +266,40 @@ impl PgStateMachine {
 
         let mut txn = self.db.pool().begin().await?;
         sqlx::query("DELETE FROM kv").execute(&mut *txn).await?;
-        while let Some(chunk) = rx.recv().await {
-            let (keys, values): (Vec<String>, Vec<String>) = chunk?.into_iter().unzip();
-            sqlx::query("INSERT INTO kv (key, value) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])")
-                .bind(&keys)
-                .bind(&values)
+        sqlx::query("DELETE FROM leases").execute(&mut *txn).await?;
+        for lease in &preamble.leases {
+            sqlx::query("INSERT INTO leases (id, ttl_seconds, renewed) VALUES ($1, $2, $3)")
+                .bind(super::to_i64(lease.id))
+                .bind(super::to_i64(lease.ttl_seconds))
+                .bind(super::to_i64(lease.renewed))
                 .execute(&mut *txn)
                 .await?;
+        }
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk?;
+            let column = |f: fn(&KeyMeta) -> u64| -> Vec<i64> {
+                chunk
+                    .iter()
+                    .map(|(_, r)| super::to_i64(f(&r.meta)))
+                    .collect()
+            };
+            let (create, modified) = (column(|m| m.create_revision), column(|m| m.mod_revision));
+            let (version, lease) = (column(|m| m.version), column(|m| m.lease));
+            let (keys, values): (Vec<String>, Vec<String>) =
+                chunk.into_iter().map(|(k, r)| (k, r.value)).unzip();
+            sqlx::query(
+                "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], \
+                                      $5::BIGINT[], $6::BIGINT[])",
+            )
+            .bind(&keys)
+            .bind(&values)
+            .bind(&create)
+            .bind(&modified)
+            .bind(&version)
+            .bind(&lease)
+            .execute(&mut *txn)
+            .await?;
         }
         reader.await.map_err(io_err)?;
         upsert_meta(&mut txn, LAST_APPLIED, &meta.last_log_id).await?;

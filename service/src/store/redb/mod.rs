@@ -25,6 +25,7 @@ mod reader;
 /// Public for `examples/log_compare.rs`, which measures it against another log.
 pub mod segments;
 mod state_machine;
+mod views;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -43,8 +44,18 @@ use crate::config::{Settings, StorageType};
 
 /// Log-store metadata: the vote, the committed log id and the last purged log id.
 const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// The key-value data of the state machine.
-const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+/// The key-value data of the state machine: each key's record (`Record::encode`: its
+/// revisions, lease and value).
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_records");
+/// The data as versions before revisions kept it (values only); moved into `KV`, with
+/// revisions 0 and version 1, when the database is opened.
+const LEGACY_KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+/// Leases by id (JSON).
+const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
+/// `(lease, key)` for every key attached to a lease. It may name keys since written
+/// without the lease or deleted (points writes do not update it); a revoke checks each
+/// key's own record, and removes the lease's rows.
+const LEASE_KEYS: TableDefinition<(u64, &str), ()> = TableDefinition::new("lease_keys");
 /// State-machine metadata: last applied log id, membership, current snapshot.
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
@@ -95,7 +106,13 @@ pub fn open(
     let state_db = open_db(&state_path, |txn| {
         txn.open_table(KV)?;
         txn.open_table(SM_META)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(LEASE_KEYS)?;
         Ok(())
+    })?;
+    migrate_legacy_kv(&state_db).map_err(|e| OpenError::Database {
+        path: state_path.clone(),
+        reason: format!("cannot move the data to the format with revisions: {e}"),
     })?;
     let db_err = |path: &Path, e: &dyn std::fmt::Display| OpenError::Database {
         path: path.to_owned(),
@@ -179,6 +196,37 @@ fn open_db(
     create_tables(&txn).map_err(|e| db_err(&e))?;
     txn.commit().map_err(|e| db_err(&e))?;
     Ok(db)
+}
+
+/// Moves the data of a database written before revisions (table `kv`, values only) into
+/// `KV`, each key with revisions 0 and version 1, in one durable transaction.
+fn migrate_legacy_kv(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    let legacy = txn
+        .list_tables()?
+        .any(|table| redb::TableHandle::name(&table) == redb::TableHandle::name(&LEGACY_KV));
+    if !legacy {
+        return Ok(txn.abort()?);
+    }
+    {
+        let old = txn.open_table(LEGACY_KV)?;
+        let mut kv = txn.open_table(KV)?;
+        for pair in old.iter()? {
+            let (key, value) = pair?;
+            let record = crate::types::Record {
+                value: value.value().to_owned(),
+                meta: crate::types::KeyMeta {
+                    version: 1,
+                    ..Default::default()
+                },
+            };
+            kv.insert(key.value(), record.encode().as_slice())?;
+        }
+    }
+    txn.delete_table(LEGACY_KV)?;
+    txn.commit()?;
+    tracing::info!("moved the data to the format with revisions");
+    Ok(())
 }
 
 /// Where a database file is made before it is renamed to `path`.

@@ -16,6 +16,7 @@ use crate::store::contract::meta::LAST_APPLIED;
 use crate::store::space::Writer as DiskWriter;
 use crate::store::{encode, is_out_of_space, retry_while_full, DiskFull, RETRY_FIRST, RETRY_MAX};
 use crate::types::typ::LogId;
+use crate::types::Record;
 
 /// How often at most the state machine is committed with an fsync. In between, its
 /// commits skip the fsync; after a crash, openraft re-applies the rest from the log.
@@ -26,8 +27,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_KEYS: usize = 16 * 1024;
 const FLUSH_AGE: Duration = Duration::from_millis(200);
 
-/// A key's latest applied value, or `None` for a delete.
-type Writes = HashMap<String, Option<String>>;
+/// A key's latest applied record, or `None` for a delete.
+pub(super) type Writes = HashMap<String, Option<Record>>;
 
 /// Applied writes not yet committed to `state.redb`. Committing every apply batch on
 /// its own costs a redb transaction each (copy-on-write pages, checksums, the page
@@ -53,13 +54,13 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// The pending value of `key`: `Some(None)` when it was deleted, `None` when there
+    /// The pending record of `key`: `Some(None)` when it was deleted, `None` when there
     /// is nothing pending for it.
-    pub(super) fn lookup(&self, key: &str) -> Option<Option<&str>> {
+    pub(super) fn lookup(&self, key: &str) -> Option<Option<&Record>> {
         self.active
             .get(key)
             .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
-            .map(Option::as_deref)
+            .map(Option::as_ref)
     }
 
     pub(super) fn is_due(&self) -> bool {
@@ -115,17 +116,17 @@ impl Shared {
         self.pending.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The value of `key` as applied so far.
-    pub(super) fn get(&self, key: &str) -> io::Result<Option<String>> {
-        if let Some(value) = self.pending().lookup(key) {
-            return Ok(value.map(str::to_owned));
+    /// The record of `key` as applied so far.
+    pub(super) fn get(&self, key: &str) -> io::Result<Option<Record>> {
+        if let Some(record) = self.pending().lookup(key) {
+            return Ok(record.cloned());
         }
         // Not pending: a flush only ever adds newer values to the database, and any
         // value applied after the check above is newer than this read.
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV).map_err(redb_err)?;
-        let value = table.get(key).map_err(redb_err)?;
-        Ok(value.map(|v| v.value().to_string()))
+        let stored = table.get(key).map_err(redb_err)?;
+        stored.map(|v| Record::decode(v.value())).transpose()
     }
 
     /// The number of keys as applied so far.
@@ -197,7 +198,7 @@ impl Shared {
         Ok(count.max(0) as u64)
     }
 
-    /// Up to `limit` pairs with keys in `[start, end)`, in key order, as applied so far:
+    /// Up to `limit` records with keys in `[start, end)`, in key order, as applied so far:
     /// the database's pairs with the pending writes laid over them. Ends early with the
     /// pair that brings the keys and values taken to `max_bytes`.
     pub(super) fn range(
@@ -206,7 +207,7 @@ impl Shared {
         end: Option<&str>,
         limit: usize,
         max_bytes: usize,
-    ) -> io::Result<Vec<(String, String)>> {
+    ) -> io::Result<Vec<(String, Record)>> {
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
@@ -218,7 +219,7 @@ impl Shared {
             .as_deref()
             .into_iter()
             .flat_map(|f| f.keys());
-        let overlay: BTreeMap<&str, Option<&str>> = pending
+        let overlay: BTreeMap<&str, Option<&Record>> = pending
             .active
             .keys()
             .chain(flushing)
@@ -233,12 +234,13 @@ impl Shared {
         let mut stored = table
             .range::<&str>((Bound::Included(start), upper))
             .map_err(redb_err)?;
-        let mut next_stored = || -> io::Result<Option<(String, String)>> {
+        let mut next_stored = || -> io::Result<Option<(String, Record)>> {
             let pair = stored.next().transpose().map_err(redb_err)?;
-            Ok(pair.map(|(k, v)| (k.value().to_owned(), v.value().to_owned())))
+            pair.map(|(k, v)| Ok((k.value().to_owned(), Record::decode(v.value())?)))
+                .transpose()
         };
         let (mut stored_pair, mut pending_pair) = (next_stored()?, overlay.next());
-        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut pairs: Vec<(String, Record)> = Vec::new();
         let mut bytes = 0usize;
         while pairs.len() < limit && bytes < max_bytes {
             let pending_first = match (&stored_pair, &pending_pair) {
@@ -254,16 +256,16 @@ impl Shared {
                 if stored_pair.as_ref().is_some_and(|(k, _)| k == key) {
                     stored_pair = next_stored()?;
                 }
-                if let Some(value) = value {
-                    bytes += key.len() + value.len();
-                    pairs.push((key.to_owned(), value.to_owned()));
+                if let Some(record) = value {
+                    bytes += key.len() + record.value.len();
+                    pairs.push((key.to_owned(), record.clone()));
                 }
                 pending_pair = overlay.next();
             } else {
                 let Some(pair) = stored_pair.take() else {
                     break;
                 };
-                bytes += pair.0.len() + pair.1.len();
+                bytes += pair.0.len() + pair.1.value.len();
                 pairs.push(pair);
                 stored_pair = next_stored()?;
             }
@@ -293,7 +295,9 @@ impl Shared {
                 let mut kv = txn.open_table(KV).map_err(redb_err)?;
                 for (key, value) in writes.iter() {
                     match value {
-                        Some(value) => kv.insert(key.as_str(), value.as_str()).map(drop),
+                        Some(record) => kv
+                            .insert(key.as_str(), record.encode().as_slice())
+                            .map(drop),
                         None => kv.remove(key.as_str()).map(drop),
                     }
                     .map_err(redb_err)?;

@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use super::pending::Shared;
-use super::{read_meta, redb_err, segments, Db, SM_META};
+use super::views::{all_leases, attached_keys};
+use super::{read_meta, redb_err, segments, Db, LEASES, LEASE_KEYS, SM_META};
 use crate::store::contract::{meta, ReadBackend};
+use crate::store::decode;
+use crate::types::{Lease, Record};
 
 /// Reads of the applied data. They run on the caller's task: they read the pending
 /// writes and redb's cache, as openraft's own reads of the state machine do.
@@ -38,7 +41,7 @@ impl RedbHandle {
 }
 
 impl ReadBackend for RedbHandle {
-    async fn get(&self, key: &str) -> io::Result<Option<String>> {
+    async fn get(&self, key: &str) -> io::Result<Option<Record>> {
         self.state.get(key)
     }
 
@@ -48,8 +51,42 @@ impl ReadBackend for RedbHandle {
         end: Option<&str>,
         limit: usize,
         max_bytes: usize,
-    ) -> io::Result<Vec<(String, String)>> {
+    ) -> io::Result<Vec<(String, Record)>> {
         self.state.range(start, end, limit, max_bytes)
+    }
+
+    /// Leases live in the database alone: every change to them is committed there as
+    /// it is applied.
+    async fn lease(&self, id: u64) -> io::Result<Option<Lease>> {
+        let txn = self.state_db.begin_read()?;
+        let table = txn.open_table(LEASES).map_err(redb_err)?;
+        let stored = table.get(id).map_err(redb_err)?;
+        stored.map(|v| decode(v.value())).transpose()
+    }
+
+    /// The index may name keys since detached or deleted: each key's own record, as
+    /// applied so far, decides.
+    async fn lease_keys(&self, id: u64, limit: usize) -> io::Result<Vec<String>> {
+        let (state, db) = (self.state.clone(), self.state_db.clone());
+        crate::store::blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LEASE_KEYS).map_err(redb_err)?;
+            let mut keys = Vec::new();
+            for key in attached_keys(&table, id, usize::MAX)? {
+                if keys.len() >= limit {
+                    break;
+                }
+                if state.get(&key)?.is_some_and(|r| r.meta.lease == id) {
+                    keys.push(key);
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn leases(&self) -> io::Result<Vec<Lease>> {
+        all_leases(&self.state_db)
     }
 
     async fn count_range(&self, start: &str, end: Option<&str>) -> io::Result<u64> {

@@ -14,7 +14,9 @@ use openraft::EntryPayload;
 use redb::Durability;
 
 use super::pending::{Pending, Shared};
-use super::{read_meta, redb_err, Db, KV, SM_META};
+use super::views::{InMemory, InTransaction};
+use super::{read_meta, redb_err, Db, KV, LEASES, LEASE_KEYS, SM_META};
+use crate::store::commands::{self, Data};
 use crate::store::contract::meta::{LAST_APPLIED, MEMBERSHIP, RETIRED, SNAPSHOT};
 use crate::store::contract::StateMachineBackend;
 use crate::store::snapshot::{
@@ -23,10 +25,11 @@ use crate::store::snapshot::{
 };
 use crate::store::space::Writer as DiskWriter;
 use crate::store::{
-    blocking, encode, is_out_of_space, Command, CommandResult, DiskFull, Preamble, Proposal,
+    blocking, decode, encode, is_out_of_space, CommandResult, DiskFull, Preamble, Proposal,
     SnapshotFile,
 };
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::Record;
 
 /// The state machine: data and its metadata in `state.redb`, snapshots as files.
 #[derive(Clone)]
@@ -60,50 +63,29 @@ impl RedbStateMachine {
         read_meta(&table, key)
     }
 
-    /// Applies a batch of client writes to the pending maps and returns, in order, the
-    /// result of each entry. Membership entries are not handled here.
+    /// Applies a batch of point writes to the pending maps and returns, in order, the
+    /// result of each entry. Membership entries and commands that touch leases or
+    /// ranges are not handled here.
     pub(super) fn apply_pending(
         shared: &Shared,
         entries: &[Entry],
     ) -> io::Result<Vec<CommandResult>> {
         let mut pending = shared.pending_mut();
         let mut results = Vec::with_capacity(entries.len());
-        for entry in entries {
-            results.push(match &entry.payload {
-                EntryPayload::Normal(Proposal {
-                    command: Command::Put { key, value },
-                    ..
-                }) => {
-                    pending.active.insert(key.clone(), Some(value.clone()));
-                    CommandResult::Stored
-                }
-                EntryPayload::Normal(Proposal {
-                    command: Command::Delete { key },
-                    ..
-                }) => {
-                    let existed = match pending.lookup(key) {
-                        Some(value) => value.is_some(),
-                        None => {
-                            let txn = shared.db.begin_read()?;
-                            let table = txn.open_table(KV).map_err(redb_err)?;
-                            table.get(key.as_str()).map_err(redb_err)?.is_some()
-                        }
-                    };
-                    pending.active.insert(key.clone(), None);
-                    CommandResult::Deleted { existed }
-                }
-                EntryPayload::Normal(Proposal {
-                    command: Command::DeleteRange { .. },
-                    ..
-                }) => {
-                    // `apply` sends batches with a range delete to `apply_through`.
-                    return Err(io::Error::other(
-                        "a range delete reached the in-memory apply; it is applied in the \
-                         database's transaction",
-                    ));
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
-            });
+        {
+            let mut data = InMemory {
+                pending: &mut pending,
+                db: &shared.db,
+                table: None,
+            };
+            for entry in entries {
+                results.push(match &entry.payload {
+                    EntryPayload::Normal(Proposal { command, .. }) => {
+                        commands::apply(&mut data, entry.index(), command)?
+                    }
+                    EntryPayload::Blank | EntryPayload::Membership(_) => CommandResult::None,
+                });
+            }
         }
         if let Some(last) = entries.last() {
             pending.last_applied = Some(last.log_id());
@@ -112,41 +94,25 @@ impl RedbStateMachine {
         Ok(results)
     }
 
-    /// Applies a batch that changes the membership or deletes a range: pending writes
-    /// and the whole batch are committed in one transaction. A range delete is not kept
-    /// in memory as point writes are: it would take every key of the range there.
+    /// Applies a batch that changes the membership, leases or ranges: pending writes
+    /// and the whole batch are committed in one transaction. Such commands are not kept
+    /// in memory as point writes are: a range delete would take every key of the range
+    /// there, and leases and their keys' index live in the database alone.
     fn apply_through(shared: &Shared, entries: &[Entry]) -> io::Result<Vec<CommandResult>> {
         // Fsynced (when the durable log covers it): a database opened again after a
-        // failed write would lose the membership records or the range deletes of a
-        // commit without one (only point writes are kept to be put back, see
-        // `Pending::unsynced`).
+        // failed write would lose the membership records, lease changes or range
+        // deletes of a commit without one (only point writes are kept to be put back,
+        // see `Pending::unsynced`).
         shared.flush(true, |txn| {
             let mut results = Vec::with_capacity(entries.len());
-            let mut kv = txn.open_table(KV).map_err(redb_err)?;
+            let mut data = InTransaction::open(txn)?;
             let mut meta = txn.open_table(SM_META).map_err(redb_err)?;
             for entry in entries {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(Proposal {
-                        command: Command::Put { key, value },
-                        ..
-                    }) => {
-                        kv.insert(key.as_str(), value.as_str()).map_err(redb_err)?;
-                        CommandResult::Stored
+                    EntryPayload::Normal(Proposal { command, .. }) => {
+                        commands::apply(&mut data, entry.index(), command)?
                     }
-                    EntryPayload::Normal(Proposal {
-                        command: Command::Delete { key },
-                        ..
-                    }) => {
-                        let existed = kv.remove(key.as_str()).map_err(redb_err)?.is_some();
-                        CommandResult::Deleted { existed }
-                    }
-                    EntryPayload::Normal(Proposal {
-                        command: Command::DeleteRange { start, end },
-                        ..
-                    }) => CommandResult::DeletedRange {
-                        count: delete_range(&mut kv, start, end.as_deref())?,
-                    },
                     EntryPayload::Membership(membership) => {
                         // Nodes that leave the membership are retired for good.
                         let previous: Option<StoredMembership> = read_meta(&meta, MEMBERSHIP)?;
@@ -209,14 +175,20 @@ impl RedbStateMachine {
                 read_meta(&meta_table, MEMBERSHIP)?.unwrap_or_default();
             let file_id = snapshot_file_id(last_applied.as_ref());
 
-            let preamble = Preamble {
+            let leases = txn.open_table(LEASES).map_err(redb_err)?;
+            let mut preamble = Preamble {
                 retired_node_ids: read_meta(&meta_table, RETIRED)?.unwrap_or_default(),
+                leases: Vec::new(),
             };
+            for row in redb::ReadableTable::iter(&leases).map_err(redb_err)? {
+                let (_, lease) = row.map_err(redb_err)?;
+                preamble.leases.push(decode(lease.value())?);
+            }
             let mut writer = SnapshotWriter::create(dir, &file_id, Some(&preamble))?;
             let kv = txn.open_table(KV).map_err(redb_err)?;
             for item in redb::ReadableTable::iter(&kv).map_err(redb_err)? {
                 let (key, value) = item.map_err(redb_err)?;
-                writer.write_pair(key.value(), value.value())?;
+                writer.write_record(key.value(), &Record::decode(value.value())?)?;
             }
             let file = writer.finish()?;
             let record = SnapshotRecord {
@@ -248,20 +220,15 @@ impl StateMachineBackend for RedbStateMachine {
     }
 
     async fn apply(&mut self, batch: Vec<Entry>) -> io::Result<Vec<CommandResult>> {
-        let through_database = batch.iter().any(|e| {
-            matches!(
-                e.payload,
-                EntryPayload::Membership(_)
-                    | EntryPayload::Normal(Proposal {
-                        command: Command::DeleteRange { .. },
-                        ..
-                    })
-            )
+        let through_database = batch.iter().any(|e| match &e.payload {
+            EntryPayload::Membership(_) => true,
+            EntryPayload::Normal(Proposal { command, .. }) => command.touches_leases_or_ranges(),
+            EntryPayload::Blank => false,
         });
         if through_database {
             let shared = self.shared.clone();
-            // Membership changes and range deletes wait for room: they cannot stay in
-            // memory.
+            // Membership changes, lease changes and range deletes wait for room: they
+            // cannot stay in memory.
             blocking(move || shared.retrying(|| Self::apply_through(&shared, &batch))).await
         } else {
             // In memory, on this task: only a delete of a key with nothing pending
@@ -363,12 +330,17 @@ impl RedbStateMachine {
             txn.set_durability(Durability::Immediate)
                 .map_err(redb_err)?;
             txn.delete_table(KV).map_err(redb_err)?;
+            txn.delete_table(LEASES).map_err(redb_err)?;
+            txn.delete_table(LEASE_KEYS).map_err(redb_err)?;
             {
-                let mut kv = txn.open_table(KV).map_err(redb_err)?;
-                let (preamble, pairs) = SnapshotReader::new(copy)?;
-                for pair in pairs {
-                    let (key, value) = pair?;
-                    kv.insert(key.as_str(), value.as_str()).map_err(redb_err)?;
+                let mut data = InTransaction::open(&txn)?;
+                let (preamble, records) = SnapshotReader::new(copy)?;
+                for lease in &preamble.leases {
+                    data.set_lease(lease.id, Some(*lease))?;
+                }
+                for pair in records {
+                    let (key, record) = pair?;
+                    data.set(&key, Some(record))?;
                 }
                 let mut sm_meta = txn.open_table(SM_META).map_err(redb_err)?;
                 sm_meta
@@ -392,28 +364,4 @@ impl RedbStateMachine {
             remove_other_snapshots(dir, &file_id)
         }
     }
-}
-
-/// Removes the keys in `[start, end)` inside the write transaction, walking the range
-/// (no list of its keys is built); returns how many there were.
-fn delete_range(
-    kv: &mut redb::Table<&'static str, &'static str>,
-    start: &str,
-    end: Option<&str>,
-) -> io::Result<u64> {
-    let mut count = 0u64;
-    let remove_each = |_: &str, _: &str| {
-        count += 1;
-        false
-    };
-    match end {
-        Some(end) if end <= start => {}
-        Some(end) => kv
-            .retain_in::<&str, _>(start..end, remove_each)
-            .map_err(redb_err)?,
-        None => kv
-            .retain_in::<&str, _>(start.., remove_each)
-            .map_err(redb_err)?,
-    }
-    Ok(count)
 }

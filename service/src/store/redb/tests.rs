@@ -92,9 +92,15 @@ async fn applied_writes_are_read_back_before_and_after_they_reach_the_file() {
     )
     .await;
     async fn check(h: &RedbHandle) {
-        assert_eq!(h.get("a").await.unwrap().as_deref(), Some("1b"));
+        assert_eq!(
+            h.get("a").await.unwrap().map(|r| r.value).as_deref(),
+            Some("1b")
+        );
         assert_eq!(h.get("b").await.unwrap(), None);
-        assert_eq!(h.get("c").await.unwrap().as_deref(), Some("3"));
+        assert_eq!(
+            h.get("c").await.unwrap().map(|r| r.value).as_deref(),
+            Some("3")
+        );
         assert_eq!(h.get("d").await.unwrap(), None);
         assert_eq!(h.count().await.unwrap(), 2);
     }
@@ -105,7 +111,10 @@ async fn applied_writes_are_read_back_before_and_after_they_reach_the_file() {
     let snapshot = sm.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id.unwrap().index, 8);
     let (_, pairs) = crate::store::SnapshotReader::new(snapshot.snapshot).unwrap();
-    let pairs: Vec<(String, String)> = pairs.map(Result::unwrap).collect();
+    let pairs: Vec<(String, String)> = pairs
+        .map(Result::unwrap)
+        .map(|(k, r)| (k, r.value))
+        .collect();
     assert_eq!(pairs, [("a".into(), "1b".into()), ("c".into(), "3".into())]);
     check(&store.reader).await;
 
@@ -114,7 +123,16 @@ async fn applied_writes_are_read_back_before_and_after_they_reach_the_file() {
     store.reader.close().await.unwrap();
     drop(store);
     let store = reopen(dir.path());
-    assert_eq!(store.reader.get("e").await.unwrap().as_deref(), Some("5"));
+    assert_eq!(
+        store
+            .reader
+            .get("e")
+            .await
+            .unwrap()
+            .map(|r| r.value)
+            .as_deref(),
+        Some("5")
+    );
     assert_eq!(store.reader.count().await.unwrap(), 3);
 }
 
@@ -137,11 +155,23 @@ async fn a_delete_reports_whether_the_key_existed_wherever_it_is() {
             delete(6, "never"),
         ]),
         [
-            CommandResult::Stored,
-            CommandResult::Deleted { existed: true },
-            CommandResult::Deleted { existed: true },
-            CommandResult::Deleted { existed: false },
-            CommandResult::Deleted { existed: false },
+            stored(2),
+            CommandResult::Deleted {
+                existed: true,
+                revision: 3
+            },
+            CommandResult::Deleted {
+                existed: true,
+                revision: 4
+            },
+            CommandResult::Deleted {
+                existed: false,
+                revision: 5
+            },
+            CommandResult::Deleted {
+                existed: false,
+                revision: 6
+            },
         ]
     );
 }
@@ -202,9 +232,11 @@ fn snapshot_at(
         Some(&Default::default()),
     )
     .unwrap();
-    writer.write_pair("a", a).unwrap();
+    writer.write_record("a", &record(a)).unwrap();
     for i in 0..filler {
-        writer.write_pair(&format!("filler-{i:08}"), "x").unwrap();
+        writer
+            .write_record(&format!("filler-{i:08}"), &record("x"))
+            .unwrap();
     }
     let meta = crate::types::typ::SnapshotMeta {
         last_log_id: Some(crate::store::test_entries::put(index, "a", a).log_id),
@@ -233,7 +265,7 @@ async fn reads_during_a_snapshot_install_never_go_backwards() {
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeSet::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                seen.insert(state.get("a").unwrap().unwrap_or_default());
+                seen.insert(state.get("a").unwrap().map(|r| r.value).unwrap_or_default());
             }
             seen
         })
@@ -247,7 +279,13 @@ async fn reads_during_a_snapshot_install_never_go_backwards() {
     let seen = reader.join().unwrap();
     assert!(!seen.contains("old"), "a read went backwards: {seen:?}");
     assert_eq!(
-        store.reader.get("a").await.unwrap().as_deref(),
+        store
+            .reader
+            .get("a")
+            .await
+            .unwrap()
+            .map(|r| r.value)
+            .as_deref(),
         Some("snapshot")
     );
 }
@@ -331,7 +369,7 @@ async fn a_range_is_ordered_bounded_and_limited_across_file_and_memory() {
     let mut store = open(dir.path(), true, Default::default()).unwrap();
     let reader = store.reader.clone();
     let read = |start: &str, end: Option<&str>, limit| {
-        futures::executor::block_on(reader.range(start, end, limit, usize::MAX)).unwrap()
+        values(futures::executor::block_on(reader.range(start, end, limit, usize::MAX)).unwrap())
     };
     assert!(read("", None, 10).is_empty(), "an empty store");
 
@@ -465,10 +503,10 @@ async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
     assert_eq!(
         results,
         [
-            CommandResult::Stored,
+            stored(9),
             // b, b/2 (file), b/3, b/4 (memory); b/1 was deleted already.
             CommandResult::DeletedRange { count: 4 },
-            CommandResult::Stored,
+            stored(11),
             CommandResult::DeletedRange { count: 0 },
             CommandResult::DeletedRange { count: 2 },
         ]
@@ -478,7 +516,7 @@ async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
         ("b/5".into(), "9".into()),
     ];
     assert_eq!(
-        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        values(store.reader.range("", None, 100, usize::MAX).await.unwrap()),
         expected
     );
     assert_eq!(store.reader.count().await.unwrap(), 2);
@@ -489,7 +527,36 @@ async fn a_range_delete_applies_in_log_order_across_file_and_memory() {
     drop(store);
     let store = reopen(dir.path());
     assert_eq!(
-        store.reader.range("", None, 100, usize::MAX).await.unwrap(),
+        values(store.reader.range("", None, 100, usize::MAX).await.unwrap()),
         expected
     );
+}
+
+/// The result of a put that created its key at `index`.
+fn stored(index: u64) -> crate::store::CommandResult {
+    crate::store::CommandResult::Put {
+        meta: crate::types::KeyMeta {
+            create_revision: index,
+            mod_revision: index,
+            version: 1,
+            lease: 0,
+        },
+        granted: None,
+    }
+}
+
+/// A record of `value` with version 1 and no revisions (as a snapshot from before
+/// revisions reads).
+fn record(value: &str) -> crate::types::Record {
+    crate::types::Record {
+        value: value.into(),
+        meta: crate::types::KeyMeta {
+            version: 1,
+            ..Default::default()
+        },
+    }
+}
+
+fn values(pairs: Vec<(String, crate::types::Record)>) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(k, r)| (k, r.value)).collect()
 }
