@@ -43,11 +43,13 @@ enum Workload {
     /// starts at a random key and follows `next` to the end, then starts over. kvstore:
     /// `GET /kv?prefix=bench-&limit=..&after=..`; etcd: `/v3/kv/range` with `range_end`.
     List,
-    /// A compare-and-set of a random key: read its revision, write it back only if the
-    /// revision is unchanged, and repeat on a conflict until it succeeds. kvstore: `GET`
-    /// then `PUT` with `If-Match: "<mod_revision>"` (412 is a conflict); etcd:
-    /// `/v3/kv/range` then `/v3/kv/txn` comparing `mod_revision`. One operation is one
-    /// successful compare-and-set, its latency from the first read to the success.
+    /// A compare-and-set of a random key: read its value (a counter) and revision,
+    /// write the counter plus one only if the revision is unchanged, and repeat on a
+    /// conflict until it succeeds. kvstore: `GET` then `PUT` with
+    /// `If-Match: "<mod_revision>"` (412 is a conflict); etcd: `/v3/kv/range` then
+    /// `/v3/kv/txn` comparing `mod_revision`. One operation is one successful
+    /// compare-and-set, its latency from the first read to the success; the keys'
+    /// counters add up to the successes of the whole run (`ok_all`).
     Cas,
 }
 
@@ -219,11 +221,10 @@ async fn cas_op(
     args: &Args,
     url: &str,
     key: &str,
-    value: &str,
 ) -> Result<ops::Cas, String> {
     match args.target {
-        Target::Kvstore => ops::kv_cas(client, url, key, value).await,
-        Target::Etcd => ops::etcd_cas(client, url, key, value).await,
+        Target::Kvstore => ops::kv_cas(client, url, key, args.value_size).await,
+        Target::Etcd => ops::etcd_cas(client, url, key, args.value_size).await,
     }
 }
 
@@ -273,7 +274,7 @@ async fn worker(
             },
             // The same key until its compare-and-set succeeds (or fails otherwise).
             Workload::Cas => loop {
-                match cas_op(&client, &args, &url, &key, &value).await {
+                match cas_op(&client, &args, &url, &key).await {
                     Ok(ops::Cas::Done) => break Ok(()),
                     Ok(ops::Cas::Conflict) => {
                         if measuring.load(Ordering::Relaxed) {

@@ -187,25 +187,49 @@ pub fn kv_condition(revision: Option<u64>) -> (&'static str, String) {
     }
 }
 
-/// kvstore: `GET /kv/{key}`, then `PUT /kv/{key}` on the condition that it did not
-/// change; 412 is a conflict.
+/// The counter a `cas` value holds: its leading digits (0 for none, as in a value
+/// the `rw` workload wrote, or for a missing key).
+pub fn counter_of(value: &str) -> u64 {
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    value[..digits].parse().unwrap_or(0)
+}
+
+/// The value holding counter `n`, padded with `v`s to `size` bytes.
+pub fn counter_value(n: u64, size: usize) -> String {
+    let mut v = n.to_string();
+    if v.len() < size {
+        v.extend(std::iter::repeat_n('v', size - v.len()));
+    }
+    v
+}
+
+/// kvstore: `GET /kv/{key}`, then `PUT /kv/{key}` of its counter plus one on the
+/// condition that it did not change; 412 is a conflict. So the counters add up to the
+/// successful compare-and-sets: an update lost would show as a smaller sum.
 pub async fn kv_cas(
     client: &reqwest::Client,
     url: &str,
     key: &str,
-    value: &str,
+    value_size: usize,
 ) -> Result<Cas, String> {
     let (status, headers, body) = send(client.get(format!("{url}/kv/{key}"))).await?;
-    let revision = match status.as_u16() {
-        200 => Some(kv_revision(&headers, &body).ok_or("NO_REVISION")?),
-        404 => None,
+    let (revision, counter) = match status.as_u16() {
+        200 => {
+            let revision = kv_revision(&headers, &body).ok_or("NO_REVISION")?;
+            let read = json_body(&body)?;
+            (
+                Some(revision),
+                counter_of(read["value"].as_str().unwrap_or("")),
+            )
+        }
+        404 => (None, 0),
         _ => return Err(error_code(status, &body)),
     };
     let (name, condition) = kv_condition(revision);
     let req = client
         .put(format!("{url}/kv/{key}"))
         .header(name, condition)
-        .json(&json!({ "value": value }));
+        .json(&json!({ "value": counter_value(counter + 1, value_size) }));
     let (status, _, body) = send(req).await?;
     match status.as_u16() {
         200 | 201 => Ok(Cas::Done),
@@ -214,12 +238,16 @@ pub async fn kv_cas(
     }
 }
 
-/// The key's `mod_revision` from an etcd range answer; 0 for a missing key, as etcd's
-/// comparisons take it.
-pub fn etcd_mod_revision(body: &Value) -> Result<u64, String> {
+/// The key's `mod_revision` and counter from an etcd range answer; 0 and 0 for a
+/// missing key (etcd's comparisons take a missing key's `mod_revision` as 0).
+pub fn etcd_read(body: &Value) -> Result<(u64, u64), String> {
     match body["kvs"].as_array().and_then(|kvs| kvs.first()) {
-        None => Ok(0),
-        Some(kv) => number(&kv["mod_revision"]).ok_or_else(|| "BAD_ANSWER".to_string()),
+        None => Ok((0, 0)),
+        Some(kv) => {
+            let revision = number(&kv["mod_revision"]).ok_or("BAD_ANSWER")?;
+            let value = unb64(kv["value"].as_str().unwrap_or(""))?;
+            Ok((revision, counter_of(&String::from_utf8_lossy(&value))))
+        }
     }
 }
 
@@ -241,12 +269,13 @@ pub fn etcd_succeeded(body: &Value) -> bool {
     body["succeeded"].as_bool().unwrap_or(false)
 }
 
-/// etcd: `/v3/kv/range` of the key, then `/v3/kv/txn` comparing its `mod_revision`.
+/// etcd: `/v3/kv/range` of the key, then `/v3/kv/txn` putting its counter plus one
+/// if its `mod_revision` is unchanged.
 pub async fn etcd_cas(
     client: &reqwest::Client,
     url: &str,
     key: &str,
-    value: &str,
+    value_size: usize,
 ) -> Result<Cas, String> {
     let req = client
         .post(format!("{url}/v3/kv/range"))
@@ -255,10 +284,11 @@ pub async fn etcd_cas(
     if !status.is_success() {
         return Err(error_code(status, &body));
     }
-    let revision = etcd_mod_revision(&json_body(&body)?)?;
+    let (revision, counter) = etcd_read(&json_body(&body)?)?;
+    let value = counter_value(counter + 1, value_size);
     let req = client
         .post(format!("{url}/v3/kv/txn"))
-        .json(&etcd_txn_body(key, revision, value));
+        .json(&etcd_txn_body(key, revision, &value));
     let (status, _, body) = send(req).await?;
     if !status.is_success() {
         return Err(error_code(status, &body));
@@ -355,6 +385,16 @@ mod tests {
     }
 
     #[test]
+    fn a_cas_value_is_a_counter_padded_to_the_value_size() {
+        assert_eq!(counter_value(12, 5), "12vvv");
+        assert_eq!(counter_value(123_456, 3), "123456");
+        assert_eq!(counter_of("12vvv"), 12);
+        assert_eq!(counter_of(&counter_value(99, 100)), 99);
+        assert_eq!(counter_of("vvvv"), 0);
+        assert_eq!(counter_of(""), 0);
+    }
+
+    #[test]
     fn a_missing_key_is_created_only_if_still_missing() {
         assert_eq!(kv_condition(Some(12)), ("If-Match", "\"12\"".to_string()));
         assert_eq!(kv_condition(None), ("If-None-Match", "*".to_string()));
@@ -362,10 +402,10 @@ mod tests {
 
     #[test]
     fn etcd_compares_the_mod_revision_read() {
-        let read = json!({"kvs": [{"key": b64(b"k"), "mod_revision": "31", "version": "4"}], "count": "1"});
-        assert_eq!(etcd_mod_revision(&read), Ok(31));
-        assert_eq!(etcd_mod_revision(&json!({"header": {}})), Ok(0));
-        assert!(etcd_mod_revision(&json!({"kvs": [{"key": "x"}]})).is_err());
+        let read = json!({"kvs": [{"key": b64(b"k"), "mod_revision": "31", "version": "4", "value": b64(b"7vvv")}], "count": "1"});
+        assert_eq!(etcd_read(&read), Ok((31, 7)));
+        assert_eq!(etcd_read(&json!({"header": {}})), Ok((0, 0)));
+        assert!(etcd_read(&json!({"kvs": [{"key": "x"}]})).is_err());
 
         let txn = etcd_txn_body("k", 31, "v");
         assert_eq!(txn["compare"][0]["target"], "MOD");

@@ -230,3 +230,58 @@ async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
         "{report}"
     );
 }
+
+/// The `cas` workload against a real node: 8 connections on 3 keys conflict, retry on
+/// 412 and never lose an update: the keys' counters add up to the successful
+/// compare-and-sets of the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_cas_retries_conflicts_and_loses_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--workload",
+        "cas",
+        "--connections",
+        "8",
+        "--keys",
+        "3",
+        "--value-size",
+        "20",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["op"], "cas", "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["conflicts"].as_u64().unwrap() > 0, "{report}");
+    let rate = report["conflict_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate < 1.0, "{report}");
+
+    let mut total = 0;
+    for i in 0..3 {
+        let body: Value = client
+            .get(node.url(&format!("/kv/bench-{i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let value = body["value"].as_str().expect("a value");
+        assert_eq!(value.len(), 20, "{body}");
+        let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+        total += digits.parse::<u64>().unwrap();
+    }
+    assert_eq!(total, report["ok_all"].as_u64().unwrap(), "{report}");
+}
