@@ -14,9 +14,10 @@
 # Listing and compare-and-set: after the writes and reads of the main runs, each system
 # is measured with each workload of WORKLOADS ("list cas"; empty skips them): `list`
 # reads pages of LIST_PAGE (100) pairs of the keys the writes left (kvstore: GET /kv?prefix=,
-# etcd: /v3/kv/range with range_end), `cas` reads a key's revision and writes it back on
-# that condition, over CAS_KEYS (100) keys, retrying on a conflict (kvstore: If-Match,
-# etcd: /v3/kv/txn comparing mod_revision).
+# etcd: /v3/kv/range with range_end), `cas` reads a key (a counter) and its revision and
+# writes the counter plus one on the condition that the revision is unchanged, over
+# CAS_KEYS (100) keys, retrying on a conflict (kvstore: If-Match, etcd: /v3/kv/txn
+# comparing mod_revision).
 # The nodes log with their defaults; LOG_LEVEL sets KV_LOG_LEVEL (bench/logs.sh compares
 # the default with `error`).
 # fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.

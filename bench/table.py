@@ -122,9 +122,10 @@ def extra_cells(name, op):
 if extra:
     print(f"\nListing and compare-and-set, after the writes and reads above on the same servers: "
           f"`list` reads pages of {list_page} pairs of the keys written (kvstore `GET /kv?prefix=`, "
-          f"etcd `/v3/kv/range` with `range_end`); `cas` reads one of {cas_keys} keys and writes it "
-          f"back if its revision is unchanged, retrying on a conflict (kvstore `If-Match`, etcd "
-          f"`/v3/kv/txn` on `mod_revision`), a successful one counted from the first read. "
+          f"etcd `/v3/kv/range` with `range_end`); `cas` reads one of {cas_keys} keys (a counter) and "
+          f"writes it plus one if its revision is unchanged, retrying on a conflict (kvstore `If-Match`, "
+          f"etcd `/v3/kv/txn` on `mod_revision`), a success timed from its first read; conflicts are "
+          f"the share of attempts that found the key changed. "
           f"Median of {rounds} round{'s' if rounds != 1 else ''}.\n")
     print("| system | list pages/s | list p99 ms | CAS/s | CAS p99 ms | CAS conflicts | list vs etcd | CAS vs etcd |")
     print("|---|---|---|---|---|---|---|---|")
