@@ -11,6 +11,13 @@
 # Large values: after the main runs, each round measures the 3-node systems (etcd3,
 # kv3) again with each size of LARGE_VALUES ("65536 1048576" bytes; empty skips it),
 # LARGE_CONNS (16) connections and LARGE_KEYS (64) keys, so reads find what was written.
+# Listing and compare-and-set: after the writes and reads of the main runs, each system
+# is measured with each workload of WORKLOADS ("list cas"; empty skips them): `list`
+# reads pages of LIST_PAGE (100) pairs of the keys the writes left (kvstore: GET /kv?prefix=,
+# etcd: /v3/kv/range with range_end), `cas` reads a key (a counter) and its revision and
+# writes the counter plus one on the condition that the revision is unchanged, over
+# CAS_KEYS (100) keys, retrying on a conflict (kvstore: If-Match, etcd: /v3/kv/txn
+# comparing mod_revision).
 # The nodes log with their defaults; LOG_LEVEL sets KV_LOG_LEVEL (bench/logs.sh compares
 # the default with `error`).
 # fsync stays on everywhere: kvstore's storage.sync_writes and etcd's defaults.
@@ -22,6 +29,7 @@ DURATION="${DURATION:-10s}" WARMUP="${WARMUP:-3s}" ROUNDS="${ROUNDS:-3}"
 SYSTEMS="${SYSTEMS:-etcd1 kv1 etcd3 kv3 pg3}"
 LARGE_VALUES="${LARGE_VALUES-65536 1048576}" LARGE_CONNS="${LARGE_CONNS:-16}" LARGE_KEYS="${LARGE_KEYS:-64}"
 LOG_LEVEL="${LOG_LEVEL:-}"
+WORKLOADS="${WORKLOADS-list cas}" LIST_PAGE="${LIST_PAGE:-100}" CAS_KEYS="${CAS_KEYS:-100}"
 WORK="$(mktemp -d)"
 RESULTS="$WORK/results.jsonl"
 PIDS=()
@@ -67,10 +75,12 @@ cpu_ticks() { # CPU time (clock ticks) the running servers have used so far
 
 ROUND=0
 
-bench() { # NAME TARGET URLS WRITES VALUE_SIZE CONNECTIONS KEYS
-  local name="$1" target="$2" urls="$3" writes="$4" value="$5" conns="$6" keys="$7"
-  local before report server_cpu
-  log "round $ROUND/$ROUNDS, $name, $value-byte values: $([ "$writes" = 1 ] && echo writes || echo reads)"
+bench() { # NAME TARGET URLS WRITES VALUE_SIZE CONNECTIONS KEYS [OP: rw, list or cas]
+  local name="$1" target="$2" urls="$3" writes="$4" value="$5" conns="$6" keys="$7" op="${8:-rw}"
+  local before report server_cpu what
+  what="$([ "$writes" = 1 ] && echo writes || echo reads)"
+  [ "$op" = rw ] || what="$op"
+  log "round $ROUND/$ROUNDS, $name, $value-byte values: $what"
   before="$(cpu_ticks)"
   # The generator runs as a child of Python, which adds its CPU time (getrusage) to the
   # report; the servers' CPU time over the same run comes from /proc.
@@ -80,7 +90,8 @@ r = json.loads(out)
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 r["generator_cpu_s"] = u.ru_utime + u.ru_stime
 print(json.dumps(r))' "$BENCH" --target "$target" --urls "$urls" --writes "$writes" --connections "$conns" \
-    --keys "$keys" --value-size "$value" --duration "$DURATION" --warmup "$WARMUP" --json)"
+    --keys "$keys" --value-size "$value" --duration "$DURATION" --warmup "$WARMUP" \
+    --workload "$op" --page-size "$LIST_PAGE" --json)"
   server_cpu="$(( $(cpu_ticks) - before ))"
   python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['name']='$name'; r['round']=$ROUND; r['workload']='$WORKLOAD'
 if $COUNT_CPU: r['server_cpu_s']=$server_cpu / $(getconf CLK_TCK)
@@ -149,10 +160,20 @@ urls() { # PORT_PREFIX N
 
 wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
-measure() { # NAME TARGET URLS [VALUE_SIZE CONNECTIONS KEYS]: writes, then reads, then the servers stop
-  local value="${4:-$VALUE}" conns="${5:-$CONNS}" keys="${6:-$KEYS}"
+measure() { # NAME TARGET URLS [VALUE_SIZE CONNECTIONS KEYS]: writes, then reads, then
+  # (main workload) WORKLOADS on the keys the writes left, then the servers stop
+  local value="${4:-$VALUE}" conns="${5:-$CONNS}" keys="${6:-$KEYS}" op
   bench "$1" "$2" "$3" 1 "$value" "$conns" "$keys"
   bench "$1" "$2" "$3" 0 "$value" "$conns" "$keys"
+  if [ "$WORKLOAD" = main ]; then
+    for op in $WORKLOADS; do
+      case "$op" in
+        list) bench "$1" "$2" "$3" 0 "$value" "$conns" "$keys" list ;;
+        cas) bench "$1" "$2" "$3" 0 "$value" "$conns" "$CAS_KEYS" cas ;;
+        *) echo "WORKLOADS: unknown workload $op (list, cas)" >&2; exit 2 ;;
+      esac
+    done
+  fi
   stop_all
 }
 
@@ -205,4 +226,5 @@ for ROUND in $(seq "$ROUNDS"); do
 done
 
 [ -n "${KEEP_RESULTS:-}" ] && cp "$RESULTS" "$KEEP_RESULTS"
-python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION" "$LARGE_CONNS" "$LARGE_KEYS"
+python3 bench/table.py "$RESULTS" "$CONNS" "$VALUE" "$DURATION" "$LARGE_CONNS" "$LARGE_KEYS" \
+  "$LIST_PAGE" "$CAS_KEYS"

@@ -1,5 +1,6 @@
 """Prints `make bench` results as Markdown tables with kvstore/etcd ratios: the main
-workload, then the large-value workload (3-node systems, one row per value size).
+workload, then listing and compare-and-set (when measured), then the large-value
+workload (3-node systems, one row per value size).
 
 Each system ran once per round; a cell is the median over the rounds, and a ratio is
 the median kvstore figure over the median etcd figure. The rounds' own ratios (each
@@ -12,12 +13,16 @@ import statistics
 import sys
 
 path, conns, value, duration, large_conns, large_keys = sys.argv[1:7]
+list_page, cas_keys = (sys.argv[7:9] + ["100", "100"][len(sys.argv[7:9]):])
 runs = {}  # (name, kind) -> [report, ...] in round order, main workload
 large = {}  # (name, kind, value size) -> [report, ...], large values
+extra = {}  # (name, "list" or "cas") -> [report, ...], main workload
 for line in open(path):
     r = json.loads(line)
     kind = "writes" if r["writes"] == 1 else "reads"
-    if r.get("workload", "main") == "large":
+    if r.get("op", "rw") in ("list", "cas"):
+        extra.setdefault((r["name"], r["op"]), []).append(r)
+    elif r.get("workload", "main") == "large":
         large.setdefault((r["name"], kind, r["value_size"]), []).append(r)
     else:
         runs.setdefault((r["name"], kind), []).append(r)
@@ -95,6 +100,46 @@ for name in names:
 if lines:
     print("\nEach round's ratio to etcd, in round order:")
     print("\n".join(lines))
+
+
+def extra_cells(name, op):
+    """Throughput with any errors, p99, and for `cas` the conflicts' share of attempts."""
+    rs = extra.get((name, op))
+    if not rs:
+        return None, "-", "-", "-"
+    errors = {}
+    for r in rs:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    note = f" ({', '.join(f'{n} {c}' for c, n in sorted(errors.items()))})" if errors else ""
+    ops = median([r["throughput"] for r in rs])
+    p99 = median([r["latency_ms"]["p99"] for r in rs])
+    conflicts = median([r.get("conflict_rate") for r in rs])
+    conflicts = "-" if conflicts is None else f"{conflicts * 100:.1f}%"
+    return ops, f"{ops:,.0f}{note}", f"{p99:.1f}", conflicts
+
+
+if extra:
+    print(f"\nListing and compare-and-set, after the writes and reads above on the same servers: "
+          f"`list` reads pages of {list_page} pairs of the keys written (kvstore `GET /kv?prefix=`, "
+          f"etcd `/v3/kv/range` with `range_end`); `cas` reads one of {cas_keys} keys (a counter) and "
+          f"writes it plus one if its revision is unchanged, retrying on a conflict (kvstore `If-Match`, "
+          f"etcd `/v3/kv/txn` on `mod_revision`), a success timed from its first read; conflicts are "
+          f"the share of attempts that found the key changed. "
+          f"Median of {rounds} round{'s' if rounds != 1 else ''}.\n")
+    print("| system | list pages/s | list p99 ms | CAS/s | CAS p99 ms | CAS conflicts | list vs etcd | CAS vs etcd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        l_ops, l, lp, _ = extra_cells(name, "list")
+        c_ops, c, cp, conflicts = extra_cells(name, "cas")
+        if l_ops is None and c_ops is None:
+            continue
+        ratios = []
+        for op, mine in (("list", l_ops), ("cas", c_ops)):
+            base = baseline(name)
+            theirs = base and extra_cells(base, op)[0]
+            ratios.append(f"{mine / theirs:.2f}x" if mine and theirs else "-")
+        print(f"| {name} | {l} | {lp} | {c} | {cp} | {conflicts} | {ratios[0]} | {ratios[1]} |")
 
 
 def size_label(size):

@@ -167,3 +167,121 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--ca-file"), "{err}");
 }
+
+/// `kvbench walk` against a real node (this process, whose memory it samples): it loads
+/// the keys, walks them and passes; a key under the prefix that it did not load makes
+/// the same walk fail with exit status 1, the key named in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let pid = std::process::id().to_string();
+    let common = [
+        "walk",
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "--keys",
+        "1500",
+        "--limit",
+        "200",
+        "--settle-max",
+        "3s",
+        "--json",
+    ];
+
+    let (status, out, err) = kvbench(&common).await;
+    assert!(status.success(), "kvbench walk failed: {out} {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["seen"], 1500, "{report}");
+    assert_eq!(report["pages"], 8, "{report}");
+    assert_eq!(report["exactly_once_in_order"], true, "{report}");
+    assert_eq!(report["rss_within_limit"], true, "{report}");
+    let before = report["rss_before_mib"].as_f64().unwrap();
+    assert!(before > 1.0, "{report}");
+    assert!(
+        report["rss_peak_mib"].as_f64().unwrap() >= before,
+        "{report}"
+    );
+    assert!(report["rss_samples"].as_u64().unwrap() >= 1, "{report}");
+
+    let resp = client
+        .put(node.url("/kv/walk/0999x"))
+        .json(&serde_json::json!({"value": "stray"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let (status, out, err) = kvbench(&[&common[..], &["--skip-load"]].concat()).await;
+    assert_eq!(status.code(), Some(1), "{out} {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["exactly_once_in_order"], false, "{report}");
+    assert_eq!(report["unexpected"], 1, "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("walk/0999x"),
+        "{report}"
+    );
+}
+
+/// The `cas` workload against a real node: 8 connections on 3 keys conflict, retry on
+/// 412 and never lose an update: the keys' counters add up to the successful
+/// compare-and-sets of the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_cas_retries_conflicts_and_loses_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--workload",
+        "cas",
+        "--connections",
+        "8",
+        "--keys",
+        "3",
+        "--value-size",
+        "20",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["op"], "cas", "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["conflicts"].as_u64().unwrap() > 0, "{report}");
+    let rate = report["conflict_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate < 1.0, "{report}");
+
+    let mut total = 0;
+    for i in 0..3 {
+        let body: Value = client
+            .get(node.url(&format!("/kv/bench-{i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let value = body["value"].as_str().expect("a value");
+        assert_eq!(value.len(), 20, "{body}");
+        let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+        total += digits.parse::<u64>().unwrap();
+    }
+    assert_eq!(total, report["ok_all"].as_u64().unwrap(), "{report}");
+}
