@@ -365,41 +365,69 @@ struct Listing {
     keys: Option<BTreeMap<usize, usize>>,
 }
 
-/// Lists the lease keys on node `id`, from its local copy, over and over until `stop`.
+/// How many lease keys node `id` has (a stale count: the store counts them without
+/// loading them, so polling it hardly loads the node), or `None` without an answer.
+async fn count_keys(client: &reqwest::Client, url: &str) -> Option<usize> {
+    let (code, body) = get_json(client, url).await?;
+    assert_eq!(code, 200, "{body}");
+    body["count"].as_u64().map(|n| n as usize)
+}
+
+/// Node `id`'s lease keys, per lease, from its local copy.
+async fn list_keys(client: &reqwest::Client, url: &str) -> Option<BTreeMap<usize, usize>> {
+    let (code, body) = get_json(client, url).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["next"].is_null(), "a listing in pages: {body}");
+    let mut per_lease = BTreeMap::new();
+    for kv in body["kvs"].as_array().expect("kvs") {
+        let key = kv["key"].as_str().expect("key");
+        *per_lease.entry(lease_of_key(key)).or_insert(0) += 1;
+    }
+    Some(per_lease)
+}
+
+/// Looks at node `id`'s lease keys, from its local copy, over and over until `stop`:
+/// counts them, and lists them when some but not all are there.
 fn poll_listings(
     cluster: &Cluster,
     id: u64,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Vec<Listing>>>, tokio::task::JoinHandle<()>) {
     let listings: Arc<Mutex<Vec<Listing>>> = Arc::default();
-    let url = cluster.url(
+    let count_url = cluster.url(id, "/kv?prefix=exp/&count_only=true&consistency=stale");
+    let list_url = cluster.url(
         id,
         "/kv?prefix=exp/&keys_only=true&limit=10000&consistency=stale",
     );
+    let all: BTreeMap<usize, usize> = (0..LEASES).map(|i| (i, KEYS_PER_LEASE)).collect();
     let (client, sink) = (cluster.client.clone(), listings.clone());
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
-            let answer = get_json(&client, &url).await;
-            let answered = Instant::now();
-            let keys = match answer {
-                Some((200, body)) => {
-                    assert!(body["next"].is_null(), "a listing in pages: {body}");
-                    let mut per_lease = BTreeMap::new();
-                    for kv in body["kvs"].as_array().expect("kvs") {
-                        let key = kv["key"].as_str().expect("key");
-                        *per_lease.entry(lease_of_key(key)).or_insert(0) += 1;
-                    }
-                    Some(per_lease)
+            let keys = match count_keys(&client, &count_url).await {
+                Some(0) => Some(BTreeMap::new()),
+                Some(n) if n == LEASES * KEYS_PER_LEASE => Some(all.clone()),
+                Some(_) => {
+                    let sent = Instant::now();
+                    let keys = list_keys(&client, &list_url).await;
+                    let answered = Instant::now();
+                    sink.lock().unwrap().push(Listing {
+                        sent,
+                        answered,
+                        keys,
+                    });
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    continue;
                 }
-                _ => None,
+                None => None,
             };
+            let answered = Instant::now();
             sink.lock().unwrap().push(Listing {
                 sent,
                 answered,
                 keys,
             });
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
     (listings, task)
