@@ -89,16 +89,21 @@ impl RaftNode {
         }
     }
 
+    /// Proposes the expiry of the leases now due, without waiting for it to commit:
+    /// leases that come due meanwhile are proposed at the next tick, not a commit later.
     async fn propose_expiries(&self) {
         let due = self.inner.store.lease_clock().due(EXPIRY_RETRY);
         for chunk in due.chunks(EXPIRY_BATCH) {
             let command = Command::LeaseExpire {
                 leases: chunk.to_vec(),
             };
-            if let Err(error) = self.write_here(command).await {
-                // Proposed again after EXPIRY_RETRY, by this node or the next leader.
-                tracing::warn!(%error, leases = chunk.len(), "could not expire leases yet");
-            }
+            let (node, leases) = (self.clone(), chunk.len());
+            tokio::spawn(async move {
+                if let Err(error) = node.write_here(command).await {
+                    // Proposed again after EXPIRY_RETRY, by this node or the next leader.
+                    tracing::warn!(%error, leases, "could not expire leases yet");
+                }
+            });
         }
     }
 }
