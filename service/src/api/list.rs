@@ -21,6 +21,7 @@ use super::ApiTags;
 use crate::raft::RaftNode;
 use crate::store::{Command, CommandResult};
 use crate::telemetry::metrics;
+use crate::types::Record;
 
 /// Pairs a page holds when the request names no `limit`.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -42,6 +43,21 @@ pub struct KeyValue {
     /// The lease the key is attached to, if any.
     #[oai(skip_serializing_if_is_none)]
     pub lease: Option<u64>,
+}
+
+impl KeyValue {
+    /// A pair as listings and transactions show it, its value left out unless
+    /// `with_value`.
+    pub fn new(key: String, record: Record, with_value: bool) -> Self {
+        KeyValue {
+            key,
+            create_revision: record.meta.create_revision,
+            mod_revision: record.meta.mod_revision,
+            version: record.meta.version,
+            lease: super::kv::lease_of(&record.meta),
+            value: with_value.then_some(record.value),
+        }
+    }
 }
 
 /// The answer of `GET /kv`.
@@ -280,14 +296,7 @@ impl ListApi {
         let keys_only = keys_only.0;
         let kvs: Vec<KeyValue> = pairs
             .into_iter()
-            .map(|(key, record)| KeyValue {
-                key,
-                create_revision: record.meta.create_revision,
-                mod_revision: record.meta.mod_revision,
-                version: record.meta.version,
-                lease: super::kv::lease_of(&record.meta),
-                value: (!keys_only).then_some(record.value),
-            })
+            .map(|(key, record)| KeyValue::new(key, record, !keys_only))
             .collect();
         let kind = if keys_only { "keys" } else { "pairs" };
         counter!(metrics::LIST_PAGES, "kind" => kind).increment(1);

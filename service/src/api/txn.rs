@@ -474,14 +474,7 @@ fn op_result(result: OpResult) -> TxnResponseOp {
             op.range = Some(TxnRangeResult {
                 kvs: pairs
                     .into_iter()
-                    .map(|(key, record)| KeyValue {
-                        key,
-                        create_revision: record.meta.create_revision,
-                        mod_revision: record.meta.mod_revision,
-                        version: record.meta.version,
-                        lease: lease_of(&record.meta),
-                        value: Some(record.value),
-                    })
+                    .map(|(key, record)| KeyValue::new(key, record, true))
                     .collect(),
                 more,
             })
