@@ -11,8 +11,11 @@ pub mod cluster;
 pub mod counter;
 pub mod history;
 pub mod leadership;
+pub mod ports;
 pub mod report;
 pub mod workload;
+
+pub use ports::free_port;
 
 use std::time::{Duration, Instant};
 

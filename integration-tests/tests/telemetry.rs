@@ -39,6 +39,19 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// A failed test shows what each node printed last.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in self.nodes.values() {
+                if let Ok(node) = node.lock() {
+                    eprintln!("--- {} ---\n{}", node.name, node.tail());
+                }
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Starts three nodes with `extra` environment variables on each (`{id}` in a
     /// value becomes the node's id).

@@ -34,13 +34,10 @@ pub fn kvstore_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on the loopback address (free when asked; the node binds it soon
-/// after).
+/// A free port on the loopback address, for a node that names its port to its peers
+/// before it starts.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    integration_tests::free_port("127.0.0.1")
 }
 
 /// Polls `f` until it gives a value, failing the test with `what` after `within`.

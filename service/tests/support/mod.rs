@@ -197,22 +197,7 @@ pub fn signal(pid: u32, name: &str) {
     );
 }
 
-/// A port that is free on `ip` now, for a server that must be told its port before it
-/// starts. Chosen below Linux's ephemeral range (32768 and up), so the port-0 binds of
-/// other tests and clients cannot take it before the server binds it.
-pub fn free_port(ip: &str) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919) % 12_000;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed + n.wrapping_mul(37)) % 12_000;
-        let port = u16::try_from(port).expect("port in range");
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use integration_tests::free_port;
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
