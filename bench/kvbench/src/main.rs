@@ -22,9 +22,10 @@
 //! Latencies after the warm-up go into an HDR histogram; errors are counted by their
 //! code. The report is one line of text, or one JSON object with `--json`.
 //!
-//! `--preload N` first writes keys `bench-0` to `bench-<N-1>` (`--connections` at a
-//! time, on the workers' connections, progress on stderr); with `--duration 0s` it
-//! only loads and reports that (see [`preload`]).
+//! `--preload N` first writes keys `bench-0` to `bench-<N-1>` (`--preload-batch` keys
+//! a transaction, `--connections` requests at a time, on the workers' connections,
+//! progress on stderr); with `--duration 0s` it only loads and reports that (see
+//! [`preload`]).
 //!
 //! `kvbench walk` is not load: it loads many keys into one node, lists them all page by
 //! page, checks that each came back once and in order, and measures the node's memory
@@ -153,6 +154,10 @@ struct Args {
     /// time); with `--duration 0s`, only that.
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// Keys the preload writes per request, in one transaction (at most 128, and
+    /// fewer for large values); 1 writes each key with its own `PUT`.
+    #[arg(long, default_value_t = 100)]
+    preload_batch: u64,
     /// Measured time, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,

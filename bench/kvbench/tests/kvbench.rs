@@ -435,8 +435,9 @@ async fn bench_keys(client: &reqwest::Client, node: &Node) -> u64 {
     body["count"].as_u64().expect("a count")
 }
 
-/// `--preload N --duration 0s` writes exactly keys `bench-0` to `bench-<N-1>` and
-/// reports it; a preload before a run shows in the text report; a bad
+/// `--preload N --duration 0s` writes exactly keys `bench-0` to `bench-<N-1>`, in
+/// transactions, and reports it; a preload of single PUTs before a run shows in the
+/// text report; a bad
 /// `--value-size` is refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_preload_writes_exactly_the_keys() {
@@ -465,6 +466,8 @@ async fn kvbench_preload_writes_exactly_the_keys() {
     let preload = &report["preload"];
     assert_eq!(preload["keys"], 3000, "{report}");
     assert_eq!(preload["written"], 3000, "{report}");
+    // In transactions of 100 keys (the default).
+    assert_eq!(preload["batch"], 100, "{report}");
     assert_eq!(preload["errors"], serde_json::json!({}), "{report}");
     assert!(preload["seconds"].as_f64().unwrap() > 0.0, "{report}");
     assert!(preload["rate"].as_f64().unwrap() > 0.0, "{report}");
@@ -491,6 +494,9 @@ async fn kvbench_preload_writes_exactly_the_keys() {
         &url,
         "--preload",
         "50",
+        // Each key its own PUT.
+        "--preload-batch",
+        "1",
         "--keys",
         "50",
         "--ycsb",
@@ -507,6 +513,7 @@ async fn kvbench_preload_writes_exactly_the_keys() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("preload: 50 keys in "), "{out}");
+    assert!(lines[0].ends_with(", 1 a request)"), "{out}");
     assert!(lines[1].starts_with("rw: "), "{out}");
     assert!(lines[1].contains("errors {}"), "{out}");
     assert!(lines[1].contains("50 zipfian keys (theta 0.99)"), "{out}");
