@@ -150,8 +150,8 @@ struct Args {
     /// fixed time and its latency counted from then. Without it: a closed loop.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
-    /// Before the warm-up, write keys `bench-0` to `bench-<N-1>` (`--connections` at a
-    /// time); with `--duration 0s`, only that.
+    /// Before the warm-up, write keys `bench-0` to `bench-<N-1>` (`--preload-batch` a
+    /// request, `--connections` requests at a time); with `--duration 0s`, only that.
     #[arg(long, default_value_t = 0)]
     preload: u64,
     /// Keys the preload writes per request, in one transaction (at most 128, and
@@ -440,6 +440,10 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    if args.duration.is_zero() && args.preload == 0 {
+        eprintln!("kvbench: --duration 0s measures nothing: it goes with --preload only");
+        return ExitCode::from(2);
     }
     let keys = match KeyChooser::new(args.key_distribution(), args.keys, args.zipf_theta) {
         Ok(keys) => keys,

@@ -533,4 +533,7 @@ async fn kvbench_preload_writes_exactly_the_keys() {
     }
     let (status, _, err) = kvbench(&["--urls", &url, "--ycsb", "b", "--writes", "1"]).await;
     assert!(!status.success() && err.contains("--ycsb"), "{err}");
+    let (status, _, err) = kvbench(&["--urls", &url, "--duration", "0s"]).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--preload"), "{err}");
 }
