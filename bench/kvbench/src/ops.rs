@@ -1,5 +1,5 @@
-//! The `list` and `cas` workloads' requests, for kvstore and for etcd's JSON gateway,
-//! and the parsing of their answers.
+//! The `list` and `cas` workloads' requests and the preload's batches, for kvstore and
+//! for etcd's JSON gateway, and the parsing of their answers.
 
 use base64::Engine;
 use reqwest::header::{HeaderMap, ETAG};
@@ -300,6 +300,49 @@ pub async fn etcd_cas(
     }
 }
 
+/// kvstore's `POST /txn` that puts every pair (no comparison: it always succeeds).
+pub fn kv_put_many_body(pairs: &[(String, &str)]) -> Value {
+    let puts: Vec<Value> = pairs
+        .iter()
+        .map(|(key, value)| json!({ "put": { "key": key, "value": value } }))
+        .collect();
+    json!({ "success": puts })
+}
+
+/// etcd's `/v3/kv/txn` that puts every pair.
+pub fn etcd_put_many_body(pairs: &[(String, &str)]) -> Value {
+    let puts: Vec<Value> = pairs
+        .iter()
+        .map(|(key, value)| {
+            json!({ "request_put": { "key": b64(key.as_bytes()), "value": b64(value.as_bytes()) } })
+        })
+        .collect();
+    json!({ "success": puts })
+}
+
+/// Puts every pair in one transaction: kvstore's `POST /txn`, or etcd's `/v3/kv/txn`.
+pub async fn put_many(
+    client: &reqwest::Client,
+    url: &str,
+    etcd: bool,
+    pairs: &[(String, &str)],
+) -> Result<(), String> {
+    let req = if etcd {
+        client
+            .post(format!("{url}/v3/kv/txn"))
+            .json(&etcd_put_many_body(pairs))
+    } else {
+        client
+            .post(format!("{url}/txn"))
+            .json(&kv_put_many_body(pairs))
+    };
+    let (status, _, body) = send(req).await?;
+    if !status.is_success() {
+        return Err(error_code(status, &body));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +458,18 @@ mod tests {
         assert_eq!(txn["success"][0]["request_put"]["value"], b64(b"v"));
         assert!(etcd_succeeded(&json!({"succeeded": true})));
         assert!(!etcd_succeeded(&json!({"header": {}})));
+    }
+
+    #[test]
+    fn a_batch_puts_every_pair_unconditionally() {
+        let pairs = [("bench-1".to_string(), "ab"), ("bench-2".to_string(), "c")];
+        let kv = kv_put_many_body(&pairs);
+        assert_eq!(kv["success"][1]["put"]["key"], "bench-2");
+        assert_eq!(kv["success"][0]["put"]["value"], "ab");
+        assert_eq!(kv["success"].as_array().unwrap().len(), 2);
+        assert!(kv.get("compare").is_none());
+        let etcd = etcd_put_many_body(&pairs);
+        assert_eq!(etcd["success"][0]["request_put"]["key"], b64(b"bench-1"));
+        assert_eq!(etcd["success"][1]["request_put"]["value"], b64(b"c"));
     }
 }

@@ -285,3 +285,255 @@ async fn kvbench_cas_retries_conflicts_and_loses_no_update() {
     }
     assert_eq!(total, report["ok_all"].as_u64().unwrap(), "{report}");
 }
+
+/// The open loop at a modest rate that the node keeps up with: about that rate
+/// achieved, nothing behind, latencies; `--ycsb a` is half writes over Zipfian keys,
+/// values drawn from the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_open_loop_achieves_a_modest_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--rate",
+        "100",
+        "--ycsb",
+        "a",
+        "--connections",
+        "8",
+        "--keys",
+        "200",
+        "--value-size",
+        "64..256",
+        "--duration",
+        "2s",
+        "--warmup",
+        "300ms",
+        "--json",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["mode"], "open", "{report}");
+    assert_eq!(report["rate"], 100.0, "{report}");
+    assert_eq!(report["ycsb"], "a", "{report}");
+    assert_eq!(report["writes"], 0.5, "{report}");
+    assert_eq!(report["distribution"], "zipfian", "{report}");
+    assert_eq!(report["zipf_theta"], 0.99, "{report}");
+    assert_eq!(report["value_size_min"], 64, "{report}");
+    assert_eq!(report["value_size_max"], 256, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    // 2 s at 100/s: 200 operations due in the measured part.
+    assert_eq!(report["scheduled"], 200, "{report}");
+    let achieved = report["achieved_rate"].as_f64().unwrap();
+    assert!((85.0..=100.0).contains(&achieved), "{report}");
+    let behind = report["behind"].as_u64().unwrap();
+    assert!(behind <= 15, "{report}");
+    assert_eq!(
+        report["sent"].as_u64().unwrap() + behind,
+        200,
+        "sent and behind make up the schedule: {report}"
+    );
+    assert_eq!(report["ok"], report["sent"], "{report}");
+    let latency = &report["latency_ms"];
+    let at = |q: &str| latency[q].as_f64().unwrap();
+    assert!(
+        at("p50") > 0.0
+            && at("p50") <= at("p99")
+            && at("p99") <= at("p999")
+            && at("p999") <= at("max"),
+        "{report}"
+    );
+    let lag = &report["send_lag_ms"];
+    assert!(
+        lag["p50"].as_f64().unwrap() <= lag["max"].as_f64().unwrap(),
+        "{report}"
+    );
+    // Values of the range's sizes were written.
+    let body: Value = client
+        .get(node.url("/kv?prefix=bench-&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kvs = body["kvs"].as_array().unwrap();
+    assert!(!kvs.is_empty(), "{body}");
+    for kv in kvs {
+        let len = kv["value"].as_str().unwrap().len();
+        assert!((64..=256).contains(&len), "{kv}");
+    }
+}
+
+/// The open loop at a rate one connection cannot keep: the operations still unsent at
+/// the end are counted as behind, and those sent late count their wait for the
+/// connection as latency, so the latencies reach about the time the backlog stands
+/// for (a generator that timed from the actual send would show only service times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_open_loop_counts_waiting_as_latency_and_reports_what_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--rate",
+        "20000",
+        "--connections",
+        "1",
+        "--keys",
+        "100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--json",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(report["scheduled"], 20_000, "{report}");
+    let behind = report["behind"].as_u64().unwrap();
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent > 0 && behind > 0, "{report}");
+    assert_eq!(sent + behind, 20_000, "{report}");
+    assert!(
+        report["achieved_rate"].as_f64().unwrap() < 20_000.0,
+        "{report}"
+    );
+    // The last operation sent was due `behind / rate` seconds before the end.
+    let backlog_ms = behind as f64 / 20.0;
+    let max = report["latency_ms"]["max"].as_f64().unwrap();
+    assert!(max >= backlog_ms * 0.5, "backlog {backlog_ms} ms: {report}");
+    assert!(
+        report["latency_ms"]["p50"].as_f64().unwrap() >= backlog_ms * 0.25,
+        "backlog {backlog_ms} ms: {report}"
+    );
+    assert!(
+        report["send_lag_ms"]["max"].as_f64().unwrap() >= backlog_ms * 0.5,
+        "{report}"
+    );
+}
+
+/// How many `bench-` keys the node holds.
+async fn bench_keys(client: &reqwest::Client, node: &Node) -> u64 {
+    let body: Value = client
+        .get(node.url("/kv?prefix=bench-&count_only=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["count"].as_u64().expect("a count")
+}
+
+/// `--preload N --duration 0s` writes exactly keys `bench-0` to `bench-<N-1>`, in
+/// transactions, and reports it; a preload of single PUTs before a run shows in the
+/// text report; a bad
+/// `--value-size` is refused before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbench_preload_writes_exactly_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let node = Node::start(dir.path(), &[]).await;
+    node.wait_ready(&client).await;
+    let url = node.url("");
+
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--preload",
+        "3000",
+        "--connections",
+        "8",
+        "--value-size",
+        "10..20",
+        "--duration",
+        "0s",
+        "--json",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    let preload = &report["preload"];
+    assert_eq!(preload["keys"], 3000, "{report}");
+    assert_eq!(preload["written"], 3000, "{report}");
+    // In transactions of 100 keys (the default).
+    assert_eq!(preload["batch"], 100, "{report}");
+    assert_eq!(preload["errors"], serde_json::json!({}), "{report}");
+    assert!(preload["seconds"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(preload["rate"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(err.contains("preload: 3000 keys in"), "{err}");
+    assert_eq!(bench_keys(&client, &node).await, 3000);
+    for i in [0, 1234, 2999] {
+        let body: Value = client
+            .get(node.url(&format!("/kv/bench-{i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let len = body["value"].as_str().expect("a value").len();
+        assert!((10..=20).contains(&len), "{body}");
+    }
+    let missing = client.get(node.url("/kv/bench-3000")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Text: the preload's line, then the run's (reads of the keys just written).
+    let (status, out, err) = kvbench(&[
+        "--urls",
+        &url,
+        "--preload",
+        "50",
+        // Each key its own PUT.
+        "--preload-batch",
+        "1",
+        "--keys",
+        "50",
+        "--ycsb",
+        "c",
+        "--connections",
+        "4",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ])
+    .await;
+    assert!(status.success(), "kvbench failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("preload: 50 keys in "), "{out}");
+    assert!(lines[0].ends_with(", 1 a request)"), "{out}");
+    assert!(lines[1].starts_with("rw: "), "{out}");
+    assert!(lines[1].contains("errors {}"), "{out}");
+    assert!(lines[1].contains("50 zipfian keys (theta 0.99)"), "{out}");
+    assert_eq!(bench_keys(&client, &node).await, 3000);
+
+    for (bad, says) in [
+        ("1024..64", "start 1024 is above its end 64"),
+        ("64..big", "range of sizes"),
+    ] {
+        let (status, out, err) =
+            kvbench(&["--urls", &url, "--value-size", bad, "--duration", "0s"]).await;
+        assert!(!status.success(), "{bad}: {out}");
+        assert!(
+            err.contains("--value-size") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
+    let (status, _, err) = kvbench(&["--urls", &url, "--ycsb", "b", "--writes", "1"]).await;
+    assert!(!status.success() && err.contains("--ycsb"), "{err}");
+    let (status, _, err) = kvbench(&["--urls", &url, "--duration", "0s"]).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--preload"), "{err}");
+}
