@@ -6,7 +6,7 @@ PYTHON ?= python3
 # docker compose (v2) where it exists, else docker-compose (v1); project "kvstore".
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi) -p kvstore -f compose/docker-compose.yml
 
-.PHONY: help run build test test-images alerts-test kubernetes-test lint fmt clean cluster cluster-stop up down logs ps compose-test bench list-walk soak
+.PHONY: help run build test test-images alerts-test kubernetes-test lint fmt clean cluster cluster-stop up down logs ps compose-test bench bench-scale list-walk soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ soak: ## Power-loss soak: one node cut 50 times under writes (and 50 torn cuts),
 
 bench: ## kvstore vs etcd on this machine, same generator (kvbench), one table with ratios
 	bench/run.sh
+
+bench-scale: ## kvstore vs etcd at scale: YCSB, open loop, N keys preloaded, 64 KiB values, restart, join, RSS, disk (SCALE=full: 1,000,000 keys)
+	bench/scale.sh
 
 list-walk: ## Load 1,000,000 keys into a release node, list them page by page: each once, in order, RSS growth < 64 MiB
 	bench/list-walk.sh
