@@ -14,12 +14,23 @@ use serde_json::Value;
 /// operator would through `KV_*` variables (`env` adds to them); stops when dropped.
 struct Node {
     addr: String,
+    /// The node's data, removed when the test ends.
+    dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Node {
-    async fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
-        let data_dir = data_dir.to_str().expect("UTF-8 temp dir");
+    /// A node on a new temporary data dir, ready to serve, and a client for it.
+    async fn ready(env: &[(&str, &str)]) -> (Node, reqwest::Client) {
+        let client = reqwest::Client::new();
+        let node = Node::start(tempfile::tempdir().unwrap(), env).await;
+        node.wait_ready(&client).await;
+        (node, client)
+    }
+
+    async fn start(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Node {
+        let data_dir = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        let data_dir = data_dir.as_str();
         let vars: HashMap<String, String> = [
             ("KV_SERVER_HOST", "127.0.0.1"),
             ("KV_SERVER_PORT", "0"),
@@ -40,7 +51,11 @@ impl Node {
         tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Node { addr, _stop: stop }
+        Node {
+            addr,
+            dir,
+            _stop: stop,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -101,10 +116,7 @@ async fn kvbench(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 /// error counted under the API's code; a bad `--ca-file` stops it before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_reports_throughput_latency_and_errors_by_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[("KV_AUTH_TOKENS", "bench-tok-41:write")]).await;
-    node.wait_ready(&client).await;
+    let (node, client) = Node::ready(&[("KV_AUTH_TOKENS", "bench-tok-41:write")]).await;
     let url = node.url("");
     let common = [
         "--urls",
@@ -161,7 +173,7 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
         "{report}"
     );
 
-    let missing = dir.path().join("no-such-ca.pem");
+    let missing = node.dir.path().join("no-such-ca.pem");
     let (status, _, err) =
         kvbench(&[&common[..], &["--ca-file", missing.to_str().unwrap()]].concat()).await;
     assert_eq!(status.code(), Some(2), "{err}");
@@ -173,10 +185,7 @@ async fn kvbench_reports_throughput_latency_and_errors_by_code() {
 /// the same walk fail with exit status 1, the key named in the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]).await;
-    node.wait_ready(&client).await;
+    let (node, client) = Node::ready(&[]).await;
     let url = node.url("");
     let pid = std::process::id().to_string();
     let common = [
@@ -236,10 +245,7 @@ async fn kvbench_walk_checks_every_key_once_in_order_and_reports_memory() {
 /// compare-and-sets of the whole run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_cas_retries_conflicts_and_loses_no_update() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]).await;
-    node.wait_ready(&client).await;
+    let (node, client) = Node::ready(&[]).await;
     let url = node.url("");
     let (status, out, err) = kvbench(&[
         "--urls",
@@ -291,10 +297,7 @@ async fn kvbench_cas_retries_conflicts_and_loses_no_update() {
 /// values drawn from the range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_open_loop_achieves_a_modest_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]).await;
-    node.wait_ready(&client).await;
+    let (node, client) = Node::ready(&[]).await;
     let url = node.url("");
     let (status, out, err) = kvbench(&[
         "--urls",
@@ -376,10 +379,7 @@ async fn kvbench_open_loop_achieves_a_modest_rate() {
 /// for (a generator that timed from the actual send would show only service times).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_open_loop_counts_waiting_as_latency_and_reports_what_is_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]).await;
-    node.wait_ready(&client).await;
+    let (node, _client) = Node::ready(&[]).await;
     let url = node.url("");
     let (status, out, err) = kvbench(&[
         "--urls",
@@ -441,10 +441,7 @@ async fn bench_keys(client: &reqwest::Client, node: &Node) -> u64 {
 /// `--value-size` is refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbench_preload_writes_exactly_the_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let node = Node::start(dir.path(), &[]).await;
-    node.wait_ready(&client).await;
+    let (node, client) = Node::ready(&[]).await;
     let url = node.url("");
 
     let (status, out, err) = kvbench(&[
